@@ -1,0 +1,38 @@
+//! Times the forward pass (decode included, output read back) of a checkpoint on the default
+//! backend and prints one JSON line; `benches/compare.py` runs it beside onnxruntime and PyTorch.
+
+use clap::Parser;
+use yolo_benches::{input, time_ms};
+use yolo_core::{backend, weights};
+
+#[derive(Parser)]
+struct Args {
+    /// Checkpoint (safetensors with metadata).
+    #[arg(long)]
+    weights: String,
+    #[arg(long, default_value_t = 640)]
+    imgsz: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let device = backend::default_device();
+    let (model, _) = weights::load_model(&a.weights, &device)?;
+    let x = input(a.batch, a.imgsz, &device);
+    let (median, min) = time_ms(a.warmup, a.iters, || {
+        let y = model.predict(x.clone()).unwrap();
+        let _ = y.into_data();
+    });
+    println!(
+        "{}",
+        serde_json::json!({"runtime": "yolo-rs", "device": format!("{device:?}"),
+            "imgsz": a.imgsz, "batch": a.batch, "median_ms": median, "min_ms": min})
+    );
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The error type of `yolo-core`.
+
+use std::path::PathBuf;
+
+/// Everything a user of `yolo-core` can get wrong: files, weights, configs, data.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A weights file is not a readable safetensors file.
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    /// The weights do not fit the model: every missing, unexpected or mis-shaped key.
+    #[error("{path}: weights do not fit the model:\n  {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Weights {
+        path: PathBuf,
+        problems: Vec<WeightProblem>,
+    },
+    /// Metadata in a checkpoint is missing or malformed.
+    #[error("{path}: metadata field `{field}`: {message}")]
+    Metadata {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid config `{field}`: {message}")]
+    Config { field: String, message: String },
+    /// An input tensor has a shape the model cannot take.
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+/// One way a weights file fails to fit the model; keys use the Ultralytics names.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WeightProblem {
+    #[error("missing key `{key}` (model expects shape {expected:?})")]
+    Missing { key: String, expected: Vec<usize> },
+    #[error("unexpected key `{key}` (shape {found:?}) has no place in the model")]
+    Unexpected { key: String, found: Vec<usize> },
+    #[error("key `{key}` has shape {found:?}, the model expects {expected:?}")]
+    Shape {
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("key `{key}` has dtype {dtype}; expected F32 (tools/convert_ultralytics.py writes F32)")]
+    DType { key: String, dtype: String },
+    #[error("key `{key}`: {message}")]
+    Other { key: String, message: String },
+}
+
+/// `Result` with [`CoreError`].
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+impl CoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

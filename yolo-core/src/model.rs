@@ -1,0 +1,144 @@
+//! The YOLOv8 detection model: backbone + neck + Detect head.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::Backbone;
+use crate::error::{CoreError, Result};
+use crate::neck::Neck;
+use crate::nn::{decode, Detect, DetectConfig, HeadMeta, HeadOutput};
+use crate::scale::{Multiples, Scale};
+
+/// Largest stride of the model: input sides must be multiples of it.
+pub const MAX_STRIDE: usize = 32;
+
+/// Everything needed to build a model; saved in checkpoints' metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// The published scale this model follows, or `None` for custom multiples.
+    pub scale: Option<Scale>,
+    pub multiples: Multiples,
+    /// Number of classes.
+    pub nc: usize,
+    /// DFL bins (16 in YOLOv8).
+    pub reg_max: usize,
+}
+
+impl ModelConfig {
+    /// A published scale with `nc` classes.
+    pub fn new(scale: Scale, nc: usize) -> Self {
+        Self {
+            scale: Some(scale),
+            multiples: scale.multiples(),
+            nc,
+            reg_max: 16,
+        }
+    }
+
+    /// Custom `(depth, width, max_channels)`, e.g. reduced-width test models.
+    pub fn custom(multiples: Multiples, nc: usize) -> Self {
+        Self {
+            scale: None,
+            multiples,
+            nc,
+            reg_max: 16,
+        }
+    }
+
+    /// Checks the values a user can set.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, message: &str| {
+            Err(CoreError::Config {
+                field: field.into(),
+                message: message.into(),
+            })
+        };
+        if self.nc == 0 {
+            return bad("nc", "must be at least 1");
+        }
+        if self.reg_max < 2 {
+            return bad("reg_max", "must be at least 2");
+        }
+        let m = &self.multiples;
+        if !(m.depth > 0.0 && m.width > 0.0 && m.depth.is_finite() && m.width.is_finite()) {
+            return bad("multiples", "depth and width must be positive");
+        }
+        if m.max_channels < 8 {
+            return bad("multiples.max_channels", "must be at least 8");
+        }
+        Ok(())
+    }
+
+    /// Builds the model with fresh weights (PyTorch default initialisation, Ultralytics'
+    /// head biases).
+    pub fn init(&self, device: &Device) -> Result<YoloV8> {
+        self.validate()?;
+        let (backbone, ch) = Backbone::new(&self.multiples, device);
+        let (neck, ch) = Neck::new(&self.multiples, ch, device);
+        let head = DetectConfig::new(self.nc, ch.to_vec())
+            .with_reg_max(self.reg_max)
+            .init(device);
+        Ok(YoloV8 {
+            backbone,
+            neck,
+            head,
+        })
+    }
+}
+
+/// YOLOv8 detector. `forward` gives the raw head output; [`decode`] (or
+/// [`YoloV8::predict`]) gives Ultralytics' eval-mode output.
+#[derive(Module, Debug)]
+pub struct YoloV8 {
+    pub backbone: Backbone,
+    pub neck: Neck,
+    pub head: Detect,
+}
+
+impl YoloV8 {
+    /// # Shapes
+    /// - `x`: `[B, 3, H, W]`, RGB in `[0, 1]`, `H` and `W` multiples of 32
+    /// - output: per level `l` (strides 8, 16, 32), boxes `[B, 4 * reg_max, H/s, W/s]` and
+    ///   class logits `[B, nc, H/s, W/s]`
+    pub fn forward(&self, x: Tensor<4>) -> HeadOutput {
+        self.head.forward(self.neck.forward(self.backbone.forward(x)))
+    }
+
+    /// `forward` then `decode`, after checking the input shape.
+    ///
+    /// # Shapes
+    /// - `x`: `[B, 3, H, W]`
+    /// - output: `[B, 4 + nc, A]` with `A = sum(H/s * W/s)`
+    pub fn predict(&self, x: Tensor<4>) -> Result<Tensor<3>> {
+        check_input(&x.dims())?;
+        Ok(decode(&self.forward(x), &self.head.meta()))
+    }
+
+    /// Number of parameters as PyTorch counts them (`sum(p.numel() for p in m.parameters())`):
+    /// weights, biases, BatchNorm affine terms and the fixed DFL projection, but not the
+    /// BatchNorm running statistics (which Burn's `num_params` includes).
+    pub fn num_parameters(&self) -> usize {
+        crate::weights::expected_keys(self)
+            .iter()
+            .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Head metadata (strides, reg_max, nc).
+    pub fn meta(&self) -> HeadMeta {
+        self.head.meta()
+    }
+}
+
+/// Checks that an input is `[B, 3, H, W]` with sides that are positive multiples of 32.
+pub fn check_input(dims: &[usize; 4]) -> Result<()> {
+    let [b, c, h, w] = *dims;
+    if b == 0 || c != 3 || h == 0 || w == 0 || h % MAX_STRIDE != 0 || w % MAX_STRIDE != 0 {
+        return Err(CoreError::Input(format!(
+            "expected [B, 3, H, W] with B > 0 and H, W positive multiples of {MAX_STRIDE}, got {dims:?}"
+        )));
+    }
+    Ok(())
+}

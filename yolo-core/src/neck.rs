@@ -1,0 +1,74 @@
+//! PANet neck of YOLOv8: `model.10` … `model.21` (top-down then bottom-up path).
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use crate::backbone::Features;
+use crate::nn::{C2f, C2fConfig, Conv, ConvConfig};
+use crate::scale::Multiples;
+
+/// Neck: upsample + concat + C2f twice (top-down), then stride-2 Conv + concat + C2f twice.
+/// The C2f blocks here have no shortcut.
+#[derive(Module, Debug)]
+pub struct Neck {
+    pub top_p4: C2f,
+    pub top_p3: C2f,
+    pub down_p3: Conv,
+    pub out_p4: C2f,
+    pub down_p4: Conv,
+    pub out_p5: C2f,
+}
+
+/// Nearest-neighbour 2x upsampling (`nn.Upsample(None, 2, "nearest")`): every pixel becomes
+/// a 2x2 block. Written as a broadcast so it is exact on every backend, whatever coordinate
+/// convention a backend's `interpolate` uses.
+///
+/// # Shapes
+/// - `x`: `[B, C, H, W]`
+/// - output: `[B, C, 2H, 2W]`
+pub fn upsample2x(x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
+}
+
+impl Neck {
+    /// Builds the neck for backbone channels `ch`; returns it with the channels of its outputs.
+    pub fn new(m: &Multiples, ch: [usize; 3], device: &Device) -> (Self, [usize; 3]) {
+        let c = |c| m.channels(c);
+        let n = m.repeats(3);
+        let c2f = |c1, c2| C2fConfig::new(c1, c2).with_n(n).init(device);
+        let down = |c1, c2| ConvConfig::new(c1, c2).with_k(3).with_s(2).init(device);
+        let [c3, c4, c5] = ch;
+        let (t4, t3) = (c(512), c(256));
+        let neck = Self {
+            top_p4: c2f(c5 + c4, t4),
+            top_p3: c2f(t4 + c3, t3),
+            down_p3: down(t3, t3),
+            out_p4: c2f(t3 + t4, c(512)),
+            down_p4: down(c(512), c(512)),
+            out_p5: c2f(c(512) + c5, c(1024)),
+        };
+        (neck, [t3, c(512), c(1024)])
+    }
+
+    /// # Shapes
+    /// - `f`: backbone features at strides 8, 16, 32
+    /// - output: three maps with the same spatial sizes as `f`, channels as `new` returned
+    pub fn forward(&self, f: Features) -> Vec<Tensor<4>> {
+        let t4 = self
+            .top_p4
+            .forward(Tensor::cat(vec![upsample2x(f.p5.clone()), f.p4], 1));
+        let o3 = self
+            .top_p3
+            .forward(Tensor::cat(vec![upsample2x(t4.clone()), f.p3], 1));
+        let o4 = self
+            .out_p4
+            .forward(Tensor::cat(vec![self.down_p3.forward(o3.clone()), t4], 1));
+        let o5 = self
+            .out_p5
+            .forward(Tensor::cat(vec![self.down_p4.forward(o4.clone()), f.p5], 1));
+        vec![o3, o4, o5]
+    }
+}

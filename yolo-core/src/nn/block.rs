@@ -1,0 +1,160 @@
+//! CSP blocks: `Bottleneck`, `C2f` and `SPPF`, as Ultralytics `nn/modules/block.py`.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{Device, Tensor};
+
+use super::conv::{Conv, ConvConfig};
+
+/// Configuration of [`Bottleneck`] with Ultralytics' C2f arguments (`k = (3, 3)`, `e = 1.0`).
+#[derive(Config, Debug)]
+pub struct BottleneckConfig {
+    pub c1: usize,
+    pub c2: usize,
+    /// Residual connection (used only when `c1 == c2`).
+    #[config(default = true)]
+    pub shortcut: bool,
+    /// Hidden-channel expansion.
+    #[config(default = 1.0)]
+    pub e: f64,
+}
+
+impl BottleneckConfig {
+    pub fn init(&self, device: &Device) -> Bottleneck {
+        let c_ = (self.c2 as f64 * self.e) as usize;
+        Bottleneck {
+            cv1: ConvConfig::new(self.c1, c_).with_k(3).init(device),
+            cv2: ConvConfig::new(c_, self.c2).with_k(3).init(device),
+            add: self.shortcut && self.c1 == self.c2,
+        }
+    }
+}
+
+/// Two 3x3 convolutions with an optional residual.
+#[derive(Module, Debug)]
+pub struct Bottleneck {
+    pub cv1: Conv,
+    pub cv2: Conv,
+    pub add: bool,
+}
+
+impl Bottleneck {
+    /// # Shapes
+    /// - `x`: `[B, c1, H, W]`
+    /// - output: `[B, c2, H, W]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.cv2.forward(self.cv1.forward(x.clone()));
+        if self.add {
+            x + y
+        } else {
+            y
+        }
+    }
+}
+
+/// Configuration of [`C2f`]: `C2f(c1, c2, n, shortcut, e = 0.5)`.
+#[derive(Config, Debug)]
+pub struct C2fConfig {
+    pub c1: usize,
+    pub c2: usize,
+    /// Number of bottlenecks.
+    #[config(default = 1)]
+    pub n: usize,
+    #[config(default = false)]
+    pub shortcut: bool,
+    #[config(default = 0.5)]
+    pub e: f64,
+}
+
+impl C2fConfig {
+    pub fn init(&self, device: &Device) -> C2f {
+        let c = (self.c2 as f64 * self.e) as usize;
+        C2f {
+            cv1: ConvConfig::new(self.c1, 2 * c).init(device),
+            cv2: ConvConfig::new((2 + self.n) * c, self.c2).init(device),
+            m: (0..self.n)
+                .map(|_| {
+                    BottleneckConfig::new(c, c)
+                        .with_shortcut(self.shortcut)
+                        .init(device)
+                })
+                .collect(),
+            c,
+        }
+    }
+}
+
+/// CSP bottleneck with two convolutions ("C2f"): split, a chain of bottlenecks whose every
+/// output is kept, concat, 1x1 fuse.
+#[derive(Module, Debug)]
+pub struct C2f {
+    pub cv1: Conv,
+    pub cv2: Conv,
+    pub m: Vec<Bottleneck>,
+    /// Hidden channels (half of `cv1`'s output).
+    pub c: usize,
+}
+
+impl C2f {
+    /// # Shapes
+    /// - `x`: `[B, c1, H, W]`
+    /// - output: `[B, c2, H, W]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut ys = self.cv1.forward(x).chunk(2, 1);
+        ys.reserve(self.m.len());
+        for m in &self.m {
+            let last = ys.last().expect("chunk(2) yields two tensors").clone();
+            ys.push(m.forward(last));
+        }
+        self.cv2.forward(Tensor::cat(ys, 1))
+    }
+}
+
+/// Configuration of [`Sppf`]: `SPPF(c1, c2, k = 5)`.
+#[derive(Config, Debug)]
+pub struct SppfConfig {
+    pub c1: usize,
+    pub c2: usize,
+    #[config(default = 5)]
+    pub k: usize,
+}
+
+impl SppfConfig {
+    pub fn init(&self, device: &Device) -> Sppf {
+        let c_ = self.c1 / 2;
+        let p = self.k / 2;
+        Sppf {
+            cv1: ConvConfig::new(self.c1, c_).init(device),
+            cv2: ConvConfig::new(c_ * 4, self.c2).init(device),
+            // Stride 1 (Burn defaults strides to the kernel size); the padding of Burn's
+            // max-pool acts as -inf like PyTorch's, so borders are never raised to zero.
+            m: MaxPool2dConfig::new([self.k, self.k])
+                .with_strides([1, 1])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .init(),
+        }
+    }
+}
+
+/// Spatial pyramid pooling, fast: three chained k x k max-pools, concatenated.
+#[derive(Module, Debug)]
+pub struct Sppf {
+    pub cv1: Conv,
+    pub cv2: Conv,
+    pub m: MaxPool2d,
+}
+
+impl Sppf {
+    /// # Shapes
+    /// - `x`: `[B, c1, H, W]`
+    /// - output: `[B, c2, H, W]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y0 = self.cv1.forward(x);
+        let y1 = self.m.forward(y0.clone());
+        let y2 = self.m.forward(y1.clone());
+        let y3 = self.m.forward(y2.clone());
+        self.cv2.forward(Tensor::cat(vec![y0, y1, y2, y3], 1))
+    }
+}

@@ -1,0 +1,270 @@
+//! The anchor-free `Detect` head with DFL, and the pure `decode` of its raw output.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::conv::{Conv, ConvConfig};
+
+/// Strides of the three detection levels (P3, P4, P5).
+pub const STRIDES: [usize; 3] = [8, 16, 32];
+
+/// What the loss, `decode` and the exporter need to know about the head.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeadMeta {
+    /// Stride of each level, in input pixels.
+    pub strides: Vec<usize>,
+    /// DFL bins per box side.
+    pub reg_max: usize,
+    /// Number of classes.
+    pub nc: usize,
+}
+
+impl HeadMeta {
+    /// Channels of the raw output per anchor: `4 * reg_max + nc`.
+    pub fn no(&self) -> usize {
+        4 * self.reg_max + self.nc
+    }
+}
+
+/// Raw output of one level.
+#[derive(Debug, Clone)]
+pub struct LevelOutput {
+    /// Box distributions (DFL logits), `[B, 4 * reg_max, H, W]`.
+    pub boxes: Tensor<4>,
+    /// Class logits, `[B, nc, H, W]`.
+    pub scores: Tensor<4>,
+}
+
+/// Raw output of the head: one entry per level, finest first.
+#[derive(Debug, Clone)]
+pub struct HeadOutput {
+    pub levels: Vec<LevelOutput>,
+}
+
+impl HeadOutput {
+    /// Grid size `(h, w)` of each level.
+    pub fn grid_sizes(&self) -> Vec<(usize, usize)> {
+        self.levels
+            .iter()
+            .map(|l| {
+                let [_, _, h, w] = l.scores.dims();
+                (h, w)
+            })
+            .collect()
+    }
+
+    /// All levels flattened and concatenated along the anchor axis.
+    ///
+    /// # Shapes
+    /// - returns `(boxes, scores)`: `[B, 4 * reg_max, A]` and `[B, nc, A]`,
+    ///   anchors ordered level by level, row-major within a level.
+    pub fn flatten(&self) -> (Tensor<3>, Tensor<3>) {
+        let (boxes, scores): (Vec<_>, Vec<_>) = self
+            .levels
+            .iter()
+            .map(|l| {
+                let [b, cb, h, w] = l.boxes.dims();
+                let [_, nc, _, _] = l.scores.dims();
+                (
+                    l.boxes.clone().reshape([b, cb, h * w]),
+                    l.scores.clone().reshape([b, nc, h * w]),
+                )
+            })
+            .unzip();
+        (Tensor::cat(boxes, 2), Tensor::cat(scores, 2))
+    }
+}
+
+/// Anchor points at cell centres and the stride of each anchor, as Ultralytics `make_anchors`
+/// with offset 0.5, in grid units.
+///
+/// Returns `(points, strides)`: `points` holds `A` pairs `(x, y)` flattened, `strides` `A` values.
+pub fn make_anchors(grid_sizes: &[(usize, usize)], strides: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    let total: usize = grid_sizes.iter().map(|(h, w)| h * w).sum();
+    let mut points = Vec::with_capacity(total * 2);
+    let mut stride_of = Vec::with_capacity(total);
+    for (&(h, w), &s) in grid_sizes.iter().zip(strides) {
+        for y in 0..h {
+            for x in 0..w {
+                points.push(x as f32 + 0.5);
+                points.push(y as f32 + 0.5);
+                stride_of.push(s as f32);
+            }
+        }
+    }
+    (points, stride_of)
+}
+
+/// DFL expectation: softmax over the `reg_max` bins of each side, dotted with `0..reg_max`.
+///
+/// # Shapes
+/// - `boxes`: `[B, 4 * reg_max, A]`
+/// - output: `[B, 4, A]` distances in grid units (left, top, right, bottom)
+pub fn dfl_expectation(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
+    let [b, _, a] = boxes.dims();
+    let device = boxes.device();
+    let prob = softmax(boxes.reshape([b, 4, reg_max, a]), 2);
+    let proj: Vec<f32> = (0..reg_max).map(|i| i as f32).collect();
+    let proj = Tensor::<4>::from_data(TensorData::new(proj, [1, 1, reg_max, 1]), &device);
+    (prob * proj).sum_dim(2).reshape([b, 4, a])
+}
+
+/// Turns the raw head output into Ultralytics' eval-mode prediction.
+///
+/// # Shapes
+/// - output: `[B, 4 + nc, A]`: `cx, cy, w, h` in input pixels, then sigmoid class scores.
+pub fn decode(out: &HeadOutput, meta: &HeadMeta) -> Tensor<3> {
+    let (boxes, scores) = out.flatten();
+    let [_, _, a] = boxes.dims();
+    let device = boxes.device();
+    let dist = dfl_expectation(boxes, meta.reg_max);
+    let (points, strides) = make_anchors(&out.grid_sizes(), &meta.strides);
+    let anchors = Tensor::<3>::from_data(TensorData::new(points, [1, a, 2]), &device)
+        .swap_dims(1, 2);
+    let strides = Tensor::<3>::from_data(TensorData::new(strides, [1, 1, a]), &device);
+    let lt = dist.clone().narrow(1, 0, 2);
+    let rb = dist.narrow(1, 2, 2);
+    let x1y1 = anchors.clone() - lt;
+    let x2y2 = anchors + rb;
+    let cxy = (x1y1.clone() + x2y2.clone()) / 2.0;
+    let wh = x2y2 - x1y1;
+    let xywh = Tensor::cat(vec![cxy, wh], 1) * strides;
+    Tensor::cat(vec![xywh, sigmoid(scores)], 1)
+}
+
+/// One layer of a branch (`nn.Sequential(Conv, Conv, Conv2d)` in Ultralytics). An enum so the
+/// stored keys stay `cv2.{i}.{0,1}.conv.*` and `cv2.{i}.2.{weight,bias}`.
+#[derive(Module, Debug)]
+pub enum BranchLayer {
+    Conv(Conv),
+    Out(Conv2d),
+}
+
+impl BranchLayer {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Self::Conv(m) => m.forward(x),
+            Self::Out(m) => m.forward(x),
+        }
+    }
+}
+
+fn branch(c_in: usize, c_hidden: usize, c_out: usize, bias: f32, device: &Device) -> Vec<BranchLayer> {
+    let mut out = Conv2dConfig::new([c_hidden, c_out], [1, 1]).init(device);
+    out.bias = Some(Param::from_tensor(Tensor::full([c_out], bias, device)));
+    vec![
+        BranchLayer::Conv(ConvConfig::new(c_in, c_hidden).with_k(3).init(device)),
+        BranchLayer::Conv(ConvConfig::new(c_hidden, c_hidden).with_k(3).init(device)),
+        BranchLayer::Out(out),
+    ]
+}
+
+/// The fixed DFL projection, kept as a module so checkpoints hold `dfl.conv.weight`
+/// (`arange(reg_max)`, never trained) exactly like Ultralytics'.
+#[derive(Module, Debug)]
+pub struct Dfl {
+    pub conv: Conv2d,
+}
+
+impl Dfl {
+    fn new(reg_max: usize, device: &Device) -> Self {
+        let mut conv = Conv2dConfig::new([reg_max, 1], [1, 1])
+            .with_bias(false)
+            .init(device);
+        let w: Vec<f32> = (0..reg_max).map(|i| i as f32).collect();
+        conv.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(w, [1, reg_max, 1, 1]),
+            device,
+        ))
+        .set_require_grad(false);
+        Self { conv }
+    }
+}
+
+/// Configuration of [`Detect`]: `Detect(nc, ch)` of Ultralytics with `reg_max = 16`.
+#[derive(Config, Debug)]
+pub struct DetectConfig {
+    pub nc: usize,
+    /// Input channels of each level.
+    pub ch: Vec<usize>,
+    #[config(default = 16)]
+    pub reg_max: usize,
+}
+
+impl DetectConfig {
+    /// Builds the head with Ultralytics' bias initialisation: box bias 1.0, class bias
+    /// `log(5 / nc / (640 / s)^2)`.
+    pub fn init(&self, device: &Device) -> Detect {
+        let c2 = 16.max(self.ch[0] / 4).max(self.reg_max * 4);
+        let c3 = self.ch[0].max(self.nc.min(100));
+        let cv2 = self
+            .ch
+            .iter()
+            .map(|&c| branch(c, c2, 4 * self.reg_max, 1.0, device))
+            .collect();
+        let cv3 = self
+            .ch
+            .iter()
+            .zip(STRIDES)
+            .map(|(&c, s)| {
+                let b = (5.0 / self.nc as f64 / (640.0 / s as f64).powi(2)).ln() as f32;
+                branch(c, c3, self.nc, b, device)
+            })
+            .collect();
+        Detect {
+            cv2,
+            cv3,
+            dfl: Dfl::new(self.reg_max, device),
+            nc: self.nc,
+            reg_max: self.reg_max,
+        }
+    }
+}
+
+/// Decoupled detection head: a box branch (`cv2`) and a class branch (`cv3`) per level.
+#[derive(Module, Debug)]
+pub struct Detect {
+    pub cv2: Vec<Vec<BranchLayer>>,
+    pub cv3: Vec<Vec<BranchLayer>>,
+    pub dfl: Dfl,
+    pub nc: usize,
+    pub reg_max: usize,
+}
+
+impl Detect {
+    /// What `decode` and the loss need to know.
+    pub fn meta(&self) -> HeadMeta {
+        HeadMeta {
+            strides: STRIDES[..self.cv2.len()].to_vec(),
+            reg_max: self.reg_max,
+            nc: self.nc,
+        }
+    }
+
+    /// # Shapes
+    /// - `xs`: one `[B, ch[i], H_i, W_i]` per level
+    /// - output: per level, boxes `[B, 4 * reg_max, H_i, W_i]` and scores `[B, nc, H_i, W_i]`
+    pub fn forward(&self, xs: Vec<Tensor<4>>) -> HeadOutput {
+        let run = |seq: &[BranchLayer], x: Tensor<4>| seq.iter().fold(x, |x, l| l.forward(x));
+        let levels = xs
+            .into_iter()
+            .zip(self.cv2.iter().zip(&self.cv3))
+            .map(|(x, (b, c))| LevelOutput {
+                boxes: run(b, x.clone()),
+                scores: run(c, x),
+            })
+            .collect();
+        HeadOutput { levels }
+    }
+}
+
+impl Detect {
+    /// Keeps the DFL projection out of training, as Ultralytics' `requires_grad_(False)`.
+    pub fn freeze_dfl(&mut self) {
+        let w = self.dfl.conv.weight.clone();
+        self.dfl.conv.weight = w.set_require_grad(false);
+    }
+}

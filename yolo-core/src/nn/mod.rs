@@ -1,0 +1,9 @@
+//! Building blocks of YOLOv8, named as in Ultralytics (`nn/modules/{conv,block,head}.py`).
+
+pub mod block;
+pub mod conv;
+pub mod head;
+
+pub use block::{Bottleneck, BottleneckConfig, C2f, C2fConfig, Sppf, SppfConfig};
+pub use conv::{Conv, ConvConfig};
+pub use head::{decode, Detect, DetectConfig, HeadMeta, HeadOutput, LevelOutput};

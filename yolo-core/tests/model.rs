@@ -1,0 +1,241 @@
+//! Model parity with Ultralytics 8.4.190 (fixtures from tools/fixtures/make_model_fixtures.py),
+//! parameter counts of the published scales, weight loading errors and checkpoint round trips.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Tensor, TensorData};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use yolo_core::weights::{self, CheckpointMeta};
+use yolo_core::{backend, CoreError, ModelConfig, Scale, WeightProblem};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model")
+        .join(name)
+}
+
+fn f32s(view: &TensorView) -> Vec<f32> {
+    assert_eq!(view.dtype(), Dtype::F32);
+    view.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn load_io() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(fixture("io.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| (k, (v.shape().to_vec(), f32s(&v))))
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn parameter_counts_match_ultralytics() {
+    // Ultralytics' published counts for yolov8{n,s,m,l,x}.yaml at nc = 80 (also in
+    // tests/fixtures/model/versions.json, measured with the pip package).
+    let expected = [
+        (Scale::N, 3_157_200),
+        (Scale::S, 11_166_560),
+        (Scale::M, 25_902_640),
+        (Scale::L, 43_691_520),
+        (Scale::X, 68_229_648),
+    ];
+    let device = backend::cpu_device();
+    for (scale, count) in expected {
+        let model = ModelConfig::new(scale, 80).init(&device).unwrap();
+        assert_eq!(model.num_parameters(), count, "scale {scale}");
+    }
+}
+
+#[test]
+fn outputs_match_ultralytics() {
+    let device = backend::cpu_device();
+    let (model, meta) = weights::load_model(fixture("tiny_nc3.safetensors"), &device).unwrap();
+    assert_eq!(meta.model.nc, 3);
+    assert_eq!(meta.names, vec!["red", "green", "blue"]);
+    let io = load_io();
+    for case in ["square", "nonsquare", "batch2"] {
+        let (xs, x) = &io[&format!("{case}.input")];
+        let (ys, y) = &io[&format!("{case}.output")];
+        let input = Tensor::<4>::from_data(
+            TensorData::new(x.clone(), [xs[0], xs[1], xs[2], xs[3]]),
+            &device,
+        );
+        let out = model.predict(input).unwrap();
+        assert_eq!(out.dims().to_vec(), *ys, "{case}: shape");
+        let got = out.into_data().try_to_vec::<f32>().unwrap();
+        let err = max_abs_diff(&got, y);
+        assert!(err < 1e-4, "{case}: max abs diff {err} vs Ultralytics");
+    }
+}
+
+#[test]
+fn rejects_input_not_multiple_of_32() {
+    let device = backend::cpu_device();
+    let cfg = ModelConfig::custom(
+        yolo_core::Multiples {
+            depth: 0.33,
+            width: 0.0625,
+            max_channels: 1024,
+        },
+        2,
+    );
+    let model = cfg.init(&device).unwrap();
+    let x = Tensor::<4>::zeros([1, 3, 48, 64], &device);
+    assert!(matches!(model.predict(x), Err(CoreError::Input(_))));
+}
+
+/// Rewrites the fixture checkpoint with `edit` applied to its tensor list.
+fn edited_checkpoint(
+    dir: &tempfile::TempDir,
+    edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
+) -> PathBuf {
+    let bytes = std::fs::read(fixture("tiny_nc3.safetensors")).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(k, d, s, b)| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let out = safetensors::serialize(views, header.metadata().clone()).unwrap();
+    let path = dir.path().join("edited.safetensors");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+fn weight_problems(path: &PathBuf) -> Vec<WeightProblem> {
+    let device = backend::cpu_device();
+    match weights::load_model(path, &device) {
+        Err(CoreError::Weights { problems, .. }) => problems,
+        other => panic!("expected a weights error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn missing_key_is_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(&dir, |t| t.retain(|(k, ..)| k != "model.4.m.1.cv2.bn.running_var"));
+    let problems = weight_problems(&path);
+    assert_eq!(
+        problems,
+        vec![WeightProblem::Missing {
+            key: "model.4.m.1.cv2.bn.running_var".into(),
+            expected: vec![8],
+        }]
+    );
+    let msg = CoreError::Weights {
+        path: path.clone(),
+        problems,
+    }
+    .to_string();
+    assert!(msg.contains("model.4.m.1.cv2.bn.running_var") && msg.contains("[8]"), "{msg}");
+}
+
+#[test]
+fn wrong_shape_is_reported_with_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(&dir, |t| {
+        let e = t.iter_mut().find(|(k, ..)| k == "model.22.cv3.0.2.weight").unwrap();
+        // [3, 16, 1, 1] -> [4, 16, 1, 1]: a checkpoint for 4 classes.
+        e.2 = vec![4, 16, 1, 1];
+        e.3.extend(std::iter::repeat(0u8).take(16 * 4));
+    });
+    let problems = weight_problems(&path);
+    assert!(
+        problems.contains(&WeightProblem::Shape {
+            key: "model.22.cv3.0.2.weight".into(),
+            expected: vec![3, 16, 1, 1],
+            found: vec![4, 16, 1, 1],
+        }),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn unexpected_key_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(&dir, |t| {
+        t.push(("model.23.conv.weight".into(), Dtype::F32, vec![2], vec![0u8; 8]));
+    });
+    assert_eq!(
+        weight_problems(&path),
+        vec![WeightProblem::Unexpected {
+            key: "model.23.conv.weight".into(),
+            found: vec![2],
+        }]
+    );
+}
+
+#[test]
+fn checkpoint_round_trip_keeps_weights_and_metadata() {
+    let device = backend::cpu_device();
+    let (model, meta) = weights::load_model(fixture("tiny_nc3.safetensors"), &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weights/last.safetensors");
+    let mut meta2 = meta.clone();
+    meta2.extra.insert("epoch".into(), "3".into());
+    weights::save_model(&model, &meta2, &path).unwrap();
+    let read: CheckpointMeta = weights::read_meta(&path).unwrap();
+    assert_eq!(read, meta2);
+
+    // Same tensors, same names as the Ultralytics file (minus num_batches_tracked).
+    let ours = std::fs::read(&path).unwrap();
+    let theirs = std::fs::read(fixture("tiny_nc3.safetensors")).unwrap();
+    let ours = SafeTensors::deserialize(&ours).unwrap();
+    let theirs = SafeTensors::deserialize(&theirs).unwrap();
+    let mut n = 0;
+    for (k, v) in theirs.tensors() {
+        if k.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let o = ours.tensor(&k).unwrap_or_else(|_| panic!("{k} not saved"));
+        assert_eq!(o.shape(), v.shape(), "{k}");
+        assert_eq!(f32s(&o), f32s(&v), "{k}");
+        n += 1;
+    }
+    assert_eq!(ours.len(), n, "no extra tensors saved");
+}
+
+#[test]
+fn fresh_model_has_ultralytics_head_biases() {
+    let device = backend::cpu_device();
+    let model = ModelConfig::new(Scale::N, 80).init(&device).unwrap();
+    let keys = weights::expected_keys(&model);
+    assert_eq!(keys.len(), 355 - 57, "355 Ultralytics keys minus 57 num_batches_tracked");
+    let bytes = weights::to_bytes(
+        &model,
+        &CheckpointMeta {
+            model: ModelConfig::new(Scale::N, 80),
+            names: (0..80).map(|i| i.to_string()).collect(),
+            imgsz: 640,
+            extra: Default::default(),
+        },
+    )
+    .unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let cls_bias = f32s(&st.tensor("model.22.cv3.0.2.bias").unwrap());
+    let expect = (5.0f64 / 80.0 / (640.0f64 / 8.0).powi(2)).ln() as f32;
+    assert!(cls_bias.iter().all(|b| (b - expect).abs() < 1e-6));
+    let box_bias = f32s(&st.tensor("model.22.cv2.2.2.bias").unwrap());
+    assert!(box_bias.iter().all(|&b| b == 1.0));
+    let dfl = f32s(&st.tensor("model.22.dfl.conv.weight").unwrap());
+    assert_eq!(dfl, (0..16).map(|i| i as f32).collect::<Vec<_>>());
+}
