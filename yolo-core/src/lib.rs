@@ -11,9 +11,12 @@
 
 pub mod backbone;
 pub mod backend;
+pub mod data;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod neck;
+pub mod nms;
 pub mod nn;
 pub mod scale;
 pub mod weights;

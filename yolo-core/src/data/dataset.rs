@@ -1,0 +1,1 @@
+//! `data.yaml` parsing and image lists of a split.

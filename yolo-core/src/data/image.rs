@@ -1,0 +1,1 @@
+//! Image decoding (every format the image crate reads, EXIF orientation honoured).

@@ -1,0 +1,1 @@
+//! YOLO label files: parsing, checks with a report, fixes, and the scan cache.

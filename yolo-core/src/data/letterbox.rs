@@ -1,0 +1,1 @@
+//! Letterbox resize with the transform back to the original image.

@@ -1,0 +1,1 @@
+//! The built-in `shapes` demo dataset: a deterministic synthetic detection dataset.

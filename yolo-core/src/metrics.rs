@@ -1,0 +1,1 @@
+//! Detection metrics with Ultralytics semantics (mAP50, mAP50-95, P, R, confusion matrix).
