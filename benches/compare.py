@@ -54,6 +54,7 @@ def main():
 
     torch.set_num_threads(a.threads)
     work = tempfile.mkdtemp(prefix="yolo-compare-")
+    os.chdir(work)  # Ultralytics writes its ONNX export into the current folder
     torch.manual_seed(0)
     yolo = YOLO(f"yolov8{a.scale}.yaml")
     net = yolo.model.eval()
