@@ -34,6 +34,19 @@ pub enum CoreError {
     /// An input tensor has a shape the model cannot take.
     #[error("invalid input: {0}")]
     Input(String),
+    /// A dataset yaml (`data.yaml`) is missing a field or has a malformed one.
+    #[error("{path}: field `{field}`: {message}")]
+    DataConfig {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    /// A file could be read but is not an image the image crate can decode.
+    #[error("{path}: cannot decode image: {message}")]
+    Image { path: PathBuf, message: String },
+    /// A dataset split has no images, or none that passed the label checks.
+    #[error("{path}: {message}")]
+    Dataset { path: PathBuf, message: String },
 }
 
 /// One way a weights file fails to fit the model; keys use the Ultralytics names.
@@ -49,7 +62,9 @@ pub enum WeightProblem {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("key `{key}` has dtype {dtype}; expected F32 (tools/convert_ultralytics.py writes F32)")]
+    #[error(
+        "key `{key}` has dtype {dtype}; expected F32 (tools/convert_ultralytics.py writes F32)"
+    )]
     DType { key: String, dtype: String },
     #[error("key `{key}`: {message}")]
     Other { key: String, message: String },
