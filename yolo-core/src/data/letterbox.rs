@@ -1,1 +1,456 @@
 //! Letterbox resize with the transform back to the original image.
+//!
+//! [`LetterBox`] follows Ultralytics' `data/augment.py LetterBox` (scale by one ratio, pad to the
+//! target or to a stride multiple with the value 114) and returns a typed
+//! [`LetterboxTransform`] that maps labels into the letterboxed image and predicted boxes back
+//! to the original, as Ultralytics' `utils/ops.py scale_boxes` does.
+//!
+//! [`resize_bilinear`] reproduces OpenCV's `cv2.resize(.., INTER_LINEAR)` for 8-bit images bit
+//! for bit (checked against cv2 5.0 in `tests/letterbox.rs`); [`resize_area`] reproduces
+//! `INTER_AREA` for integer downscale factors.
+
+use image::{Rgb, RgbImage};
+
+use crate::{CoreError, Result};
+
+/// Fraction bits of OpenCV's fixed-point resize coefficients (`INTER_RESIZE_COEF_BITS`).
+const COEF_BITS: u32 = 11;
+/// `1 << COEF_BITS`: the fixed-point one.
+const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
+
+/// Source index and fixed-point weights `[w0, w1]` (summing to 2048) of one output coordinate.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    src: usize,
+    next: usize,
+    weights: [i32; 2],
+}
+
+/// OpenCV's linear interpolation table for one axis (`cv::resize`, `INTER_LINEAR`, 8U).
+///
+/// Half-pixel centres `f = (d + 0.5) * scale - 0.5` in double, then float as cv2 does; the
+/// weights are `saturate_cast<short>((1 - f) * 2048)` and `(f * 2048)`, which round half to even.
+/// Out-of-range taps read the edge pixel. cv2 treats the axes differently there: along x
+/// (`clamp_weights`) it moves the tap onto the edge pixel with weights `[2048, 0]`; along y it
+/// keeps the weights and clamps the row indices, which rounds differently in the vertical pass.
+fn linear_taps(src_len: usize, dst_len: usize, clamp_weights: bool) -> Vec<Tap> {
+    let scale = 1.0 / (dst_len as f64 / src_len as f64);
+    let last = src_len as i64 - 1;
+    (0..dst_len)
+        .map(|d| {
+            let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let s = f.floor();
+            let mut frac = f - s;
+            let mut s = s as i64;
+            if clamp_weights && s < 0 {
+                frac = 0.0;
+                s = 0;
+            }
+            if clamp_weights && s >= last {
+                frac = 0.0;
+                s = last;
+            }
+            let w0 = ((1.0 - frac) * COEF_SCALE).round_ties_even() as i32;
+            let w1 = (frac * COEF_SCALE).round_ties_even() as i32;
+            Tap {
+                src: s.clamp(0, last) as usize,
+                next: (s + 1).clamp(0, last) as usize,
+                weights: [w0, w1],
+            }
+        })
+        .collect()
+}
+
+/// Bilinear resize of an RGB8 image, identical to OpenCV's
+/// `cv2.resize(img, (new_width, new_height), interpolation=cv2.INTER_LINEAR)`.
+///
+/// OpenCV's 8-bit path: a horizontal pass into `int` with 11-bit weights, then a vertical pass
+/// evaluated as its SIMD kernel does (`((b0*(s0>>4))>>16) + ((b1*(s1>>4))>>16) + 2) >> 2`,
+/// saturated to `u8`), which cv2 5.0 uses for every pixel. Resizing to the same size copies.
+///
+/// # Panics
+/// If the image or the target size is empty.
+pub fn resize_bilinear(img: &RgbImage, new_width: u32, new_height: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    assert!(
+        w > 0 && h > 0 && new_width > 0 && new_height > 0,
+        "resize_bilinear: empty image or target ({w}x{h} -> {new_width}x{new_height})"
+    );
+    if (w, h) == (new_width, new_height) {
+        return img.clone();
+    }
+    let (w, h, dw, dh) = (
+        w as usize,
+        h as usize,
+        new_width as usize,
+        new_height as usize,
+    );
+    let xt = linear_taps(w, dw, true);
+    let yt = linear_taps(h, dh, false);
+    let src = img.as_raw();
+
+    // Horizontal pass, one buffered row per source row that is needed.
+    let hrow = |y: usize| -> Vec<i32> {
+        let row = &src[y * w * 3..(y + 1) * w * 3];
+        let mut out = Vec::with_capacity(dw * 3);
+        for t in &xt {
+            for c in 0..3 {
+                let a = row[t.src * 3 + c] as i32;
+                let b = row[t.next * 3 + c] as i32;
+                out.push(a * t.weights[0] + b * t.weights[1]);
+            }
+        }
+        out
+    };
+    let mut cache: Vec<Option<Vec<i32>>> = vec![None; h];
+    let mut dst = vec![0u8; dw * dh * 3];
+    let mut kept_from = 0;
+    for (dy, t) in yt.iter().enumerate() {
+        for y in [t.src, t.next] {
+            if cache[y].is_none() {
+                cache[y] = Some(hrow(y));
+            }
+        }
+        let s0 = cache[t.src].as_deref().expect("row computed above");
+        let s1 = cache[t.next].as_deref().expect("row computed above");
+        let [b0, b1] = t.weights;
+        let out = &mut dst[dy * dw * 3..(dy + 1) * dw * 3];
+        for ((o, &a), &b) in out.iter_mut().zip(s0).zip(s1) {
+            // `v_mul_hi` of int16 lanes: (x * b) >> 16 with an arithmetic shift.
+            let v = (((a >> 4) * b0) >> 16) + (((b >> 4) * b1) >> 16);
+            *o = ((v + 2) >> 2).clamp(0, 255) as u8;
+        }
+        // Source rows are visited in order: rows above the current window are done.
+        for row in &mut cache[kept_from..t.src] {
+            *row = None;
+        }
+        kept_from = kept_from.max(t.src);
+    }
+    RgbImage::from_raw(new_width, new_height, dst).expect("buffer has the image size")
+}
+
+/// Area (box-filter) downscale of an RGB8 image by integer factors, identical to OpenCV's
+/// `cv2.resize(.., interpolation=cv2.INTER_AREA)` when `width / new_width` and
+/// `height / new_height` are integers (cv2's `resizeAreaFast`): the mean of each block, with
+/// `(sum + 2) >> 2` for 2x2 blocks and `round_half_even(sum as f32 * (1 / area))` otherwise.
+///
+/// Non-integer factors and upscaling (cv2's general area tables) are not implemented and are
+/// reported as [`CoreError::Config`].
+pub fn resize_area(img: &RgbImage, new_width: u32, new_height: u32) -> Result<RgbImage> {
+    let (w, h) = img.dimensions();
+    if new_width == 0 || new_height == 0 || w % new_width != 0 || h % new_height != 0 {
+        return Err(CoreError::Config {
+            field: "resize_area".into(),
+            message: format!(
+                "{w}x{h} -> {new_width}x{new_height}: only integer downscale factors are supported"
+            ),
+        });
+    }
+    let (kx, ky) = (w / new_width, h / new_height);
+    let inv_area = 1.0f32 / (kx * ky) as f32;
+    let mut out = RgbImage::new(new_width, new_height);
+    for (dx, dy, px) in out.enumerate_pixels_mut() {
+        let mut sum = [0u32; 3];
+        for y in dy * ky..(dy + 1) * ky {
+            for x in dx * kx..(dx + 1) * kx {
+                for (s, v) in sum.iter_mut().zip(img.get_pixel(x, y).0) {
+                    *s += v as u32;
+                }
+            }
+        }
+        *px = Rgb(sum.map(|s| {
+            if kx == 2 && ky == 2 {
+                ((s + 2) >> 2) as u8
+            } else {
+                (s as f32 * inv_area).round_ties_even().clamp(0.0, 255.0) as u8
+            }
+        }));
+    }
+    Ok(out)
+}
+
+/// Ultralytics' `LetterBox`: resize keeping the aspect ratio, then pad.
+///
+/// Defaults match Ultralytics: `auto = false`, `scale_fill = false`, `scaleup = true`,
+/// `center = true`, `stride = 32`, `pad_value = 114`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LetterBox {
+    /// Target width in pixels.
+    pub width: u32,
+    /// Target height in pixels.
+    pub height: u32,
+    /// Minimal rectangle: pad only up to the next multiple of `stride`.
+    pub auto: bool,
+    /// Stretch to the target without padding (ignored when `auto`).
+    pub scale_fill: bool,
+    /// Allow upscaling; when false the ratio is at most 1.
+    pub scaleup: bool,
+    /// Centre the image (padding split on both sides) instead of placing it top-left.
+    pub center: bool,
+    /// Stride for `auto`.
+    pub stride: u32,
+    /// Value of every padded pixel, all channels.
+    pub pad_value: u8,
+}
+
+impl LetterBox {
+    /// A letterbox to `width` x `height` with Ultralytics' defaults.
+    pub fn new(width: u32, height: u32) -> Self {
+        Self {
+            width,
+            height,
+            auto: false,
+            scale_fill: false,
+            scaleup: true,
+            center: true,
+            stride: 32,
+            pad_value: 114,
+        }
+    }
+
+    /// A square letterbox (`imgsz` x `imgsz`).
+    pub fn square(imgsz: u32) -> Self {
+        Self::new(imgsz, imgsz)
+    }
+
+    /// Sets `auto` (pad to a multiple of `stride` only).
+    pub fn with_auto(mut self, auto: bool) -> Self {
+        self.auto = auto;
+        self
+    }
+
+    /// Sets `scale_fill` (stretch, no padding).
+    pub fn with_scale_fill(mut self, scale_fill: bool) -> Self {
+        self.scale_fill = scale_fill;
+        self
+    }
+
+    /// Sets `scaleup`.
+    pub fn with_scaleup(mut self, scaleup: bool) -> Self {
+        self.scaleup = scaleup;
+        self
+    }
+
+    /// Sets `center`.
+    pub fn with_center(mut self, center: bool) -> Self {
+        self.center = center;
+        self
+    }
+
+    /// Sets `stride`.
+    pub fn with_stride(mut self, stride: u32) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the padding value.
+    pub fn with_pad_value(mut self, pad_value: u8) -> Self {
+        self.pad_value = pad_value;
+        self
+    }
+
+    /// The geometry for an image of `width` x `height` (`LetterBox.get_params`).
+    ///
+    /// # Panics
+    /// If the image is empty or `auto` is set with `stride == 0`.
+    pub fn transform(&self, width: u32, height: u32) -> LetterboxTransform {
+        assert!(width > 0 && height > 0, "LetterBox: empty image");
+        let (w0, h0) = (width as f64, height as f64);
+        let (tw, th) = (self.width as f64, self.height as f64);
+        let mut r = (th / h0).min(tw / w0);
+        if !self.scaleup {
+            r = r.min(1.0);
+        }
+        let (mut ratio_x, mut ratio_y) = (r, r);
+        // Python's round() is round-half-to-even.
+        let mut unpad_w = ((w0 * r).round_ties_even() as u32).max(1);
+        let mut unpad_h = ((h0 * r).round_ties_even() as u32).max(1);
+        let mut dw = self.width as f64 - unpad_w as f64;
+        let mut dh = self.height as f64 - unpad_h as f64;
+        if self.auto {
+            assert!(self.stride > 0, "LetterBox: auto needs a stride > 0");
+            let s = self.stride as f64;
+            dw = dw.rem_euclid(s);
+            dh = dh.rem_euclid(s);
+        } else if self.scale_fill {
+            dw = 0.0;
+            dh = 0.0;
+            unpad_w = self.width;
+            unpad_h = self.height;
+            ratio_x = tw / w0;
+            ratio_y = th / h0;
+        }
+        if self.center {
+            dw /= 2.0;
+            dh /= 2.0;
+        }
+        // Ultralytics' split: the extra pixel of an odd padding goes right / bottom.
+        let split = |d: f64| -> (u32, u32) {
+            let first = if self.center {
+                (d - 0.1).round_ties_even().max(0.0) as u32
+            } else {
+                0
+            };
+            (first, (d + 0.1).round_ties_even().max(0.0) as u32)
+        };
+        let (pad_top, pad_bottom) = split(dh);
+        let (pad_left, pad_right) = split(dw);
+        LetterboxTransform {
+            orig_width: width,
+            orig_height: height,
+            ratio_x,
+            ratio_y,
+            unpad_width: unpad_w,
+            unpad_height: unpad_h,
+            pad_left,
+            pad_top,
+            pad_right,
+            pad_bottom,
+        }
+    }
+
+    /// Letterboxes `img`: cv2-exact bilinear resize (only when the size changes), then padding
+    /// with `pad_value`.
+    pub fn apply(&self, img: &RgbImage) -> (RgbImage, LetterboxTransform) {
+        let t = self.transform(img.width(), img.height());
+        let resized;
+        let inner = if (t.unpad_width, t.unpad_height) == img.dimensions() {
+            img
+        } else {
+            resized = resize_bilinear(img, t.unpad_width, t.unpad_height);
+            &resized
+        };
+        let mut out = RgbImage::from_pixel(t.width(), t.height(), Rgb([self.pad_value; 3]));
+        image::imageops::replace(&mut out, inner, t.pad_left as i64, t.pad_top as i64);
+        (out, t)
+    }
+}
+
+/// Where an image went in a letterbox: the scale per axis and the padding.
+///
+/// Maps labels forward into the letterboxed image and boxes back to the original.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LetterboxTransform {
+    /// Width of the original image.
+    pub orig_width: u32,
+    /// Height of the original image.
+    pub orig_height: u32,
+    /// Horizontal gain (letterboxed px per original px).
+    pub ratio_x: f64,
+    /// Vertical gain; equal to `ratio_x` unless `scale_fill` stretched the image.
+    pub ratio_y: f64,
+    /// Width of the resized image before padding.
+    pub unpad_width: u32,
+    /// Height of the resized image before padding.
+    pub unpad_height: u32,
+    /// Columns of padding on the left.
+    pub pad_left: u32,
+    /// Rows of padding on top.
+    pub pad_top: u32,
+    /// Columns of padding on the right.
+    pub pad_right: u32,
+    /// Rows of padding at the bottom.
+    pub pad_bottom: u32,
+}
+
+impl LetterboxTransform {
+    /// The transform Ultralytics' `scale_boxes(img1_shape, boxes, img0_shape)` infers when it
+    /// gets no `ratio_pad` (as in `predict`): gain `min(h1/h0, w1/w0)`, each side rounded, the
+    /// per-axis gains `new / orig` and centred padding `round((w1 - new_w) / 2 - 0.1)`.
+    ///
+    /// `orig_*` is the original image, `width` x `height` the letterboxed one.
+    pub fn infer(orig_width: u32, orig_height: u32, width: u32, height: u32) -> Self {
+        let (w0, h0) = (orig_width as f64, orig_height as f64);
+        let gain = (height as f64 / h0).min(width as f64 / w0);
+        let new_h = ((h0 * gain).round_ties_even() as u32).max(1);
+        let new_w = ((w0 * gain).round_ties_even() as u32).max(1);
+        let pad = |total: u32, new: u32| -> (u32, u32) {
+            let d = (total as f64 - new as f64) / 2.0;
+            let first = (d - 0.1).round_ties_even().max(0.0) as u32;
+            (first, total.saturating_sub(new + first))
+        };
+        let (pad_left, pad_right) = pad(width, new_w);
+        let (pad_top, pad_bottom) = pad(height, new_h);
+        Self {
+            orig_width,
+            orig_height,
+            ratio_x: new_w as f64 / w0,
+            ratio_y: new_h as f64 / h0,
+            unpad_width: new_w,
+            unpad_height: new_h,
+            pad_left,
+            pad_top,
+            pad_right,
+            pad_bottom,
+        }
+    }
+
+    /// Width of the letterboxed image.
+    pub fn width(&self) -> u32 {
+        self.pad_left + self.unpad_width + self.pad_right
+    }
+
+    /// Height of the letterboxed image.
+    pub fn height(&self) -> u32 {
+        self.pad_top + self.unpad_height + self.pad_bottom
+    }
+
+    /// A label box of the original image, normalised `[cx, cy, w, h]`, in pixels `[x1, y1, x2,
+    /// y2]` of the letterboxed image (`LetterBox._update_labels`: denormalise, scale, pad).
+    pub fn label_to_letterbox(&self, xywhn: [f64; 4]) -> [f64; 4] {
+        let [cx, cy, w, h] = xywhn;
+        let (w0, h0) = (self.orig_width as f64, self.orig_height as f64);
+        let x = |v: f64| v * w0 * self.ratio_x + self.pad_left as f64;
+        let y = |v: f64| v * h0 * self.ratio_y + self.pad_top as f64;
+        [
+            x(cx - w / 2.0),
+            y(cy - h / 2.0),
+            x(cx + w / 2.0),
+            y(cy + h / 2.0),
+        ]
+    }
+
+    /// A box `[x1, y1, x2, y2]` in letterboxed pixels mapped back to original-image pixels and
+    /// clipped to it (`scale_boxes` with `ratio_pad = ((ratio_y, ratio_x), (pad_left, pad_top))`,
+    /// then `clip_boxes`).
+    pub fn box_to_original(&self, xyxy: [f64; 4]) -> [f64; 4] {
+        let (w0, h0) = (self.orig_width as f64, self.orig_height as f64);
+        let x = |v: f64| ((v - self.pad_left as f64) / self.ratio_x).clamp(0.0, w0);
+        let y = |v: f64| ((v - self.pad_top as f64) / self.ratio_y).clamp(0.0, h0);
+        [x(xyxy[0]), y(xyxy[1]), x(xyxy[2]), y(xyxy[3])]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_of_a_wide_image() {
+        let t = LetterBox::square(64).transform(100, 30);
+        assert_eq!((t.unpad_width, t.unpad_height), (64, 19));
+        assert_eq!((t.pad_top, t.pad_bottom), (22, 23));
+        assert_eq!((t.width(), t.height()), (64, 64));
+        let t = LetterBox::square(64).with_auto(true).transform(100, 30);
+        assert_eq!((t.width(), t.height()), (64, 32));
+    }
+
+    #[test]
+    fn same_size_resize_copies_and_upscale_of_constant_is_constant() {
+        let img = RgbImage::from_pixel(5, 3, Rgb([7, 200, 255]));
+        assert_eq!(resize_bilinear(&img, 5, 3), img);
+        let up = resize_bilinear(&img, 17, 11);
+        assert!(up.pixels().all(|p| *p == Rgb([7, 200, 255])));
+    }
+
+    #[test]
+    fn inferred_transform_round_trips_a_box() {
+        let lb = LetterBox::new(96, 64);
+        let t = lb.transform(53, 37);
+        let fwd = t.label_to_letterbox([0.5, 0.5, 0.4, 0.2]);
+        let back = LetterboxTransform::infer(53, 37, t.width(), t.height()).box_to_original(fwd);
+        for (b, e) in back.iter().zip([15.9, 14.8, 37.1, 22.2]) {
+            assert!((b - e).abs() < 0.6, "{back:?}");
+        }
+    }
+}
