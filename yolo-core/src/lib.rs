@@ -19,6 +19,7 @@ pub mod neck;
 pub mod nms;
 pub mod nn;
 pub mod scale;
+pub mod val;
 pub mod weights;
 
 pub use burn;

@@ -5,11 +5,29 @@
 //! - [`iou`]: CIoU on tensors (`bbox_iou(.., CIoU=True)`),
 //! - [`assigner`]: the task-aligned assigner (`TaskAlignedAssigner`),
 //! - [`loss`]: box (CIoU), class (BCE) and DFL losses (`v8DetectionLoss`).
+//!
+//! and the training loop of 8.4.190's `BaseTrainer`:
+//! - [`config`]: `TrainConfig` with Ultralytics' defaults, saved as `args.yaml`,
+//! - [`schedule`]: LR lambda, warmup, accumulation (pure functions),
+//! - [`optim`]: the three parameter groups, SGD (Nesterov) / AdamW, `optimizer=auto`,
+//! - [`ema`]: `ModelEMA`,
+//! - [`loader`]: letterboxed batches (no augmentation yet),
+//! - [`trainer`]: the explicit loop, run folder, `results.csv`, checkpoints.
 
 pub mod assigner;
+pub mod config;
+pub mod ema;
+pub mod error;
 pub mod iou;
+pub mod loader;
 pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
 
 pub use assigner::{Assignment, TaskAlignedAssigner};
+pub use config::{OptimizerKind, TrainConfig};
+pub use error::{Result, TrainError};
 pub use loss::{v8_detection_loss, LossConfig, LossOutput, Target, Targets};
+pub use trainer::{train, train_with, EpochStats, Report, TrainSummary};
 pub use yolo_core;

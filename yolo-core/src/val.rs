@@ -1,0 +1,240 @@
+//! The validation loop: model + letterbox + NMS + metrics over a dataset split, written once
+//! and used by `yolo-infer val` and by training's per-epoch validation.
+//!
+//! It reproduces Ultralytics 8.4.190's `DetectionValidator` pipeline:
+//! - rectangular batches (`rect=True` for val): samples sorted by aspect ratio `h / w`, each
+//!   batch letterboxed to `ceil(shape * imgsz / 32 + 0.5) * 32` (`BaseDataset.set_rectangle`);
+//! - `load_image`: long side resized to `imgsz` (sides `min(ceil(s * r), imgsz)`, cv2-exact
+//!   bilinear), then `LetterBox(scaleup=False, auto=False)` to the batch shape, pad 114;
+//! - NMS with conf 0.001, IoU 0.7, max_det 300, multi-label;
+//! - matching and metrics in letterboxed pixel space (8.4 no longer scales back for metrics).
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::image::{read_rgb8, ImageSize};
+use crate::data::labels::Sample;
+use crate::data::letterbox::{resize_bilinear, LetterBox};
+use crate::error::Result;
+use crate::model::{YoloV8, MAX_STRIDE};
+use crate::nn::{decode, HeadOutput};
+
+/// Settings of a validation run (Ultralytics' `yolo val` defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValConfig {
+    pub imgsz: u32,
+    pub batch: usize,
+    /// Confidence threshold of NMS.
+    pub conf: f32,
+    /// IoU threshold of NMS.
+    pub iou: f32,
+    pub max_det: usize,
+    /// Rectangular batches (letterbox each batch to its own minimal shape).
+    pub rect: bool,
+}
+
+impl Default for ValConfig {
+    fn default() -> Self {
+        Self {
+            imgsz: 640,
+            batch: 16,
+            conf: 0.001,
+            iou: 0.7,
+            max_det: 300,
+            rect: true,
+        }
+    }
+}
+
+/// Which samples form each batch and the `(height, width)` every batch is letterboxed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPlan {
+    pub batches: Vec<Vec<usize>>,
+    pub shapes: Vec<ImageSize>,
+}
+
+/// Groups samples into batches as Ultralytics' validation dataloader does.
+///
+/// With `rect`, samples are ordered by aspect ratio `h / w` (a stable sort; numpy's argsort
+/// may order exact ties differently, which only matters when a tie straddles two batches)
+/// and each batch gets `ceil(shape * imgsz / stride + pad) * stride` with `shape` `[max_ar, 1]`
+/// when all ratios are below 1, `[1, 1 / min_ar]` when all are above 1, else `[1, 1]`.
+pub fn plan_batches(sizes: &[ImageSize], imgsz: u32, batch: usize, rect: bool) -> BatchPlan {
+    let batch = batch.max(1);
+    let stride = MAX_STRIDE as f64;
+    let pad = 0.5;
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    let ar = |i: usize| sizes[i].height as f64 / sizes[i].width as f64;
+    if rect {
+        order.sort_by(|&a, &b| ar(a).total_cmp(&ar(b)));
+    }
+    let batches: Vec<Vec<usize>> = order.chunks(batch).map(|c| c.to_vec()).collect();
+    let shapes = batches
+        .iter()
+        .map(|b| {
+            if !rect {
+                return ImageSize {
+                    width: imgsz,
+                    height: imgsz,
+                };
+            }
+            let (mini, maxi) = b
+                .iter()
+                .map(|&i| ar(i))
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), a| {
+                    (lo.min(a), hi.max(a))
+                });
+            let (sh, sw) = if maxi < 1.0 {
+                (maxi, 1.0)
+            } else if mini > 1.0 {
+                (1.0, 1.0 / mini)
+            } else {
+                (1.0, 1.0)
+            };
+            let side = |s: f64| ((s * imgsz as f64 / stride + pad).ceil() * stride) as u32;
+            ImageSize {
+                width: side(sw),
+                height: side(sh),
+            }
+        })
+        .collect();
+    BatchPlan { batches, shapes }
+}
+
+/// A ground-truth box in letterboxed pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GtBox {
+    pub class: usize,
+    pub xyxy: [f32; 4],
+}
+
+/// One preprocessed image.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `[3, H, W]` RGB in `[0, 1]`, row-major.
+    pub chw: Vec<f32>,
+    pub size: ImageSize,
+    pub gt: Vec<GtBox>,
+}
+
+/// Loads `sample` as Ultralytics' validation dataset does and letterboxes it to `shape`.
+pub fn prepare(sample: &Sample, imgsz: u32, shape: ImageSize) -> Result<Prepared> {
+    let img = read_rgb8(&sample.image)?;
+    let (w0, h0) = img.dimensions();
+    let r = imgsz as f64 / w0.max(h0) as f64;
+    let img = if r != 1.0 {
+        let w = ((w0 as f64 * r).ceil() as u32).min(imgsz).max(1);
+        let h = ((h0 as f64 * r).ceil() as u32).min(imgsz).max(1);
+        resize_bilinear(&img, w, h)
+    } else {
+        img
+    };
+    let (lb, t) = LetterBox::new(shape.width, shape.height)
+        .with_scaleup(false)
+        .apply(&img);
+    let (w, h) = lb.dimensions();
+    let plane = (w * h) as usize;
+    let mut chw = vec![0f32; 3 * plane];
+    for (i, p) in lb.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * plane + i] = p.0[c] as f32 / 255.0;
+        }
+    }
+    let gt = sample
+        .labels
+        .iter()
+        .map(|l| {
+            let b = t.label_to_letterbox([l.cx as f64, l.cy as f64, l.w as f64, l.h as f64]);
+            GtBox {
+                class: l.class,
+                xyxy: b.map(|v| v as f32),
+            }
+        })
+        .collect();
+    Ok(Prepared {
+        chw,
+        size: ImageSize {
+            width: w,
+            height: h,
+        },
+        gt,
+    })
+}
+
+/// Stacks prepared images of one shape into a `[B, 3, H, W]` tensor.
+pub fn stack(batch: &[Prepared], device: &Device) -> Tensor<4> {
+    let size = batch[0].size;
+    let mut data = Vec::with_capacity(batch.len() * batch[0].chw.len());
+    for p in batch {
+        debug_assert_eq!(p.size, size, "a batch has one shape");
+        data.extend_from_slice(&p.chw);
+    }
+    Tensor::from_data(
+        TensorData::new(
+            data,
+            [batch.len(), 3, size.height as usize, size.width as usize],
+        ),
+        device,
+    )
+}
+
+/// Runs the model over `samples` batch by batch, calling `on_batch` with the raw head output,
+/// the prepared batch and the decoded predictions `[B, 4 + nc, A]` read back to the host.
+/// Errors (an unreadable image) stop the run and name the file.
+pub fn run_batches(
+    model: &YoloV8,
+    samples: &[Sample],
+    cfg: &ValConfig,
+    device: &Device,
+    mut on_batch: impl FnMut(&HeadOutput, &[Prepared], &[f32], [usize; 3]),
+) -> Result<()> {
+    let sizes: Vec<ImageSize> = samples.iter().map(|s| s.size).collect();
+    let plan = plan_batches(&sizes, cfg.imgsz, cfg.batch, cfg.rect);
+    let meta = model.meta();
+    for (items, &shape) in plan.batches.iter().zip(&plan.shapes) {
+        let prepared: Vec<Prepared> = items
+            .par_iter()
+            .map(|&i| prepare(&samples[i], cfg.imgsz, shape))
+            .collect::<Result<_>>()?;
+        let x = stack(&prepared, device);
+        let out = model.forward(x);
+        let pred = decode(&out, &meta);
+        let dims = pred.dims();
+        let data = pred
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 after convert");
+        on_batch(&out, &prepared, &data, dims);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sz(width: u32, height: u32) -> ImageSize {
+        ImageSize { width, height }
+    }
+
+    #[test]
+    fn rect_batches_as_ultralytics() {
+        // Two wide, one square, one tall image; batch 2.
+        let sizes = [sz(100, 50), sz(64, 64), sz(100, 80), sz(40, 100)];
+        let plan = plan_batches(&sizes, 64, 2, true);
+        assert_eq!(plan.batches, vec![vec![0, 2], vec![1, 3]]);
+        // ratios 0.5 and 0.8 -> shape [0.8, 1]: height ceil(0.8 * 64 / 32 + 0.5) = 3 -> 96,
+        // width ceil(64 / 32 + 0.5) = 3 -> 96.
+        assert_eq!(plan.shapes[0], sz(96, 96));
+        let plan = plan_batches(&sizes, 640, 2, true);
+        // ceil(0.8 * 20 + 0.5) = 17 -> 544 high, ceil(20.5) = 21 -> 672 wide.
+        assert_eq!(plan.shapes[0], sz(672, 544));
+        // mixed batch (1.0 and 2.5) -> [1, 1] -> 672 x 672.
+        assert_eq!(plan.shapes[1], sz(672, 672));
+        let plan = plan_batches(&sizes, 640, 2, false);
+        assert_eq!(plan.batches, vec![vec![0, 1], vec![2, 3]]);
+        assert!(plan.shapes.iter().all(|s| *s == sz(640, 640)));
+    }
+}

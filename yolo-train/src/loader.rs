@@ -1,0 +1,165 @@
+//! The training / validation batch loader, without augmentation for now (Mosaic and the other
+//! transforms are a separate stage): each image is read, letterboxed to `imgsz x imgsz`
+//! (`LetterBox(auto=False)`: long side resized to `imgsz` with cv2-exact bilinear, padded with
+//! 114), and its labels mapped into the letterboxed image as normalised xywh.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use yolo_core::burn;
+use yolo_core::data::image::read_rgb8;
+use yolo_core::data::labels::Sample;
+use yolo_core::data::letterbox::LetterBox;
+
+use crate::error::Result;
+use crate::loss::{Target, Targets};
+
+/// One batch.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[B, 3, S, S]`, RGB in `[0, 1]`.
+    pub images: Tensor<4>,
+    /// Ground truth, normalised xywh in the letterboxed image.
+    pub targets: Targets,
+}
+
+/// A prepared image: CHW floats in `[0, 1]` and its boxes.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub chw: Vec<f32>,
+    /// `(class, [cx, cy, w, h])` normalised to the letterboxed image.
+    pub boxes: Vec<(usize, [f32; 4])>,
+}
+
+/// Samples of one split with a batch size and image size.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    pub samples: Vec<Sample>,
+    pub imgsz: usize,
+    pub batch: usize,
+    pub seed: u64,
+    /// Shuffle every epoch (training) or keep the order (validation).
+    pub shuffle: bool,
+}
+
+impl Loader {
+    /// Number of batches per epoch (the last one may be smaller, as `drop_last=False`).
+    pub fn len(&self) -> usize {
+        self.samples.len().div_ceil(self.batch)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Sample indices of every batch of `epoch`: a permutation from `ChaCha8(seed + epoch)`
+    /// when shuffling, the file order otherwise.
+    pub fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        if self.shuffle {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(epoch as u64));
+            order.shuffle(&mut rng);
+        }
+        order.chunks(self.batch).map(<[usize]>::to_vec).collect()
+    }
+
+    /// Reads and letterboxes one sample.
+    pub fn prepare(&self, index: usize) -> Result<Prepared> {
+        let sample = &self.samples[index];
+        let img = read_rgb8(&sample.image)?;
+        let s = self.imgsz as u32;
+        let (img, t) = LetterBox::square(s).with_auto(false).apply(&img);
+        let (w, h) = img.dimensions();
+        let n = (w * h) as usize;
+        let mut chw = vec![0f32; 3 * n];
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                chw[c * n + i] = px.0[c] as f32 / 255.0;
+            }
+        }
+        let boxes = sample
+            .labels
+            .iter()
+            .map(|l| {
+                let [x1, y1, x2, y2] =
+                    t.label_to_letterbox([l.cx as f64, l.cy as f64, l.w as f64, l.h as f64]);
+                let (fw, fh) = (w as f64, h as f64);
+                (
+                    l.class,
+                    [
+                        ((x1 + x2) / 2.0 / fw) as f32,
+                        ((y1 + y2) / 2.0 / fh) as f32,
+                        ((x2 - x1) / fw) as f32,
+                        ((y2 - y1) / fh) as f32,
+                    ],
+                )
+            })
+            .collect();
+        Ok(Prepared { chw, boxes })
+    }
+
+    /// Loads the samples `indices` in parallel (rayon) into one batch on `device`.
+    pub fn load(&self, indices: &[usize], device: &Device) -> Result<Batch> {
+        let prepared: Vec<Prepared> = indices
+            .par_iter()
+            .map(|&i| self.prepare(i))
+            .collect::<Result<_>>()?;
+        let s = self.imgsz;
+        let mut data = Vec::with_capacity(prepared.len() * 3 * s * s);
+        let mut boxes = Vec::new();
+        for (b, p) in prepared.into_iter().enumerate() {
+            data.extend_from_slice(&p.chw);
+            boxes.extend(p.boxes.into_iter().map(|(cls, xywh)| Target {
+                batch_idx: b,
+                cls,
+                xywh,
+            }));
+        }
+        let images = Tensor::from_data(TensorData::new(data, [indices.len(), 3, s, s]), device);
+        Ok(Batch {
+            images,
+            targets: Targets { boxes },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn loader(n: usize, batch: usize, shuffle: bool) -> Loader {
+        Loader {
+            samples: (0..n)
+                .map(|i| Sample {
+                    image: PathBuf::from(format!("{i}.png")),
+                    size: yolo_core::data::image::ImageSize {
+                        width: 10,
+                        height: 10,
+                    },
+                    labels: vec![],
+                })
+                .collect(),
+            imgsz: 32,
+            batch,
+            seed: 0,
+            shuffle,
+        }
+    }
+
+    #[test]
+    fn batches_cover_every_sample_once_and_depend_on_epoch() {
+        let l = loader(10, 4, true);
+        assert_eq!(l.len(), 3);
+        let e0 = l.batches(0);
+        assert_eq!(e0.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
+        let mut all: Vec<usize> = e0.concat();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert_eq!(l.batches(0), e0, "same seed and epoch, same order");
+        assert_ne!(l.batches(1), e0);
+        assert_eq!(loader(10, 4, false).batches(3).concat(), (0..10).collect::<Vec<_>>());
+    }
+}

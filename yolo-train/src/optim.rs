@@ -1,0 +1,388 @@
+//! The optimizer of Ultralytics' `BaseTrainer.build_optimizer`: three parameter groups (weights
+//! with decay, BatchNorm weights, biases), SGD with Nesterov momentum or AdamW, the
+//! `optimizer=auto` rule, and global-norm gradient clipping (`clip_grad_norm_(max_norm=10)`).
+//!
+//! Burn's `ModuleOptimizer` keeps each parameter's optimizer instance beside its state, and
+//! `with_group` resets the state of the group it adds, so the optimizer cannot be rebuilt per
+//! step to change momentum during warmup. Instead the SGD here ([`NesterovSgd`]) reads its
+//! momentum from a cell shared with [`YoloOptimizer`], which sets it before every step; LRs go
+//! per group through Burn's own `ModuleLearningRate`. AdamW is Burn's (betas fixed: Ultralytics'
+//! warmup only moves `momentum` of groups that have one, and Adam groups have `betas`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use burn::lr_scheduler::constant::ConstantLr;
+use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::optim::{
+    AdamWConfig, GradientsParams, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource,
+};
+use burn::tensor::{Device, Tensor};
+use yolo_core::burn;
+
+use crate::config::OptimizerKind;
+
+/// The optimizer Ultralytics' rule settles on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimizerChoice {
+    /// `Sgd` or `AdamW`, never `Auto`.
+    pub kind: OptimizerKind,
+    pub lr0: f64,
+    pub momentum: f64,
+    pub warmup_bias_lr: f64,
+}
+
+/// Resolves `optimizer=auto` as 8.4.190 does: `iterations = ceil(n_train / max(batch, nbs)) *
+/// epochs`; above 10000 Ultralytics picks MuSGD (lr 0.01, momentum 0.9), which is not
+/// implemented here: plain Nesterov SGD with the same settings is used instead. Otherwise AdamW
+/// with `lr = round(0.002 * 5 / (4 + nc), 6)` and momentum 0.9. Either way `warmup_bias_lr`
+/// becomes 0. Explicit choices pass through unchanged.
+pub fn resolve_optimizer(
+    kind: OptimizerKind,
+    lr0: f64,
+    momentum: f64,
+    warmup_bias_lr: f64,
+    nc: usize,
+    n_train: usize,
+    batch: usize,
+    nbs: usize,
+    epochs: usize,
+) -> OptimizerChoice {
+    if kind != OptimizerKind::Auto {
+        return OptimizerChoice {
+            kind,
+            lr0,
+            momentum,
+            warmup_bias_lr,
+        };
+    }
+    let iterations = n_train.div_ceil(batch.max(nbs)) * epochs;
+    let lr_fit = (0.002 * 5.0 / (4.0 + nc as f64) * 1e6).round_ties_even() / 1e6;
+    let (kind, lr0) = if iterations > 10000 {
+        (OptimizerKind::Sgd, 0.01)
+    } else {
+        (OptimizerKind::AdamW, lr_fit)
+    };
+    OptimizerChoice {
+        kind,
+        lr0,
+        momentum: 0.9,
+        warmup_bias_lr: 0.0,
+    }
+}
+
+/// The three parameter groups, in Ultralytics' order.
+#[derive(Debug, Clone, Default)]
+pub struct ParamGroups {
+    /// pg0: weights with decay (conv weights, including the frozen DFL projection).
+    pub weights: Vec<(ParamId, String)>,
+    /// pg1: BatchNorm weights (`gamma`), no decay.
+    pub bn: Vec<(ParamId, String)>,
+    /// pg2: every bias (conv biases and BatchNorm `beta`), no decay.
+    pub biases: Vec<(ParamId, String)>,
+}
+
+impl ParamGroups {
+    /// Splits a module's parameters as `build_optimizer` does: a name containing `bias` → pg2,
+    /// a BatchNorm weight → pg1, any other weight → pg0. BatchNorm running statistics are
+    /// buffers, not parameters, and belong to no group.
+    pub fn of<M: Module>(module: &M) -> Self {
+        let mut v = GroupVisitor {
+            path: vec![],
+            groups: Self::default(),
+        };
+        module.visit(&mut v);
+        v.groups
+    }
+
+    /// Group sizes `[pg0, pg1, pg2]`.
+    pub fn counts(&self) -> [usize; 3] {
+        [self.weights.len(), self.bn.len(), self.biases.len()]
+    }
+}
+
+struct GroupVisitor {
+    path: Vec<String>,
+    groups: ParamGroups,
+}
+
+impl ModuleVisitor for GroupVisitor {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.join(".");
+        let leaf = self.path.last().map(String::as_str).unwrap_or("");
+        let entry = (param.id, path.clone());
+        match leaf {
+            "running_mean" | "running_var" => {}
+            "bias" | "beta" => self.groups.biases.push(entry),
+            "gamma" => self.groups.bn.push(entry),
+            _ => self.groups.weights.push(entry),
+        }
+    }
+}
+
+/// A momentum value shared between [`YoloOptimizer`] and its SGD instances.
+#[derive(Debug, Clone, Default)]
+pub struct SharedMomentum(Arc<AtomicU64>);
+
+impl SharedMomentum {
+    pub fn new(v: f64) -> Self {
+        Self(Arc::new(AtomicU64::new(v.to_bits())))
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed)
+    }
+}
+
+/// PyTorch's `SGD(nesterov=True, dampening=0)` with coupled weight decay:
+/// `g = grad + wd * p; buf = m * buf + g (buf = g at first); p -= lr * (g + m * buf)`.
+#[derive(Clone)]
+pub struct NesterovSgd {
+    pub weight_decay: f64,
+    pub momentum: SharedMomentum,
+}
+
+/// Momentum buffer of [`NesterovSgd`].
+#[derive(Clone)]
+pub struct VelocityState<const D: usize> {
+    pub velocity: Tensor<D>,
+}
+
+impl<const D: usize> RecordState for VelocityState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        out.push_tensor(prefix, "velocity", self.velocity.to_data());
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        let data = src.take_tensor(prefix, "velocity")?;
+        Some(Self {
+            velocity: Tensor::from_data(data, device),
+        })
+    }
+}
+
+impl Optimizer for NesterovSgd {
+    type State<const D: usize> = VelocityState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: f64,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let m = self.momentum.get();
+        let g = if self.weight_decay != 0.0 {
+            grad + tensor.clone().mul_scalar(self.weight_decay)
+        } else {
+            grad
+        };
+        let velocity = match state {
+            Some(s) => s.velocity.mul_scalar(m) + g.clone(),
+            None => g.clone(),
+        };
+        let update = g + velocity.clone().mul_scalar(m);
+        (
+            tensor - update.mul_scalar(lr),
+            Some(VelocityState { velocity }),
+        )
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        VelocityState {
+            velocity: state.velocity.to_device(device),
+        }
+    }
+}
+
+/// The grouped optimizer of a training run.
+pub struct YoloOptimizer {
+    inner: ModuleOptimizer,
+    bn: ParamGroup,
+    biases: ParamGroup,
+    momentum: SharedMomentum,
+    /// Settings it was built with.
+    pub choice: OptimizerChoice,
+    /// The weight decay of pg0 (already scaled by `batch * accumulate / nbs`).
+    pub weight_decay: f64,
+}
+
+impl YoloOptimizer {
+    /// Builds the optimizer for `model`'s parameters.
+    pub fn new<M: Module>(model: &M, choice: OptimizerChoice, weight_decay: f64) -> Self {
+        let groups = ParamGroups::of(model);
+        let ids = |g: &[(ParamId, String)]| ParamGroup::from_ids(g.iter().map(|(id, _)| *id).collect());
+        let bn = ids(&groups.bn);
+        let biases = ids(&groups.biases);
+        let momentum = SharedMomentum::new(choice.momentum);
+        let inner = match choice.kind {
+            OptimizerKind::AdamW => {
+                let cfg = |wd: f64| {
+                    AdamWConfig::new()
+                        .with_beta_1(choice.momentum as f32)
+                        .with_beta_2(0.999)
+                        .with_epsilon(1e-8)
+                        .with_weight_decay(wd as f32)
+                        .build()
+                };
+                ModuleOptimizer::from(cfg(weight_decay))
+                    .with_group(bn.clone(), cfg(0.0), None)
+                    .with_group(biases.clone(), cfg(0.0), None)
+            }
+            _ => {
+                let sgd = |wd: f64| NesterovSgd {
+                    weight_decay: wd,
+                    momentum: momentum.clone(),
+                };
+                ModuleOptimizer::from(sgd(weight_decay))
+                    .with_group(bn.clone(), sgd(0.0), None)
+                    .with_group(biases.clone(), sgd(0.0), None)
+            }
+        };
+        Self {
+            inner,
+            bn,
+            biases,
+            momentum,
+            choice,
+            weight_decay,
+        }
+    }
+
+    /// Sets the momentum used by SGD from the next step on (no effect on AdamW).
+    pub fn set_momentum(&self, momentum: f64) {
+        self.momentum.set(momentum);
+    }
+
+    /// One optimizer step with LR `lr[g]` for group `g`.
+    pub fn step<M: Module>(&mut self, lr: [f64; 3], model: M, grads: GradientsParams) -> M {
+        let lrs = ModuleLrScheduler::new(ConstantLr::from(lr[0]))
+            .with_group(self.bn.clone(), ConstantLr::from(lr[1]))
+            .with_group(self.biases.clone(), ConstantLr::from(lr[2]))
+            .step();
+        self.inner.step(lrs, model, grads)
+    }
+
+    /// The Burn optimizer (for saving its state).
+    pub fn module_optimizer(&self) -> &ModuleOptimizer {
+        &self.inner
+    }
+}
+
+/// Scales gradients so that their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, clamped to 1).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f64) -> (GradientsParams, f64) {
+    struct Norm<'a> {
+        grads: &'a GradientsParams,
+        sum: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let s = g.powi_scalar(2).sum();
+                self.sum = Some(match self.sum.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale {
+        grads: GradientsParams,
+        coef: f64,
+    }
+    impl ModuleMapper for Scale {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.coef));
+            }
+            param
+        }
+    }
+    let mut n = Norm {
+        grads: &grads,
+        sum: None,
+    };
+    model.visit(&mut n);
+    let Some(sum) = n.sum else {
+        return (grads, 0.0);
+    };
+    let norm = (sum.into_scalar::<f32>() as f64).sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef >= 1.0 {
+        return (grads, norm);
+    }
+    let mut s = Scale { grads, coef };
+    let _ = model.clone().map(&mut s);
+    (s.grads, norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yolo_core::{backend, ModelConfig, Scale};
+
+    #[test]
+    fn auto_rule() {
+        // 100 images, batch 16, 100 epochs: ceil(100 / 64) * 100 = 200 iterations -> AdamW
+        let c = resolve_optimizer(OptimizerKind::Auto, 0.01, 0.937, 0.1, 80, 100, 16, 64, 100);
+        assert_eq!(c.kind, OptimizerKind::AdamW);
+        assert_eq!(c.lr0, 0.000119); // round(0.01 / 84, 6)
+        assert_eq!(c.momentum, 0.9);
+        assert_eq!(c.warmup_bias_lr, 0.0);
+        let c = resolve_optimizer(OptimizerKind::Auto, 0.01, 0.937, 0.1, 3, 10, 16, 64, 10);
+        assert_eq!(c.lr0, 0.001429); // round(0.01 / 7, 6)
+        // 118287 images (COCO), 100 epochs: 1849 * 100 > 10000 -> SGD-like
+        let c = resolve_optimizer(OptimizerKind::Auto, 0.01, 0.937, 0.1, 80, 118_287, 16, 64, 100);
+        assert_eq!(c.kind, OptimizerKind::Sgd);
+        assert_eq!((c.lr0, c.momentum, c.warmup_bias_lr), (0.01, 0.9, 0.0));
+        // exactly 10000 stays AdamW
+        let c = resolve_optimizer(OptimizerKind::Auto, 0.01, 0.937, 0.1, 80, 6400, 16, 64, 100);
+        assert_eq!(c.kind, OptimizerKind::AdamW);
+        let c = resolve_optimizer(OptimizerKind::Sgd, 0.02, 0.9, 0.1, 80, 1, 1, 64, 1);
+        assert_eq!((c.kind, c.lr0, c.momentum, c.warmup_bias_lr), (OptimizerKind::Sgd, 0.02, 0.9, 0.1));
+    }
+
+    /// Ultralytics 8.4.190 `build_optimizer` on `DetectionModel('yolov8n.yaml', nc=80)` puts
+    /// 64 params in g0 (63 conv weights + the DFL projection), 57 in g1, 63 in g2.
+    #[test]
+    fn yolov8n_group_counts_match_ultralytics() {
+        let model = ModelConfig::new(Scale::N, 80).init(&backend::cpu_device()).unwrap();
+        let g = ParamGroups::of(&model);
+        assert_eq!(g.counts(), [64, 57, 63], "{:?}", g.weights.iter().take(3).collect::<Vec<_>>());
+        assert!(g.bn.iter().all(|(_, p)| p.ends_with("bn.gamma")));
+    }
+
+    /// One SGD step against hand-computed PyTorch numbers: p = 1, grad = 0.5, wd = 0.1,
+    /// m = 0.9, lr = 0.1: g = 0.6, buf = 0.6, update = 0.6 + 0.54 = 1.14, p = 0.886; second
+    /// step (same grad): g = 0.5 + 0.0886 = 0.5886, buf = 0.54 + 0.5886 = 1.1286,
+    /// update = 0.5886 + 1.01574 = 1.60434, p = 0.886 - 0.160434 = 0.725566.
+    #[test]
+    fn nesterov_sgd_matches_pytorch() {
+        let device = backend::cpu_device();
+        let sgd = NesterovSgd {
+            weight_decay: 0.1,
+            momentum: SharedMomentum::new(0.9),
+        };
+        let p = Tensor::<1>::from_floats([1.0], &device);
+        let g = Tensor::<1>::from_floats([0.5], &device);
+        let (p, s) = sgd.step(0.1, p, g.clone(), None);
+        let v: f32 = p.clone().into_scalar();
+        assert!((v - 0.886).abs() < 1e-6, "{v}");
+        let (p, _) = sgd.step(0.1, p, g, s);
+        let v: f32 = p.into_scalar();
+        assert!((v - 0.725566).abs() < 1e-6, "{v}");
+    }
+}

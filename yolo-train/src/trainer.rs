@@ -1,0 +1,513 @@
+//! The training loop of Ultralytics 8.4.190's `BaseTrainer._do_train`, written out: forward on
+//! the autodiff model, `v8_detection_loss`, backward, gradient accumulation up to `nbs`,
+//! global-norm clipping (10.0), the grouped optimizer step with warmup LR / momentum, the EMA
+//! update; per epoch validation losses of the EMA model, `results.csv`, `last` and `best`
+//! checkpoints (EMA weights).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Device;
+use yolo_core::burn;
+use yolo_core::data::dataset::{load_split, DataConfig, Split};
+use yolo_core::weights::{self, CheckpointMeta};
+use yolo_core::{ModelConfig, YoloV8};
+
+use crate::config::TrainConfig;
+use crate::ema::ModelEma;
+use crate::error::{Result, TrainError};
+use crate::loader::Loader;
+use crate::loss::{v8_detection_loss, LossConfig};
+use crate::optim::{clip_grad_norm, resolve_optimizer, YoloOptimizer};
+use crate::schedule::{accumulate, scaled_weight_decay, warmup_iterations, LrLambda, Warmup};
+
+/// Columns of `results.csv`, in order.
+pub const RESULTS_HEADER: [&str; 14] = [
+    "epoch",
+    "train/box_loss",
+    "train/cls_loss",
+    "train/dfl_loss",
+    "metrics/precision(B)",
+    "metrics/recall(B)",
+    "metrics/mAP50(B)",
+    "metrics/mAP50-95(B)",
+    "val/box_loss",
+    "val/cls_loss",
+    "val/dfl_loss",
+    "lr/pg0",
+    "lr/pg1",
+    "lr/pg2",
+];
+
+/// Max gradient norm (`clip_grad_norm_(max_norm=10.0)` in `optimizer_step`).
+pub const MAX_GRAD_NORM: f64 = 10.0;
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// A progress line on stderr, redrawn per batch, kept per epoch.
+    Bar,
+    /// Nothing.
+    Quiet,
+    /// One JSON object per epoch on stdout.
+    Json,
+}
+
+/// Detection metrics of the validation split (box task).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct DetMetrics {
+    pub precision: f64,
+    pub recall: f64,
+    pub map50: f64,
+    pub map50_95: f64,
+}
+
+impl DetMetrics {
+    /// 8.4.190 `DetMetrics.fitness`: mAP50-95 alone (weights `[0, 0, 0, 1]`).
+    pub fn fitness(&self) -> f64 {
+        self.map50_95
+    }
+}
+
+/// HOOK: mAP of the EMA model on the validation split. yolo-core has no validation loop
+/// (model + NMS + metrics) yet; when `yolo_core::val` exists, call it here. Until then this
+/// returns `None`: the metric columns of `results.csv` stay empty and `best` is chosen by the
+/// lowest validation loss.
+pub fn val_metrics_hook(_ema: &YoloV8, _val: &Loader, _device: &Device) -> Option<DetMetrics> {
+    None
+}
+
+/// What one epoch produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Mean train loss items (box, cls, dfl) over the epoch.
+    pub train_loss: [f64; 3],
+    /// Mean validation loss items of the EMA model.
+    pub val_loss: Option<[f64; 3]>,
+    pub metrics: Option<DetMetrics>,
+    /// LR of the groups at the end of the epoch (weights, BN weights, biases).
+    pub lr: [f64; 3],
+    pub momentum: f64,
+    pub images_per_s: f64,
+    pub seconds: f64,
+    pub fitness: f64,
+    /// Optimizer steps so far.
+    pub steps: u64,
+}
+
+/// The result of a training run.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub last: PathBuf,
+    pub best: PathBuf,
+    pub best_epoch: usize,
+    pub best_fitness: f64,
+    /// `"mAP50-95"` or `"val loss"` (or `"train loss"` without a val split).
+    pub fitness_from: &'static str,
+    pub epochs: Vec<EpochStats>,
+}
+
+/// `increment_path`: `project/name`, or `name2`, `name3`, ... if it exists (unless `exist_ok`).
+pub fn increment_path(base: &Path, exist_ok: bool) -> PathBuf {
+    if exist_ok || !base.exists() {
+        return base.to_path_buf();
+    }
+    let name = base.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    (2..)
+        .map(|n| base.with_file_name(format!("{name}{n}")))
+        .find(|p| !p.exists())
+        .expect("some name is free")
+}
+
+/// Builds the model: fresh weights, or `cfg.weights` (same architecture as the checkpoint).
+/// With another class count every tensor is taken from the checkpoint except the last conv of
+/// each class branch (`model.22.cv3.*.2`), which stays freshly initialised; when the class
+/// branch's hidden width (`max(ch0, min(nc, 100))`) changes too, its first two convs stay fresh
+/// as well (Ultralytics' `intersect_dicts` drops mismatched shapes the same way).
+pub fn init_model(cfg: &TrainConfig, nc: usize, device: &Device) -> Result<(YoloV8, ModelConfig)> {
+    let Some(path) = &cfg.weights else {
+        let model_cfg = match cfg.multiples {
+            Some(m) => ModelConfig::custom(m, nc),
+            None => ModelConfig::new(cfg.scale, nc),
+        };
+        let model = model_cfg.init(device)?;
+        return Ok((model, model_cfg));
+    };
+    let meta = weights::read_meta(path)?;
+    let mut model_cfg = meta.model.clone();
+    model_cfg.nc = nc;
+    let mut model = model_cfg.init(device)?;
+    if meta.model.nc == nc {
+        weights::load_weights(&mut model, path)?;
+        return Ok((model, model_cfg));
+    }
+    let (old, _) = weights::load_model(path, device)?;
+    model.backbone = old.backbone;
+    model.neck = old.neck;
+    model.head.cv2 = old.head.cv2;
+    model.head.dfl = old.head.dfl;
+    for (new, mut old) in model.head.cv3.iter_mut().zip(old.head.cv3) {
+        let width = |b: &[yolo_core::nn::head::BranchLayer]| match &b[0] {
+            yolo_core::nn::head::BranchLayer::Conv(c) => c.conv.weight.dims()[0],
+            yolo_core::nn::head::BranchLayer::Out(c) => c.weight.dims()[0],
+        };
+        if width(new) == width(&old) {
+            old.truncate(2);
+            old.push(new.pop().expect("branch has three layers"));
+            *new = old;
+        }
+    }
+    Ok((model, model_cfg))
+}
+
+/// `%.6g` as Python formats it (enough for results.csv).
+fn g6(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let exp = v.abs().log10().floor() as i32;
+    if (-4..6).contains(&exp) {
+        let decimals = (5 - exp).max(0) as usize;
+        let s = format!("{v:.decimals$}");
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    } else {
+        let s = format!("{v:.5e}");
+        let (m, e) = s.split_once('e').unwrap();
+        let m = if m.contains('.') {
+            m.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            m
+        };
+        let e: i32 = e.parse().unwrap();
+        format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+    }
+}
+
+fn csv_row(s: &EpochStats) -> String {
+    let opt = |v: Option<f64>| v.map(g6).unwrap_or_default();
+    let m = s.metrics;
+    let vl = |i: usize| opt(s.val_loss.map(|v| v[i]));
+    [
+        s.epoch.to_string(),
+        g6(s.train_loss[0]),
+        g6(s.train_loss[1]),
+        g6(s.train_loss[2]),
+        opt(m.map(|m| m.precision)),
+        opt(m.map(|m| m.recall)),
+        opt(m.map(|m| m.map50)),
+        opt(m.map(|m| m.map50_95)),
+        vl(0),
+        vl(1),
+        vl(2),
+        g6(s.lr[0]),
+        g6(s.lr[1]),
+        g6(s.lr[2]),
+    ]
+    .join(",")
+}
+
+fn loss_items(components: burn::tensor::Tensor<1>) -> Result<[f64; 3]> {
+    let v: Vec<f32> = components
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("loss components convert to f32");
+    Ok([v[0] as f64, v[1] as f64, v[2] as f64])
+}
+
+/// Mean validation loss items of `model` (eval mode, plain device) over `val`, as the
+/// validator's `loss / len(dataloader)`.
+pub fn val_loss(model: &YoloV8, val: &Loader, loss_cfg: &LossConfig, device: &Device) -> Result<[f64; 3]> {
+    let meta = model.meta();
+    let mut sum = [0.0; 3];
+    let batches = val.batches(0);
+    for idx in &batches {
+        let batch = val.load(idx, device)?;
+        let out = model.forward(batch.images);
+        let l = loss_items(v8_detection_loss(&out, &meta, &batch.targets, loss_cfg).components)?;
+        for k in 0..3 {
+            sum[k] += l[k];
+        }
+    }
+    let n = batches.len().max(1) as f64;
+    Ok(sum.map(|s| s / n))
+}
+
+/// Trains as configured on `device` (its autodiff twin is used for training). Writes the run
+/// folder `project/name[N]` and returns the summary.
+pub fn train(cfg: &TrainConfig, device: &Device, report: Report) -> Result<TrainSummary> {
+    train_with(cfg, device, report, |_| {})
+}
+
+/// [`train`] with a callback after every epoch.
+pub fn train_with(
+    cfg: &TrainConfig,
+    device: &Device,
+    report: Report,
+    mut on_epoch: impl FnMut(&EpochStats),
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let data = DataConfig::from_yaml(&cfg.data)?;
+    let nc = data.nc();
+    let (train_samples, _) = load_split(&data, Split::Train)?;
+    if train_samples.is_empty() {
+        return Err(TrainError::EmptySplit {
+            split: "train".into(),
+            yaml: cfg.data.clone(),
+        });
+    }
+    let val_samples = if cfg.val && data.sources(Split::Val).is_some() {
+        load_split(&data, Split::Val)?.0
+    } else {
+        vec![]
+    };
+
+    let run_dir = increment_path(&cfg.project.join(&cfg.name), cfg.exist_ok);
+    let weights_dir = run_dir.join("weights");
+    std::fs::create_dir_all(&weights_dir).map_err(|e| TrainError::io(&weights_dir, e))?;
+    cfg.save_yaml(&run_dir.join("args.yaml"))?;
+    let csv_path = run_dir.join("results.csv");
+    std::fs::write(&csv_path, RESULTS_HEADER.join(",") + "\n").map_err(|e| TrainError::io(&csv_path, e))?;
+
+    let ad = device.clone().autodiff();
+    let (mut model, model_cfg) = init_model(cfg, nc, &ad)?;
+    let meta = model.meta();
+    let loss_cfg = LossConfig {
+        box_gain: cfg.box_gain as f32,
+        cls_gain: cfg.cls as f32,
+        dfl_gain: cfg.dfl as f32,
+        reg_max: meta.reg_max,
+        ..LossConfig::default()
+    };
+
+    let train = Loader {
+        samples: train_samples,
+        imgsz: cfg.imgsz,
+        batch: cfg.batch,
+        seed: cfg.seed,
+        shuffle: true,
+    };
+    let val = Loader {
+        samples: val_samples,
+        imgsz: cfg.imgsz,
+        batch: cfg.batch * 2,
+        seed: cfg.seed,
+        shuffle: false,
+    };
+    let nb = train.len();
+    let acc_nominal = accumulate(cfg.nbs, cfg.batch);
+    let weight_decay = scaled_weight_decay(cfg.weight_decay, cfg.batch, acc_nominal, cfg.nbs);
+    let acc0 = acc_nominal.min(nb * cfg.epochs);
+    let choice = resolve_optimizer(
+        cfg.optimizer,
+        cfg.lr0,
+        cfg.momentum,
+        cfg.warmup_bias_lr,
+        nc,
+        train.samples.len(),
+        cfg.batch,
+        cfg.nbs,
+        cfg.epochs,
+    );
+    let mut optim = YoloOptimizer::new(&model, choice, weight_decay);
+    let lf = LrLambda {
+        epochs: cfg.epochs,
+        lrf: cfg.lrf,
+        cos: cfg.cos_lr,
+    };
+    let warmup = Warmup {
+        nw: warmup_iterations(cfg.warmup_epochs, cfg.epochs, nb),
+        accumulate: acc0,
+        warmup_bias_lr: choice.warmup_bias_lr,
+        warmup_momentum: cfg.warmup_momentum,
+        momentum: choice.momentum,
+    };
+    let mut ema = ModelEma::new(model.valid());
+    let mut accum = GradientsAccumulator::<YoloV8>::new();
+    let mut last_opt_step: i64 = -1;
+    let mut accumulate_now = acc0;
+    let mut momentum = choice.momentum;
+
+    let ckpt_meta = |epoch: usize, fitness: f64, ema_updates: u64| {
+        let mut extra = std::collections::BTreeMap::new();
+        extra.insert("epoch".into(), epoch.to_string());
+        extra.insert("fitness".into(), fitness.to_string());
+        extra.insert("ema_updates".into(), ema_updates.to_string());
+        CheckpointMeta {
+            model: model_cfg.clone(),
+            names: data.names.clone(),
+            imgsz: cfg.imgsz,
+            extra,
+        }
+    };
+
+    let last = weights_dir.join("last.safetensors");
+    let best = weights_dir.join("best.safetensors");
+    let mut best_fitness = f64::NEG_INFINITY;
+    let mut best_epoch = 0;
+    let mut history = Vec::new();
+    let fitness_from = if val.is_empty() {
+        "train loss"
+    } else {
+        "val loss"
+    };
+    let mut fitness_from_used = fitness_from;
+
+    for epoch in 0..cfg.epochs {
+        let t0 = Instant::now();
+        let lr_epoch = choice.lr0 * lf.factor(epoch);
+        let mut lr = [lr_epoch; 3];
+        let mut tloss = [0.0f64; 3];
+        let mut images = 0usize;
+        let batches = train.batches(epoch);
+        for (i, idx) in batches.iter().enumerate() {
+            let ni = i + nb * epoch;
+            if let Some(s) = warmup.at(ni, [lr_epoch; 3]) {
+                accumulate_now = s.accumulate;
+                lr = s.lr;
+                momentum = s.momentum;
+                optim.set_momentum(momentum);
+            }
+            let batch = train.load(idx, &ad)?;
+            images += idx.len();
+            let out = model.forward(batch.images);
+            let loss = v8_detection_loss(&out, &meta, &batch.targets, &loss_cfg);
+            let items = loss_items(loss.components)?;
+            if items.iter().any(|v| !v.is_finite()) {
+                return Err(TrainError::NonFiniteLoss { epoch: epoch + 1, batch: i });
+            }
+            for k in 0..3 {
+                tloss[k] = (tloss[k] * i as f64 + items[k]) / (i + 1) as f64;
+            }
+            let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+            accum.accumulate(&model, grads);
+            if ni as i64 - last_opt_step >= accumulate_now as i64 {
+                let (grads, _norm) = clip_grad_norm(&model, accum.grads(), MAX_GRAD_NORM);
+                model = optim.step(lr, model, grads);
+                last_opt_step = ni as i64;
+                ema.update(&model.valid());
+            }
+            if report == Report::Bar {
+                let secs = t0.elapsed().as_secs_f64();
+                eprint!(
+                    "\r{:>5}/{:<5} box {:.4} cls {:.4} dfl {:.4}  lr {:.3e}  {:.1} img/s  {}/{} ",
+                    epoch + 1,
+                    cfg.epochs,
+                    tloss[0],
+                    tloss[1],
+                    tloss[2],
+                    lr[0],
+                    images as f64 / secs.max(1e-9),
+                    i + 1,
+                    nb
+                );
+            }
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+
+        let (val_loss_items, metrics) = if val.is_empty() {
+            (None, None)
+        } else {
+            (
+                Some(val_loss(&ema.model, &val, &loss_cfg, device)?),
+                val_metrics_hook(&ema.model, &val, device),
+            )
+        };
+        let fitness = match (metrics, val_loss_items) {
+            (Some(m), _) => {
+                fitness_from_used = "mAP50-95";
+                m.fitness()
+            }
+            (None, Some(v)) => -(v[0] + v[1] + v[2]),
+            (None, None) => -(tloss[0] + tloss[1] + tloss[2]),
+        };
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            epochs: cfg.epochs,
+            train_loss: tloss,
+            val_loss: val_loss_items,
+            metrics,
+            lr,
+            momentum,
+            images_per_s: images as f64 / train_secs.max(1e-9),
+            seconds: t0.elapsed().as_secs_f64(),
+            fitness,
+            steps: ema.updates,
+        };
+        let meta = ckpt_meta(epoch + 1, fitness, ema.updates);
+        weights::save_model(&ema.model, &meta, &last)?;
+        if fitness > best_fitness {
+            best_fitness = fitness;
+            best_epoch = epoch + 1;
+            weights::save_model(&ema.model, &meta, &best)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&csv_path)
+            .map_err(|e| TrainError::io(&csv_path, e))?;
+        writeln!(f, "{}", csv_row(&stats)).map_err(|e| TrainError::io(&csv_path, e))?;
+        match report {
+            Report::Bar => {
+                let v = stats
+                    .val_loss
+                    .map(|v| format!("  val box {:.4} cls {:.4} dfl {:.4}", v[0], v[1], v[2]))
+                    .unwrap_or_default();
+                eprintln!("{v}  ({:.1}s)", stats.seconds);
+            }
+            Report::Json => println!("{}", serde_json::to_string(&stats).expect("stats serialise")),
+            Report::Quiet => {}
+        }
+        on_epoch(&stats);
+        history.push(stats);
+        if cfg.patience > 0 && epoch + 1 - best_epoch >= cfg.patience {
+            break;
+        }
+    }
+    Ok(TrainSummary {
+        run_dir,
+        last,
+        best,
+        best_epoch,
+        best_fitness,
+        fitness_from: fitness_from_used,
+        epochs: history,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn g6_formats_like_python() {
+        assert_eq!(g6(1.0), "1");
+        assert_eq!(g6(0.0001), "0.0001");
+        assert_eq!(g6(1.23456789), "1.23457");
+        assert_eq!(g6(0.000012345), "1.2345e-05");
+        assert_eq!(g6(123456789.0), "1.23457e+08");
+        assert_eq!(g6(0.0), "0");
+    }
+
+    #[test]
+    fn increment_path_appends_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("train");
+        assert_eq!(increment_path(&base, false), base);
+        std::fs::create_dir(&base).unwrap();
+        assert_eq!(increment_path(&base, false), dir.path().join("train2"));
+        assert_eq!(increment_path(&base, true), base);
+        std::fs::create_dir(dir.path().join("train2")).unwrap();
+        assert_eq!(increment_path(&base, false), dir.path().join("train3"));
+    }
+}
