@@ -11,6 +11,7 @@
 
 pub mod backbone;
 pub mod backend;
+pub mod boxes;
 pub mod data;
 pub mod error;
 pub mod metrics;

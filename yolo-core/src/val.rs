@@ -17,6 +17,8 @@ use crate::data::image::{read_rgb8, ImageSize};
 use crate::data::labels::Sample;
 use crate::data::letterbox::{resize_bilinear, LetterBox};
 use crate::error::Result;
+use crate::metrics::{ap_per_class, DetStats, PredBox, Summary, TruthBox};
+use crate::nms::{non_max_suppression, NmsConfig};
 use crate::model::{YoloV8, MAX_STRIDE};
 use crate::nn::{decode, HeadOutput};
 
@@ -204,11 +206,124 @@ pub fn run_batches(
         let data = pred
             .into_data()
             .convert::<f32>()
-            .into_vec::<f32>()
+            .try_into_vec::<f32>()
             .expect("f32 after convert");
         on_batch(&out, &prepared, &data, dims);
     }
     Ok(())
+}
+
+/// Metrics of one class in a validation report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    pub class: usize,
+    pub name: String,
+    /// Images that contain the class.
+    pub images: usize,
+    /// Truth boxes of the class.
+    pub instances: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub ap50: f64,
+    pub ap50_95: f64,
+}
+
+/// The result of [`evaluate`], written as `metrics.json` by `yolo-infer val`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValMetrics {
+    pub images: usize,
+    pub instances: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub map50: f64,
+    pub map50_95: f64,
+    /// Ultralytics 8.4.190's fitness (mAP50-95).
+    pub fitness: f64,
+    /// Classes that have ground truth, in increasing order.
+    pub per_class: Vec<ClassMetrics>,
+    /// Wall time per image (preprocess + inference + NMS), milliseconds.
+    pub ms_per_image: f64,
+    pub config: ValConfig,
+}
+
+/// NMS over one image of a batch read back by [`run_batches`].
+///
+/// # Shapes
+/// - `data`: `[B, 4 + nc, A]` row-major, `dims = [B, 4 + nc, A]`
+pub fn detections(data: &[f32], dims: [usize; 3], image: usize, nms: &NmsConfig) -> Vec<PredBox> {
+    let [_, ch, a] = dims;
+    let one = &data[image * ch * a..(image + 1) * ch * a];
+    non_max_suppression(one, ch - 4, nms)
+        .into_iter()
+        .map(|d| PredBox {
+            xyxy: d.xyxy,
+            conf: d.conf,
+            class: d.class,
+        })
+        .collect()
+}
+
+/// Evaluates `model` on `samples` as Ultralytics' `DetectionValidator` does.
+pub fn evaluate(
+    model: &YoloV8,
+    samples: &[Sample],
+    names: &[String],
+    cfg: &ValConfig,
+    device: &Device,
+) -> Result<ValMetrics> {
+    let start = std::time::Instant::now();
+    let nms = NmsConfig {
+        conf: cfg.conf,
+        iou: cfg.iou,
+        max_det: cfg.max_det,
+        ..NmsConfig::val()
+    };
+    let mut stats = DetStats::default();
+    run_batches(model, samples, cfg, device, |_, prepared, data, dims| {
+        for (i, p) in prepared.iter().enumerate() {
+            let preds = detections(data, dims, i, &nms);
+            let truth: Vec<TruthBox> = p
+                .gt
+                .iter()
+                .map(|g| TruthBox {
+                    xyxy: g.xyxy,
+                    class: g.class,
+                })
+                .collect();
+            stats.add_image(&preds, &truth);
+        }
+    })?;
+    let classes = ap_per_class(&stats);
+    let summary = Summary::from_classes(&classes);
+    let count = |v: &[usize], c: usize| v.iter().filter(|&&x| x == c).count();
+    let per_class = classes
+        .iter()
+        .map(|c| ClassMetrics {
+            class: c.class,
+            name: names
+                .get(c.class)
+                .cloned()
+                .unwrap_or_else(|| c.class.to_string()),
+            images: count(&stats.target_img, c.class),
+            instances: count(&stats.target_cls, c.class),
+            precision: c.precision,
+            recall: c.recall,
+            ap50: c.ap50(),
+            ap50_95: c.ap50_95(),
+        })
+        .collect();
+    Ok(ValMetrics {
+        images: stats.images,
+        instances: stats.target_cls.len(),
+        precision: summary.mp,
+        recall: summary.mr,
+        map50: summary.map50,
+        map50_95: summary.map,
+        fitness: summary.fitness(),
+        per_class,
+        ms_per_image: start.elapsed().as_secs_f64() * 1e3 / stats.images.max(1) as f64,
+        config: cfg.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
-//! yolo-infer: Predict, validate (mAP quality gate) and serve YOLOv8 detectors. Not implemented yet: see issue 4.
+//! yolo-infer: predict, validate (mAP quality gate) and serve YOLOv8 detectors.
 //!
 //! Stands on `yolo-core` only.
+
+pub mod gate;
+pub mod val;
 
 pub use yolo_core;

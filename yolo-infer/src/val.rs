@@ -1,0 +1,100 @@
+//! `yolo-infer val`: evaluate a checkpoint on a dataset split and write `metrics.json`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use yolo_core::data::dataset::{load_split, DataConfig, Split};
+use yolo_core::data::shapes::{self, ShapesConfig};
+use yolo_core::val::{evaluate, ValConfig, ValMetrics};
+use yolo_core::{backend, weights};
+
+/// Arguments of one validation run.
+#[derive(Debug, Clone)]
+pub struct ValArgs {
+    pub weights: PathBuf,
+    /// A data.yaml, or `shapes` for the built-in demo data.
+    pub data: String,
+    pub split: String,
+    pub cfg: ValConfig,
+    /// Folder for metrics.json.
+    pub out: PathBuf,
+}
+
+/// Resolves `--data`: `shapes` means the built-in demo dataset, generated into
+/// `datasets/shapes` when its data.yaml is not there yet.
+pub fn resolve_data(data: &str) -> anyhow::Result<PathBuf> {
+    if data == "shapes" {
+        let root = Path::new("datasets/shapes");
+        let yaml = root.join("data.yaml");
+        if !yaml.exists() {
+            let s = shapes::generate(&ShapesConfig::default(), root)
+                .context("generating the built-in shapes dataset")?;
+            eprintln!(
+                "generated the shapes demo dataset in {} ({} train, {} val images)",
+                root.display(),
+                s.train_images,
+                s.val_images
+            );
+        }
+        return Ok(yaml);
+    }
+    Ok(PathBuf::from(data))
+}
+
+fn parse_split(s: &str) -> anyhow::Result<Split> {
+    Ok(match s {
+        "train" => Split::Train,
+        "val" => Split::Val,
+        "test" => Split::Test,
+        other => bail!("unknown split `{other}` (train, val or test)"),
+    })
+}
+
+/// Loads weights and data, evaluates, writes `<out>/metrics.json` atomically.
+pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
+    let device = backend::default_device();
+    let (model, meta) = weights::load_model(&a.weights, &device)?;
+    let yaml = resolve_data(&a.data)?;
+    let data = DataConfig::from_yaml(&yaml)?;
+    if data.nc() != meta.model.nc {
+        bail!(
+            "{}: the dataset has {} classes, the checkpoint {} has {}",
+            yaml.display(),
+            data.nc(),
+            a.weights.display(),
+            meta.model.nc
+        );
+    }
+    let split = parse_split(&a.split)?;
+    let (samples, report) = load_split(&data, split)?;
+    eprintln!("{}: {report}", a.split);
+    let metrics = evaluate(&model, &samples, &data.names, &a.cfg, &device)?;
+    let json = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
+    weights::write_atomic(&a.out.join("metrics.json"), &json)
+        .with_context(|| format!("writing {}", a.out.join("metrics.json").display()))?;
+    Ok(metrics)
+}
+
+/// The per-class table Ultralytics prints after `val`.
+pub fn table(m: &ValMetrics) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>22}{:>11}{:>11}{:>11}{:>11}{:>11}{:>11}",
+        "Class", "Images", "Instances", "Box(P", "R", "mAP50", "mAP50-95)"
+    );
+    let _ = writeln!(
+        s,
+        "{:>22}{:>11}{:>11}{:>11.3}{:>11.3}{:>11.3}{:>11.3}",
+        "all", m.images, m.instances, m.precision, m.recall, m.map50, m.map50_95
+    );
+    for c in &m.per_class {
+        let _ = writeln!(
+            s,
+            "{:>22}{:>11}{:>11}{:>11.3}{:>11.3}{:>11.3}{:>11.3}",
+            c.name, c.images, c.instances, c.precision, c.recall, c.ap50, c.ap50_95
+        );
+    }
+    s
+}
