@@ -1,0 +1,65 @@
+//! `yolo-infer val` as the pipeline runs it: exit codes of the quality gate, metrics.json and
+//! Tekton result files. Uses the model trained by Ultralytics on the shapes data
+//! (yolo-core/tests/fixtures/val) on a freshly generated shapes val split.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use yolo_core::data::shapes::{generate, ShapesConfig};
+
+fn weights() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../yolo-core/tests/fixtures/val/shapes_tiny.safetensors")
+}
+
+fn val(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_yolo-infer"))
+        .args(["val", "--imgsz", "160", "--weights"])
+        .arg(weights())
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn gate_exit_codes_and_result_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = ShapesConfig {
+        train: 1,
+        val: 24,
+        imgsz: 160,
+        seed: 0,
+    };
+    let s = generate(&cfg, &tmp.path().join("shapes")).unwrap();
+    let out = tmp.path().join("val");
+    let results = tmp.path().join("results");
+
+    let ok = val(&s.data_yaml, &out, &["--min-map50", "0.05"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(stdout.contains("mAP50-95)") && stdout.contains("rectangle"), "{stdout}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let map50 = m["map50"].as_f64().unwrap();
+    assert!(map50 > 0.05 && map50 < 1.0, "{map50}");
+
+    let rs = results.to_str().unwrap();
+    let fail = val(&s.data_yaml, &out, &["--min-map50-95", "0.99", "--results-dir", rs]);
+    assert_eq!(fail.status.code(), Some(3), "gate failure has its own exit code");
+    assert!(String::from_utf8_lossy(&fail.stderr).contains("quality gate FAILED"));
+    let read = |n: &str| std::fs::read_to_string(results.join(n)).unwrap();
+    assert_eq!(read("passed"), "false");
+    assert_eq!(read("map50"), format!("{map50:.4}"));
+    assert!(read("map50-95").parse::<f64>().unwrap() < 0.99);
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_yolo-infer"))
+        .args(["val", "--weights", "/nonexistent.safetensors", "--data"])
+        .arg(&s.data_yaml)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.safetensors"));
+}
