@@ -107,13 +107,13 @@ mod tests {
         let mut ema = ModelEma::new(a.valid());
         let d = ema.update(&zero);
         // every float tensor is now d * a
-        let wa: Vec<f32> = a.head.dfl.conv.weight.val().into_data().to_vec().unwrap();
-        let we: Vec<f32> = ema.model.head.dfl.conv.weight.val().into_data().to_vec().unwrap();
+        let wa: Vec<f32> = a.head.dfl.conv.weight.val().into_data().try_to_vec().unwrap();
+        let we: Vec<f32> = ema.model.head.dfl.conv.weight.val().into_data().try_to_vec().unwrap();
         for (x, y) in wa.iter().zip(&we) {
             assert!((*x as f64 * d - *y as f64).abs() < 1e-6);
         }
         // running_var starts at ones: it is blended too
-        let rv: Vec<f32> = ema.model.backbone.stem.bn.running_var.value().into_data().to_vec().unwrap();
+        let rv: Vec<f32> = ema.model.backbone.stem.bn.running_var.value().into_data().try_to_vec().unwrap();
         assert!(rv.iter().all(|v| (*v as f64 - d).abs() < 1e-6), "{rv:?}");
     }
 

@@ -72,12 +72,21 @@ impl DetMetrics {
     }
 }
 
-/// HOOK: mAP of the EMA model on the validation split. yolo-core has no validation loop
-/// (model + NMS + metrics) yet; when `yolo_core::val` exists, call it here. Until then this
-/// returns `None`: the metric columns of `results.csv` stay empty and `best` is chosen by the
-/// lowest validation loss.
-pub fn val_metrics_hook(_ema: &YoloV8, _val: &Loader, _device: &Device) -> Option<DetMetrics> {
-    None
+/// mAP of the EMA model on the validation split, with yolo-core's validation loop (the one
+/// `yolo-infer val` uses): Ultralytics' rect batches, conf 0.001, IoU 0.7, max_det 300.
+pub fn val_metrics(ema: &YoloV8, val: &Loader, device: &Device) -> Result<DetMetrics> {
+    let cfg = yolo_core::val::ValConfig {
+        imgsz: val.imgsz as u32,
+        batch: val.batch,
+        ..Default::default()
+    };
+    let m = yolo_core::val::evaluate(ema, &val.samples, &[], &cfg, device)?;
+    Ok(DetMetrics {
+        precision: m.precision,
+        recall: m.recall,
+        map50: m.map50,
+        map50_95: m.map50_95,
+    })
 }
 
 /// What one epoch produced.
@@ -221,7 +230,7 @@ fn loss_items(components: burn::tensor::Tensor<1>) -> Result<[f64; 3]> {
     let v: Vec<f32> = components
         .into_data()
         .convert::<f32>()
-        .into_vec()
+        .try_into_vec()
         .expect("loss components convert to f32");
     Ok([v[0] as f64, v[1] as f64, v[2] as f64])
 }
@@ -421,7 +430,7 @@ pub fn train_with(
         } else {
             (
                 Some(val_loss(&ema.model, &val, &loss_cfg, device)?),
-                val_metrics_hook(&ema.model, &val, device),
+                Some(val_metrics(&ema.model, &val, device)?),
             )
         };
         let fitness = match (metrics, val_loss_items) {

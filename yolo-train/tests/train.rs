@@ -63,7 +63,8 @@ fn short_training_run_learns_and_writes_the_run_folder() {
     assert!(first.is_finite() && last.is_finite());
     assert!(s.epochs.iter().all(|e| e.val_loss.is_some()));
     assert_eq!(s.run_dir, dir.path().join("runs").join("t"));
-    assert_eq!(s.fitness_from, "val loss");
+    assert_eq!(s.fitness_from, "mAP50-95");
+    assert!(s.epochs.iter().all(|e| e.metrics.is_some()), "mAP measured every epoch");
 
     let args = TrainConfig::load_yaml(&s.run_dir.join("args.yaml")).unwrap();
     assert_eq!(args, cfg);
@@ -80,6 +81,10 @@ fn short_training_run_learns_and_writes_the_run_folder() {
         let cols: Vec<&str> = row.split(',').collect();
         assert_eq!(cols.len(), 14, "{row}");
         assert_eq!(cols[0], (i + 1).to_string());
+        for c in &cols[4..8] {
+            let v: f64 = c.parse().unwrap_or_else(|_| panic!("metric column `{c}` in {row}"));
+            assert!((0.0..=1.0).contains(&v), "{row}");
+        }
     }
     for w in [&s.last, &s.best] {
         let (model, meta) = weights::load_model(w, &device).unwrap();
