@@ -34,8 +34,11 @@ def main():
         sys.exit(f"{a.src}: not a YOLOv8 detection model (head {head[2]}, "
                  f"{len(yaml['backbone']) + len(yaml['head'])} layers)")
     scale = yaml.get("scale")
-    if "scales" in yaml and scale in yaml["scales"]:
-        depth, width, max_ch = yaml["scales"][scale]
+    scales = yaml.get("scales")
+    if scales:
+        if scale not in scales:  # as Ultralytics' parse_model: the first scale of the yaml
+            scale = next(iter(scales))
+        depth, width, max_ch = scales[scale]
     else:
         depth, width, max_ch = yaml["depth_multiple"], yaml["width_multiple"], yaml.get("max_channels", 1024)
     nc = int(yaml["nc"])
