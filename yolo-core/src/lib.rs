@@ -12,6 +12,7 @@
 pub mod backbone;
 pub mod backend;
 pub mod boxes;
+pub mod confusion;
 pub mod data;
 pub mod error;
 pub mod metrics;
@@ -19,6 +20,7 @@ pub mod model;
 pub mod neck;
 pub mod nms;
 pub mod nn;
+pub mod plots;
 pub mod scale;
 pub mod val;
 pub mod weights;

@@ -160,16 +160,17 @@ pub fn interp(x: f64, xp: &[f64], fp: &[f64], left: f64, right: f64) -> f64 {
 }
 
 /// `np.linspace(0, 1, n)`.
-fn linspace01(n: usize) -> Vec<f64> {
+pub fn linspace01(n: usize) -> Vec<f64> {
     let step = 1.0 / (n - 1) as f64;
     let mut v: Vec<f64> = (0..n).map(|i| i as f64 * step).collect();
     v[n - 1] = 1.0;
     v
 }
 
-/// AP of one recall/precision curve (`compute_ap`): precision envelope, 101-point
-/// interpolation, trapezoidal integration.
-pub fn compute_ap(recall: &[f64], precision: &[f64]) -> f64 {
+/// The sentinel-padded recall and the precision envelope of one recall/precision curve, the
+/// `(mrec, mpre)` that `compute_ap` returns: recall `[0, r.., r_last (or 1), 1]`, precision
+/// `[1, p.., 0, 0]` made non-increasing from the right.
+pub fn precision_envelope(recall: &[f64], precision: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let mut mrec = Vec::with_capacity(recall.len() + 3);
     mrec.push(0.0);
     mrec.extend_from_slice(recall);
@@ -182,6 +183,13 @@ pub fn compute_ap(recall: &[f64], precision: &[f64]) -> f64 {
     for i in (0..mpre.len() - 1).rev() {
         mpre[i] = mpre[i].max(mpre[i + 1]);
     }
+    (mrec, mpre)
+}
+
+/// AP of one recall/precision curve (`compute_ap`): precision envelope, 101-point
+/// interpolation, trapezoidal integration.
+pub fn compute_ap(recall: &[f64], precision: &[f64]) -> f64 {
+    let (mrec, mpre) = precision_envelope(recall, precision);
     let x = linspace01(101);
     let y: Vec<f64> = x
         .iter()

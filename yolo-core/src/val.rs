@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::confusion::ConfusionMatrix;
 use crate::data::image::{read_rgb8, ImageSize};
 use crate::data::labels::Sample;
 use crate::data::letterbox::{resize_bilinear, LetterBox};
@@ -244,6 +245,14 @@ pub struct ValMetrics {
     /// Wall time per image (preprocess + inference + NMS), milliseconds.
     pub ms_per_image: f64,
     pub config: ValConfig,
+    /// Detection confusion matrix `(nc + 1) x (nc + 1)`, `[predicted][true]`, background last,
+    /// as `DetectionValidator` accumulates it (detections above the val `conf`, IoU > 0.45);
+    /// see [`crate::confusion`]. Empty in reports written before it existed.
+    #[serde(default)]
+    pub confusion: Vec<Vec<f64>>,
+    /// Per-class precision-recall curves at IoU 0.5 (for plots; not serialised).
+    #[serde(skip)]
+    pub pr_curves: Vec<crate::plots::PrCurve>,
 }
 
 /// NMS over one image of a batch read back by [`run_batches`].
@@ -279,6 +288,15 @@ pub fn evaluate(
         ..NmsConfig::val()
     };
     let mut stats = DetStats::default();
+    // Ultralytics sizes it by the model's classes; labels beyond them (a dataset that does not
+    // fit the model) widen it instead of failing the run.
+    let label_nc = samples
+        .iter()
+        .flat_map(|s| s.labels.iter().map(|l| l.class + 1))
+        .max()
+        .unwrap_or(0);
+    let nc = model.meta().nc.max(label_nc);
+    let mut confusion = ConfusionMatrix::new(nc).with_conf(cfg.conf);
     run_batches(model, samples, cfg, device, |_, prepared, data, dims| {
         for (i, p) in prepared.iter().enumerate() {
             let preds = detections(data, dims, i, &nms);
@@ -290,6 +308,7 @@ pub fn evaluate(
                     class: g.class,
                 })
                 .collect();
+            confusion.process_batch(&preds, &truth);
             stats.add_image(&preds, &truth);
         }
     })?;
@@ -323,6 +342,8 @@ pub fn evaluate(
         per_class,
         ms_per_image: start.elapsed().as_secs_f64() * 1e3 / stats.images.max(1) as f64,
         config: cfg.clone(),
+        confusion: confusion.matrix().to_vec(),
+        pr_curves: crate::plots::pr_curves(&stats),
     })
 }
 

@@ -73,6 +73,12 @@ pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
     let json = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
     weights::write_atomic(&a.out.join("metrics.json"), &json)
         .with_context(|| format!("writing {}", a.out.join("metrics.json").display()))?;
+    yolo_core::plots::plot_pr_curve(&a.out.join("PR_curve.png"), &metrics.pr_curves, &data.names)?;
+    yolo_core::plots::plot_confusion_matrix(
+        &a.out.join("confusion_matrix.png"),
+        &metrics.confusion,
+        &data.names,
+    )?;
     Ok(metrics)
 }
 

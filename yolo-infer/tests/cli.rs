@@ -44,6 +44,10 @@ fn gate_exit_codes_and_result_files() {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     let map50 = m["map50"].as_f64().unwrap();
+    for png in ["PR_curve.png", "confusion_matrix.png"] {
+        let img = image::open(out.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
+        assert!(img.width() > 100 && img.height() > 100, "{png}");
+    }
     assert!(map50 > 0.05 && map50 < 1.0, "{map50}");
 
     let rs = results.to_str().unwrap();
