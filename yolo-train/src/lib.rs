@@ -15,6 +15,7 @@
 //! - [`trainer`]: the explicit loop, run folder, `results.csv`, checkpoints.
 
 pub mod assigner;
+pub mod augment;
 pub mod config;
 pub mod ema;
 pub mod error;
