@@ -12,9 +12,12 @@ use crate::boxes::iou;
 /// Number of IoU thresholds.
 pub const N_IOU: usize = 10;
 
-/// IoU thresholds 0.50, 0.55, …, 0.95 (float32, as `torch.linspace(0.5, 0.95, 10)`).
+/// IoU thresholds 0.50, 0.55, …, 0.95: the float32 values of `torch.linspace(0.5, 0.95, 10)`,
+/// which are the nearest float32 to each decimal. (Computing `0.5 + 0.05 * i` in f32 instead
+/// gives 0.95000005 for the last one, one ulp above torch's 0.94999999, and a detection with
+/// IoU exactly 0.95 in f32 would then not count at 0.95.)
 pub fn iou_thresholds() -> [f32; N_IOU] {
-    std::array::from_fn(|i| 0.5 + 0.05 * i as f32)
+    [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 }
 
 /// A predicted box for matching (letterboxed or original pixels, the same space as the truth).
@@ -370,6 +373,23 @@ mod tests {
         // IoU 0.6 (x shifted by 2.5): TP at 0.50 and 0.55 and 0.60 only.
         let m = match_predictions(&[p(2.5, 0.9, 0)], &[t(0.0, 0)]);
         assert_eq!(m[0].iter().filter(|b| **b).count(), 3);
+    }
+
+    #[test]
+    fn iou_exactly_at_095_counts() {
+        // IoU 9500 / 10000 is the float32 nearest 0.95, torch.linspace's last threshold.
+        let pred = PredBox {
+            xyxy: [0.0, 0.0, 100.0, 95.0],
+            conf: 0.5,
+            class: 0,
+        };
+        let truth = TruthBox {
+            xyxy: [0.0, 0.0, 100.0, 100.0],
+            class: 0,
+        };
+        assert_eq!(match_predictions(&[pred], &[truth])[0], [true; N_IOU]);
+        assert!(match_predictions(&[], &[truth]).is_empty());
+        assert_eq!(match_predictions(&[pred], &[]), vec![[false; N_IOU]]);
     }
 
     #[test]

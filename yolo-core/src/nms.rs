@@ -1,7 +1,43 @@
 //! Non-maximum suppression with Ultralytics 8.4.190 semantics (`utils/nms.py`,
-//! `non_max_suppression` with torchvision's greedy `nms`).
+//! `non_max_suppression` with torchvision's greedy `nms`, the path `yolo val` and `predict`
+//! take: both import torchvision first, which makes `nms.py` use it).
+//!
+//! Exact-value rules, checked against the package (`yolo-core/tests/metrics.rs`):
+//! - scores pass `conf` when strictly above it, compared in f32 (torch casts the Python
+//!   threshold to the tensor's dtype);
+//! - a box is suppressed when its f32 IoU with a kept box, widened to f64, is strictly above
+//!   the IoU threshold as a double (torchvision takes `iou_threshold` as a C++ `double`). We
+//!   hold the threshold as f32 and widen it through its shortest decimal (`0.6f32` → `0.6`),
+//!   so `iou: 0.6` behaves as Python's `0.6`, not as `0.6000000238`;
+//! - ties in score keep candidate order (anchor order; anchor then class with
+//!   `multi_label`): torchvision's CPU kernel sorts stably. Where more than `max_nms`
+//!   candidates pass, Ultralytics first truncates with `torch.argsort(descending=True)`, which
+//!   is not stable on CPU beyond 16 elements; there, tied scores at the cut (and the order among
+//!   tied kept boxes) may differ from Ultralytics. With real-valued scores ties are rare.
 
 use crate::boxes::{iou, xywh_to_xyxy};
+
+/// `[x1, y1, x2, y2]` → `[cx, cy, w, h]` (the inverse of [`xywh_to_xyxy`]).
+pub fn xyxy_to_xywh(b: [f32; 4]) -> [f32; 4] {
+    [
+        (b[0] + b[2]) / 2.0,
+        (b[1] + b[3]) / 2.0,
+        b[2] - b[0],
+        b[3] - b[1],
+    ]
+}
+
+/// Pairwise IoU of xyxy boxes as Ultralytics' `box_iou` (eps 1e-7 in the denominator, no
+/// "+1 pixel").
+///
+/// # Shapes
+/// - `a`: `[N]` boxes, `b`: `[M]` boxes
+/// - returns `[N][M]`: `out[i][j]` is the IoU of `a[i]` and `b[j]`
+pub fn box_iou(a: &[[f32; 4]], b: &[[f32; 4]]) -> Vec<Vec<f32>> {
+    a.iter()
+        .map(|x| b.iter().map(|y| iou(x, y, 1e-7)).collect())
+        .collect()
+}
 
 /// Settings of [`non_max_suppression`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -63,24 +99,54 @@ pub struct Detection {
 /// - returns at most `max_det` detections, highest score first.
 ///
 /// Candidates are anchors whose best score passes `conf`, in anchor order; with
-/// `multi_label` each passing (anchor, class) pair in that order (torch.where's order). The
-/// sort by score is stable, so exact ties keep that order (torchvision does not promise an
-/// order for ties; with real-valued scores ties are rare).
+/// `multi_label` (ignored when `nc == 1`, as Ultralytics does) each passing (anchor, class)
+/// pair in that order (torch.where's order). Ties: see the module docs.
+///
+/// Panics if `nc == 0` or `pred.len()` is not a multiple of `4 + nc` (programmer errors).
 pub fn non_max_suppression(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Detection> {
+    nms_impl(pred, nc, cfg, None)
+}
+
+/// [`non_max_suppression`] keeping only the listed classes (Ultralytics' `classes=[..]`): the
+/// filter applies to candidates before the `max_nms` cut and the suppression, so boxes of
+/// other classes never suppress anything.
+///
+/// # Shapes
+/// - as [`non_max_suppression`]; `classes`: any order, duplicates allowed.
+pub fn non_max_suppression_classes(
+    pred: &[f32],
+    nc: usize,
+    cfg: &NmsConfig,
+    classes: &[usize],
+) -> Vec<Detection> {
+    nms_impl(pred, nc, cfg, Some(classes))
+}
+
+/// The IoU threshold as the double Python would pass: the shortest decimal of the f32.
+fn iou_threshold_f64(iou: f32) -> f64 {
+    iou.to_string().parse().unwrap_or(iou as f64)
+}
+
+fn nms_impl(pred: &[f32], nc: usize, cfg: &NmsConfig, classes: Option<&[usize]>) -> Vec<Detection> {
     let rows = 4 + nc;
     assert!(
         nc > 0 && pred.len() % rows == 0,
         "prediction of {} values is not [4 + {nc}, A]",
         pred.len()
     );
+    if cfg.max_det == 0 {
+        return Vec::new();
+    }
     let a = pred.len() / rows;
     let at = |r: usize, i: usize| pred[r * a + i];
     let multi_label = cfg.multi_label && nc > 1;
+    let wanted = |c: usize| classes.map_or(true, |cs| cs.contains(&c));
     let mut cand: Vec<Detection> = Vec::new();
     for i in 0..a {
         let (mut best, mut best_c) = (f32::NEG_INFINITY, 0);
         for c in 0..nc {
             let s = at(4 + c, i);
+            // First maximum on ties, as torch's `max(1)`.
             if s > best {
                 best = s;
                 best_c = c;
@@ -93,7 +159,7 @@ pub fn non_max_suppression(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Dete
         if multi_label {
             for c in 0..nc {
                 let s = at(4 + c, i);
-                if s > cfg.conf {
+                if s > cfg.conf && wanted(c) {
                     cand.push(Detection {
                         xyxy,
                         conf: s,
@@ -101,7 +167,7 @@ pub fn non_max_suppression(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Dete
                     });
                 }
             }
-        } else {
+        } else if wanted(best_c) {
             cand.push(Detection {
                 xyxy,
                 conf: best,
@@ -109,6 +175,7 @@ pub fn non_max_suppression(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Dete
             });
         }
     }
+    // Stable: ties keep candidate order (torchvision's CPU sort).
     cand.sort_by(|x, y| y.conf.total_cmp(&x.conf));
     cand.truncate(cfg.max_nms);
     let offset = |d: &Detection| {
@@ -119,7 +186,10 @@ pub fn non_max_suppression(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Dete
         };
         d.xyxy.map(|v| v + o)
     };
+    // IoU on the offset boxes in f32, as torchvision (the offset costs precision far from the
+    // origin there too).
     let boxes: Vec<[f32; 4]> = cand.iter().map(offset).collect();
+    let thr = iou_threshold_f64(cfg.iou);
     let mut suppressed = vec![false; cand.len()];
     let mut keep = Vec::new();
     for i in 0..cand.len() {
@@ -131,7 +201,7 @@ pub fn non_max_suppression(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Dete
             break;
         }
         for j in i + 1..cand.len() {
-            if !suppressed[j] && iou(&boxes[i], &boxes[j], 0.0) > cfg.iou {
+            if !suppressed[j] && iou(&boxes[i], &boxes[j], 0.0) as f64 > thr {
                 suppressed[j] = true;
             }
         }
@@ -179,12 +249,70 @@ mod tests {
 
     #[test]
     fn multi_label_and_max_det() {
-        let p = pred(&[([50.0, 50.0, 20.0, 20.0], vec![0.6, 0.5]), ([0.0; 4], vec![0.0, 0.0])]);
+        let p = pred(&[
+            ([50.0, 50.0, 20.0, 20.0], vec![0.6, 0.5]),
+            ([0.0; 4], vec![0.0, 0.0]),
+        ]);
         let d = non_max_suppression(&p, 2, &NmsConfig::val());
         assert_eq!(d.len(), 2, "one box, two labels");
         let mut one = NmsConfig::val();
         one.max_det = 1;
         assert_eq!(non_max_suppression(&p, 2, &one).len(), 1);
-        assert!(non_max_suppression(&pred(&[([0.0; 4], vec![0.0])]), 1, &NmsConfig::val()).is_empty());
+        assert!(
+            non_max_suppression(&pred(&[([0.0; 4], vec![0.0])]), 1, &NmsConfig::val()).is_empty()
+        );
+    }
+
+    #[test]
+    fn iou_threshold_is_compared_as_python_double() {
+        // IoU of these boxes is 60/100 = 0.6000000238 in f32, above the double 0.6:
+        // torchvision suppresses the second box.
+        let p = pred(&[
+            ([5.0, 5.0, 10.0, 10.0], vec![0.9]),
+            ([5.0, 3.0, 10.0, 6.0], vec![0.8]),
+        ]);
+        let cfg = NmsConfig {
+            iou: 0.6,
+            ..NmsConfig::predict()
+        };
+        assert_eq!(non_max_suppression(&p, 1, &cfg).len(), 1);
+        assert_eq!(iou_threshold_f64(0.7), 0.7);
+    }
+
+    #[test]
+    fn classes_filter_and_empty_inputs() {
+        let p = pred(&[
+            ([50.0, 50.0, 20.0, 20.0], vec![0.9, 0.0]),
+            ([51.0, 50.0, 20.0, 20.0], vec![0.0, 0.8]),
+        ]);
+        let mut agnostic = NmsConfig::predict();
+        agnostic.agnostic = true;
+        // Class 0 is filtered out, so it does not suppress the class-1 box.
+        let d = non_max_suppression_classes(&p, 2, &agnostic, &[1]);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].class, 1);
+        assert!(non_max_suppression_classes(&p, 2, &agnostic, &[]).is_empty());
+        assert!(
+            non_max_suppression(&[], 2, &NmsConfig::val()).is_empty(),
+            "A = 0"
+        );
+        let zero = NmsConfig {
+            max_det: 0,
+            ..NmsConfig::val()
+        };
+        assert!(non_max_suppression(&p, 2, &zero).is_empty());
+    }
+
+    #[test]
+    fn box_helpers() {
+        let b = [10.0, 20.0, 4.0, 6.0];
+        assert_eq!(xyxy_to_xywh(xywh_to_xyxy(b)), b);
+        let m = box_iou(
+            &[[0.0, 0.0, 10.0, 10.0]],
+            &[[5.0, 0.0, 15.0, 10.0], [20.0; 4]],
+        );
+        assert_eq!(m.len(), 1);
+        assert!((m[0][0] - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(m[0][1], 0.0);
     }
 }
