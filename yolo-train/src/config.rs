@@ -67,6 +67,11 @@ pub struct TrainConfig {
     pub cos_lr: bool,
     /// Epochs at the end without mosaic (stored; augmentation is not implemented yet).
     pub close_mosaic: usize,
+    /// Training augmentations under `aug:` (Ultralytics' keys and defaults: hsv_h, hsv_s,
+    /// hsv_v, degrees, translate, scale, shear, perspective, flipud, fliplr, mosaic, mixup;
+    /// nested because the model's `scale` takes the top-level key).
+    #[serde(default)]
+    pub aug: crate::augment::AugConfig,
     /// Stop after this many epochs without improvement (0 disables).
     pub patience: usize,
     /// Validate every epoch.
@@ -102,6 +107,7 @@ impl Default for TrainConfig {
             nbs: 64,
             cos_lr: false,
             close_mosaic: 10,
+            aug: crate::augment::AugConfig::default(),
             patience: 100,
             val: true,
             project: PathBuf::from("runs/train"),

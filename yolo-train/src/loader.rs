@@ -1,7 +1,9 @@
-//! The training / validation batch loader, without augmentation for now (Mosaic and the other
-//! transforms are a separate stage): each image is read, letterboxed to `imgsz x imgsz`
-//! (`LetterBox(auto=False)`: long side resized to `imgsz` with cv2-exact bilinear, padded with
-//! 114), and its labels mapped into the letterboxed image as normalised xywh.
+//! The training / validation batch loader. Without augmentation (validation) each image is
+//! read, letterboxed to `imgsz x imgsz` (`LetterBox(auto=False)`: long side resized to `imgsz`
+//! with cv2-exact bilinear, padded with 114), and its labels mapped into the letterboxed image
+//! as normalised xywh. With augmentation (training) the samples go through
+//! [`crate::augment::train_transforms`] (Mosaic, RandomPerspective, MixUp, HSV, flips; no
+//! mosaic in the last `close_mosaic` epochs), seeded per (seed, epoch, index).
 
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::seq::SliceRandom;
@@ -13,6 +15,7 @@ use yolo_core::data::image::read_rgb8;
 use yolo_core::data::labels::Sample;
 use yolo_core::data::letterbox::LetterBox;
 
+use crate::augment::{augment_batch, train_transforms, AugConfig, AugSample, SampleSource};
 use crate::error::Result;
 use crate::loss::{Target, Targets};
 
@@ -42,6 +45,33 @@ pub struct Loader {
     pub seed: u64,
     /// Shuffle every epoch (training) or keep the order (validation).
     pub shuffle: bool,
+    /// Training augmentation and the epoch from which mosaic is closed; `None`: letterbox only.
+    pub augment: Option<(AugConfig, usize)>,
+}
+
+impl SampleSource for Loader {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// The image with its long side resized to `imgsz` (Ultralytics `load_image`). Images were
+    /// decoded once by the dataset scan; one that cannot be read now (deleted or changed on
+    /// disk during training) is replaced by a blank background sample with a warning rather
+    /// than stopping the run.
+    fn get(&self, i: usize) -> AugSample {
+        let s = &self.samples[i];
+        match read_rgb8(&s.image) {
+            Ok(img) => AugSample::load(img, &s.labels, self.imgsz as u32),
+            Err(e) => {
+                eprintln!("warning: {e}; using a blank background image instead");
+                let n = self.imgsz as u32;
+                AugSample {
+                    image: image::RgbImage::from_pixel(n, n, image::Rgb([114; 3])),
+                    boxes: vec![],
+                }
+            }
+        }
+    }
 }
 
 impl Loader {
@@ -101,11 +131,40 @@ impl Loader {
     }
 
     /// Loads the samples `indices` in parallel (rayon) into one batch on `device`.
-    pub fn load(&self, indices: &[usize], device: &Device) -> Result<Batch> {
-        let prepared: Vec<Prepared> = indices
-            .par_iter()
-            .map(|&i| self.prepare(i))
-            .collect::<Result<_>>()?;
+    /// One augmented sample as a [`Prepared`] (`imgsz x imgsz`).
+    fn from_augmented(&self, s: AugSample) -> Prepared {
+        let (w, h) = s.image.dimensions();
+        debug_assert_eq!((w as usize, h as usize), (self.imgsz, self.imgsz));
+        let n = (w * h) as usize;
+        let mut chw = vec![0f32; 3 * n];
+        for (i, px) in s.image.pixels().enumerate() {
+            for c in 0..3 {
+                chw[c * n + i] = px.0[c] as f32 / 255.0;
+            }
+        }
+        let boxes = s
+            .labels()
+            .into_iter()
+            .map(|l| (l.class, [l.cx, l.cy, l.w, l.h]))
+            .collect();
+        Prepared { chw, boxes }
+    }
+
+    /// Loads a batch of `indices` for `epoch` (the epoch seeds the augmentation).
+    pub fn load(&self, indices: &[usize], epoch: usize, device: &Device) -> Result<Batch> {
+        let prepared: Vec<Prepared> = match &self.augment {
+            Some((cfg, close_from)) => {
+                let ts = train_transforms(cfg, self.imgsz as u32, epoch >= *close_from);
+                augment_batch(&ts, self, indices, self.seed, epoch as u64)
+                    .into_par_iter()
+                    .map(|s| self.from_augmented(s))
+                    .collect()
+            }
+            None => indices
+                .par_iter()
+                .map(|&i| self.prepare(i))
+                .collect::<Result<_>>()?,
+        };
         let s = self.imgsz;
         let mut data = Vec::with_capacity(prepared.len() * 3 * s * s);
         let mut boxes = Vec::new();
@@ -146,6 +205,7 @@ mod tests {
             batch,
             seed: 0,
             shuffle,
+            augment: None,
         }
     }
 

@@ -242,7 +242,7 @@ pub fn val_loss(model: &YoloV8, val: &Loader, loss_cfg: &LossConfig, device: &De
     let mut sum = [0.0; 3];
     let batches = val.batches(0);
     for idx in &batches {
-        let batch = val.load(idx, device)?;
+        let batch = val.load(idx, 0, device)?;
         let out = model.forward(batch.images);
         let l = loss_items(v8_detection_loss(&out, &meta, &batch.targets, loss_cfg).components)?;
         for k in 0..3 {
@@ -306,6 +306,11 @@ pub fn train_with(
         batch: cfg.batch,
         seed: cfg.seed,
         shuffle: true,
+        // Ultralytics closes mosaic at epoch `epochs - close_mosaic` (never when negative).
+        augment: Some((
+            cfg.aug.clone(),
+            cfg.epochs.checked_sub(cfg.close_mosaic).unwrap_or(usize::MAX),
+        )),
     };
     let val = Loader {
         samples: val_samples,
@@ -313,6 +318,7 @@ pub fn train_with(
         batch: cfg.batch * 2,
         seed: cfg.seed,
         shuffle: false,
+        augment: None,
     };
     let nb = train.len();
     let acc_nominal = accumulate(cfg.nbs, cfg.batch);
@@ -388,7 +394,7 @@ pub fn train_with(
                 momentum = s.momentum;
                 optim.set_momentum(momentum);
             }
-            let batch = train.load(idx, &ad)?;
+            let batch = train.load(idx, epoch, &ad)?;
             images += idx.len();
             let out = model.forward(batch.images);
             let loss = v8_detection_loss(&out, &meta, &batch.targets, &loss_cfg);
