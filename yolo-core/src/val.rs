@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::confusion::ConfusionMatrix;
-use crate::data::image::{read_rgb8, ImageSize};
+use crate::data::image::{read_rgb8, to_chw, ImageSize};
 use crate::data::labels::Sample;
-use crate::data::letterbox::{resize_bilinear, LetterBox};
+use crate::data::letterbox::{resize_long_side, LetterBox};
 use crate::error::Result;
 use crate::metrics::{ap_per_class, DetStats, PredBox, Summary, TruthBox};
 use crate::nms::{non_max_suppression, NmsConfig};
@@ -123,27 +123,12 @@ pub struct Prepared {
 
 /// Loads `sample` as Ultralytics' validation dataset does and letterboxes it to `shape`.
 pub fn prepare(sample: &Sample, imgsz: u32, shape: ImageSize) -> Result<Prepared> {
-    let img = read_rgb8(&sample.image)?;
-    let (w0, h0) = img.dimensions();
-    let r = imgsz as f64 / w0.max(h0) as f64;
-    let img = if r != 1.0 {
-        let w = ((w0 as f64 * r).ceil() as u32).min(imgsz).max(1);
-        let h = ((h0 as f64 * r).ceil() as u32).min(imgsz).max(1);
-        resize_bilinear(&img, w, h)
-    } else {
-        img
-    };
+    let img = resize_long_side(read_rgb8(&sample.image)?, imgsz);
     let (lb, t) = LetterBox::new(shape.width, shape.height)
         .with_scaleup(false)
         .apply(&img);
     let (w, h) = lb.dimensions();
-    let plane = (w * h) as usize;
-    let mut chw = vec![0f32; 3 * plane];
-    for (i, p) in lb.pixels().enumerate() {
-        for c in 0..3 {
-            chw[c * plane + i] = p.0[c] as f32 / 255.0;
-        }
-    }
+    let chw = to_chw(&lb);
     let gt = sample
         .labels
         .iter()

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use yolo_core::burn;
-use yolo_core::data::image::read_rgb8;
+use yolo_core::data::image::{read_rgb8, to_chw};
 use yolo_core::data::labels::Sample;
 use yolo_core::data::letterbox::LetterBox;
 
@@ -102,13 +102,7 @@ impl Loader {
         let s = self.imgsz as u32;
         let (img, t) = LetterBox::square(s).with_auto(false).apply(&img);
         let (w, h) = img.dimensions();
-        let n = (w * h) as usize;
-        let mut chw = vec![0f32; 3 * n];
-        for (i, px) in img.pixels().enumerate() {
-            for c in 0..3 {
-                chw[c * n + i] = px.0[c] as f32 / 255.0;
-            }
-        }
+        let chw = to_chw(&img);
         let boxes = sample
             .labels
             .iter()
@@ -133,15 +127,11 @@ impl Loader {
     /// Loads the samples `indices` in parallel (rayon) into one batch on `device`.
     /// One augmented sample as a [`Prepared`] (`imgsz x imgsz`).
     fn from_augmented(&self, s: AugSample) -> Prepared {
-        let (w, h) = s.image.dimensions();
-        debug_assert_eq!((w as usize, h as usize), (self.imgsz, self.imgsz));
-        let n = (w * h) as usize;
-        let mut chw = vec![0f32; 3 * n];
-        for (i, px) in s.image.pixels().enumerate() {
-            for c in 0..3 {
-                chw[c * n + i] = px.0[c] as f32 / 255.0;
-            }
-        }
+        debug_assert_eq!(
+            (s.image.width() as usize, s.image.height() as usize),
+            (self.imgsz, self.imgsz)
+        );
+        let chw = to_chw(&s.image);
         let boxes = s
             .labels()
             .into_iter()

@@ -104,3 +104,16 @@ pub fn decode_rgb8(bytes: &[u8], name: &Path) -> Result<Decoded> {
         format,
     })
 }
+
+/// An RGB image as a `[3, H, W]` row-major plane per channel, scaled to `[0, 1]` (what the
+/// model takes).
+pub fn to_chw(img: &RgbImage) -> Vec<f32> {
+    let plane = (img.width() * img.height()) as usize;
+    let mut chw = vec![0f32; 3 * plane];
+    for (i, p) in img.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * plane + i] = p.0[c] as f32 / 255.0;
+        }
+    }
+    chw
+}

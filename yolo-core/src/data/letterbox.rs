@@ -169,6 +169,23 @@ pub fn resize_area(img: &RgbImage, new_width: u32, new_height: u32) -> Result<Rg
     Ok(out)
 }
 
+/// Resizes `image` so that its long side is `imgsz`, as Ultralytics' `load_image` with
+/// `rect_mode=True`: `r = imgsz / max(h, w)`, new sides `min(ceil(side * r), imgsz)`, cv2
+/// `INTER_LINEAR`; unchanged when `r == 1`.
+///
+/// # Panics
+/// If the image is empty.
+pub fn resize_long_side(image: RgbImage, imgsz: u32) -> RgbImage {
+    let (w0, h0) = image.dimensions();
+    assert!(w0 > 0 && h0 > 0, "resize_long_side: empty image");
+    let r = imgsz as f64 / w0.max(h0) as f64;
+    if r == 1.0 {
+        return image;
+    }
+    let side = |s: u32| ((s as f64 * r).ceil() as u32).clamp(1, imgsz);
+    resize_bilinear(&image, side(w0), side(h0))
+}
+
 /// Ultralytics' `LetterBox`: resize keeping the aspect ratio, then pad.
 ///
 /// Defaults match Ultralytics: `auto = false`, `scale_fill = false`, `scaleup = true`,

@@ -46,7 +46,8 @@ pub use mosaic::Mosaic;
 pub use perspective::{
     affine_matrix, box_candidates, transform_box, warp, AffineDraws, Mat3, RandomPerspective,
 };
-pub use sample::{resize_long_side, AugSample, BoxLabel, SampleSource};
+pub use sample::{AugSample, BoxLabel, SampleSource};
+pub use yolo_core::data::letterbox::resize_long_side;
 
 /// The value of pixels no image covers (mosaic canvas, warp border): Ultralytics' 114.
 pub const FILL: u8 = 114;
