@@ -77,6 +77,7 @@ fn outputs_match_ultralytics() {
         assert_eq!(out.dims().to_vec(), *ys, "{case}: shape");
         let got = out.into_data().try_to_vec::<f32>().unwrap();
         let err = max_abs_diff(&got, y);
+        println!("{case}: max abs diff {err:e} vs Ultralytics");
         assert!(err < 1e-4, "{case}: max abs diff {err} vs Ultralytics");
     }
 }
