@@ -157,6 +157,12 @@ fn main() -> Result<()> {
             summary.last.display(),
         );
         if let Some(e) = last {
+            if let Some(m) = e.metrics {
+                eprintln!(
+                    "final val (EMA, epoch {}): P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3}",
+                    e.epoch, m.precision, m.recall, m.map50, m.map50_95
+                );
+            }
             eprintln!("train images/s (last epoch): {:.1}", e.images_per_s);
         }
     }
