@@ -27,6 +27,28 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4], eps: f32) -> f32 {
     inter / (wa * ha + wb * hb - inter + eps)
 }
 
+/// `[x1, y1, x2, y2]` → `[cx, cy, w, h]` (the inverse of [`xywh_to_xyxy`]).
+pub fn xyxy_to_xywh(b: [f32; 4]) -> [f32; 4] {
+    [
+        (b[0] + b[2]) / 2.0,
+        (b[1] + b[3]) / 2.0,
+        b[2] - b[0],
+        b[3] - b[1],
+    ]
+}
+
+/// Pairwise IoU of xyxy boxes as Ultralytics' `box_iou` (eps 1e-7 in the denominator, no
+/// "+1 pixel").
+///
+/// # Shapes
+/// - `a`: `[N]` boxes, `b`: `[M]` boxes
+/// - returns `[N][M]`: `out[i][j]` is the IoU of `a[i]` and `b[j]`
+pub fn box_iou(a: &[[f32; 4]], b: &[[f32; 4]]) -> Vec<Vec<f32>> {
+    a.iter()
+        .map(|x| b.iter().map(|y| iou(x, y, 1e-7)).collect())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

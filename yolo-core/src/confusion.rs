@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::boxes::iou;
+use crate::boxes::box_iou;
 use crate::metrics::{PredBox, TruthBox};
 
 /// Accumulates a detection confusion matrix over images.
@@ -70,10 +70,9 @@ impl ConfusionMatrix {
         let dets: Vec<&PredBox> = preds.iter().filter(|p| p.conf > self.conf).collect();
         dets.iter().for_each(|d| check(d.class));
         // [L, D] IoU (float32, eps 1e-7 as `box_iou`).
-        let mut ious: Vec<Vec<f32>> = truth
-            .iter()
-            .map(|t| dets.iter().map(|d| iou(&t.xyxy, &d.xyxy, 1e-7)).collect())
-            .collect();
+        let t_boxes: Vec<[f32; 4]> = truth.iter().map(|t| t.xyxy).collect();
+        let d_boxes: Vec<[f32; 4]> = dets.iter().map(|d| d.xyxy).collect();
+        let mut ious = box_iou(&t_boxes, &d_boxes);
         let mut candidates: Vec<usize> = (0..dets.len())
             .filter(|&j| ious.iter().any(|row| row[j] > self.iou))
             .collect();

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::boxes::iou;
+use crate::boxes::box_iou;
 
 /// Number of IoU thresholds.
 pub const N_IOU: usize = 10;
@@ -49,21 +49,16 @@ pub fn match_predictions(preds: &[PredBox], truth: &[TruthBox]) -> Vec<[bool; N_
         return correct;
     }
     // [L, D] IoU with other classes zeroed.
-    let ious: Vec<Vec<f32>> = truth
-        .iter()
-        .map(|t| {
-            preds
-                .iter()
-                .map(|p| {
-                    if p.class == t.class {
-                        iou(&t.xyxy, &p.xyxy, 1e-7)
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
-        })
-        .collect();
+    let t_boxes: Vec<[f32; 4]> = truth.iter().map(|t| t.xyxy).collect();
+    let p_boxes: Vec<[f32; 4]> = preds.iter().map(|p| p.xyxy).collect();
+    let mut ious = box_iou(&t_boxes, &p_boxes);
+    for (row, t) in ious.iter_mut().zip(truth) {
+        for (v, p) in row.iter_mut().zip(preds) {
+            if p.class != t.class {
+                *v = 0.0;
+            }
+        }
+    }
     let mut matched = vec![[false; N_IOU]; truth.len()];
     for j in 0..preds.len() {
         if !ious.iter().any(|row| row[j] >= thr[0]) {
