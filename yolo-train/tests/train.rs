@@ -2,63 +2,56 @@
 
 use yolo_core::data::shapes::{generate, ShapesConfig};
 use yolo_core::{backend, weights, Multiples};
-use yolo_train::augment::AugConfig;
 use yolo_train::trainer::RESULTS_HEADER;
-use yolo_train::{train, OptimizerKind, Report, TrainConfig};
+use yolo_train::{train, Report, TrainConfig};
 
 
-/// SLOW end-to-end case (a few seconds on 2 CPU cores): trains a width-0.0625 model on 64
-/// generated 64 px images for 8 epochs (SGD with the default lr0 0.01, accumulate 1 as nbs = batch) and checks that the training loss falls and that the run
-/// folder holds `args.yaml`, `results.csv` (exact header, one row per epoch) and both weight
-/// files, which load back.
+/// SLOW end-to-end case (about 80 s on 2 CPU cores in the test profile): trains a width-0.125
+/// model on 128 generated 96 px images for 20 epochs with Ultralytics' defaults (optimizer
+/// `auto` = AdamW lr 0.001429 here, full augmentation: Mosaic, perspective, HSV, flips), except
+/// `nbs = batch` so that each batch is an optimizer step. Checks that the training loss falls,
+/// that the EMA model reaches mAP50 > 0.1 on the validation split (0.28 here; Ultralytics
+/// 8.4.190 reaches 0.42 at 160 px with the same recipe, `benches/train_compare.py`), and that
+/// the run folder holds `args.yaml`, `results.csv` (exact header, one row per epoch) and both
+/// weight files, which load back.
+///
+/// A 64 px variant of this test with SGD lr0 0.01 diverged after warmup: Ultralytics does the
+/// same on that setting (its train loss goes 0.5 -> 3.6), the model is too small for that LR.
 #[test]
 fn short_training_run_learns_and_writes_the_run_folder() {
     let dir = tempfile::tempdir().unwrap();
     let data_root = dir.path().join("shapes");
     let summary = generate(
         &ShapesConfig {
-            train: 64,
-            val: 8,
-            imgsz: 64,
+            train: 128,
+            val: 16,
+            imgsz: 96,
             seed: 0,
         },
         &data_root,
     )
     .unwrap();
+    const EPOCHS: usize = 20;
     let cfg = TrainConfig {
         data: summary.data_yaml.clone(),
         multiples: Some(Multiples {
             depth: 0.33,
-            width: 0.0625,
+            width: 0.125,
             max_channels: 1024,
         }),
-        epochs: 8,
-        batch: 8,
-        nbs: 8,
-        imgsz: 64,
-        optimizer: OptimizerKind::Sgd,
+        epochs: EPOCHS,
+        batch: 16,
+        nbs: 16,
+        imgsz: 96,
         project: dir.path().join("runs"),
         name: "t".into(),
-        // The loop's mechanics are under test here, on the plain (letterboxed) images: the
-        // augmentations have their own tests (tests/augment.rs). KNOWN ISSUE (open): with
-        // Mosaic on, this tiny 64 px setting diverges (train and val loss rise) as well.
-        aug: AugConfig {
-            hsv_h: 0.0,
-            hsv_s: 0.0,
-            hsv_v: 0.0,
-            translate: 0.0,
-            scale: 0.0,
-            fliplr: 0.0,
-            mosaic: 0.0,
-            ..AugConfig::default()
-        },
         ..TrainConfig::default()
     };
     let device = backend::cpu_device();
     let t = std::time::Instant::now();
     let s = train(&cfg, &device, Report::Quiet).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    assert_eq!(s.epochs.len(), 8);
+    assert_eq!(s.epochs.len(), EPOCHS);
     let total = |e: &yolo_train::EpochStats| e.train_loss.iter().sum::<f64>();
     let first = total(&s.epochs[0]);
     let last = total(s.epochs.last().unwrap());
@@ -67,14 +60,13 @@ fn short_training_run_learns_and_writes_the_run_folder() {
         s.epochs.last().unwrap().images_per_s,
         s.epochs.iter().map(|e| (e.train_loss, e.val_loss, e.lr)).collect::<Vec<_>>()
     );
-    // KNOWN ISSUE (open): the train-mode loss (BatchNorm batch statistics) rises after warmup
-    // in this tiny setting while the EMA model's validation loss falls; until that is
-    // explained the test asserts learning on the validation loss of the EMA weights.
+    assert!(last < 0.6 * first, "training loss did not fall: {first} -> {last}");
     let v = |e: &yolo_train::EpochStats| e.val_loss.unwrap().iter().sum::<f64>();
     let (v0, v1) = (v(&s.epochs[0]), v(s.epochs.last().unwrap()));
-    eprintln!("val loss first {v0:.4} -> last {v1:.4}");
-    assert!(v1 < v0, "validation loss did not fall: {v0} -> {v1}");
-    assert!(first.is_finite() && last.is_finite());
+    assert!(v1 < 0.8 * v0, "validation loss did not fall: {v0} -> {v1}");
+    let m = s.epochs.last().unwrap().metrics.unwrap();
+    eprintln!("val loss {v0:.4} -> {v1:.4}; final mAP50 {:.4} mAP50-95 {:.4}", m.map50, m.map50_95);
+    assert!(m.map50 > 0.1, "mAP50 after {EPOCHS} epochs is {} (expected > 0.1)", m.map50);
     assert!(s.epochs.iter().all(|e| e.val_loss.is_some()));
     assert_eq!(s.run_dir, dir.path().join("runs").join("t"));
     assert_eq!(s.fitness_from, "mAP50-95");
@@ -90,7 +82,7 @@ fn short_training_run_learns_and_writes_the_run_folder() {
         "epoch,train/box_loss,train/cls_loss,train/dfl_loss,metrics/precision(B),metrics/recall(B),\
          metrics/mAP50(B),metrics/mAP50-95(B),val/box_loss,val/cls_loss,val/dfl_loss,lr/pg0,lr/pg1,lr/pg2"
     );
-    assert_eq!(lines.len(), 1 + 8);
+    assert_eq!(lines.len(), 1 + EPOCHS);
     for (i, row) in lines[1..].iter().enumerate() {
         let cols: Vec<&str> = row.split(',').collect();
         assert_eq!(cols.len(), 14, "{row}");
@@ -104,7 +96,7 @@ fn short_training_run_learns_and_writes_the_run_folder() {
         let (model, meta) = weights::load_model(w, &device).unwrap();
         assert_eq!(meta.model.nc, 3);
         assert_eq!(meta.names.len(), 3);
-        assert_eq!(meta.imgsz, 64);
+        assert_eq!(meta.imgsz, 96);
         assert_eq!(model.meta().nc, 3);
     }
     // A second run with the same name goes to t2.
