@@ -85,6 +85,25 @@ impl ModelConfig {
             head,
         })
     }
+
+    /// [`init`](Self::init) with the backend's RNG seeded by `seed`: the same seed gives the
+    /// same initial weights (on a given backend). Burn's RNG is global and parameters are
+    /// initialised lazily, so this holds a process-wide lock while it seeds, builds and
+    /// materialises every parameter.
+    pub fn init_seeded(&self, device: &Device, seed: u64) -> Result<YoloV8> {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        device.seed(seed);
+        let model = self.init(device)?;
+        struct Touch;
+        impl burn::module::ModuleVisitor for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        burn::module::Module::visit(&model, &mut Touch);
+        Ok(model)
+    }
 }
 
 /// YOLOv8 detector. `forward` gives the raw head output; [`decode`] (or

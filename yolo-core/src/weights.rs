@@ -227,7 +227,8 @@ pub fn load_weights(model: &mut YoloV8, path: impl AsRef<Path>) -> Result<()> {
     load_weights_from_bytes(model, path, bytes)
 }
 
-fn load_weights_from_bytes(model: &mut YoloV8, path: &Path, bytes: Vec<u8>) -> Result<()> {
+/// [`load_weights`] from the bytes of a safetensors file; `path` names its origin in errors.
+pub fn load_weights_from_bytes(model: &mut YoloV8, path: &Path, bytes: Vec<u8>) -> Result<()> {
     let (_, header) = parse_header(path, &bytes)?;
     let problems = check_fit(model, &header);
     if !problems.is_empty() {

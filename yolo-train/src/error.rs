@@ -27,6 +27,12 @@ pub enum TrainError {
     /// Fine-tuning weights do not fit the model.
     #[error("weights {path}: {message}")]
     Weights { path: PathBuf, message: String },
+    /// A training state file (`last.state`) cannot be written or read back.
+    #[error("training state {path}: {message}")]
+    State { path: PathBuf, message: String },
+    /// Nothing to resume from.
+    #[error("cannot resume {path}: {message}")]
+    Resume { path: PathBuf, message: String },
     /// The loss became NaN or infinite.
     #[error("loss is not finite at epoch {epoch}, batch {batch}")]
     NonFiniteLoss { epoch: usize, batch: usize },

@@ -23,6 +23,7 @@ pub mod iou;
 pub mod loader;
 pub mod loss;
 pub mod optim;
+pub mod resume;
 pub mod schedule;
 pub mod trainer;
 
@@ -30,5 +31,5 @@ pub use assigner::{Assignment, TaskAlignedAssigner};
 pub use config::{OptimizerKind, TrainConfig};
 pub use error::{Result, TrainError};
 pub use loss::{v8_detection_loss, LossConfig, LossOutput, Target, Targets};
-pub use trainer::{train, train_with, EpochStats, Report, TrainSummary};
+pub use trainer::{resume, resume_with, train, train_with, EpochStats, Report, TrainSummary};
 pub use yolo_core;

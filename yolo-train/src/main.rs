@@ -6,15 +6,19 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use yolo_core::data::shapes::{generate, ShapesConfig};
 use yolo_core::{backend, Multiples, Scale};
-use yolo_train::{train, OptimizerKind, Report, TrainConfig};
+use yolo_train::{resume, train, OptimizerKind, Report, TrainConfig, TrainSummary};
 
-/// Train a YOLOv8 detector (Ultralytics 8.4.190 training loop, no augmentation yet).
+/// Train a YOLOv8 detector (Ultralytics 8.4.190 training loop and augmentations).
 #[derive(Parser, Debug)]
 #[command(name = "yolo-train", version, about, long_about = None)]
 struct Cli {
     /// data.yaml, or `shapes` for the built-in demo dataset (generated into datasets/shapes).
-    #[arg(long)]
-    data: String,
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<String>,
+    /// Continue the run in this folder (e.g. runs/train/demo) from its last finished epoch,
+    /// with its saved settings; every other option is ignored.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
     #[arg(long, default_value_t = 100)]
     epochs: usize,
     #[arg(long, default_value_t = 640)]
@@ -95,10 +99,25 @@ fn shapes_data() -> Result<PathBuf> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let data = if cli.data == "shapes" {
+    let report = if cli.json {
+        Report::Json
+    } else if cli.quiet {
+        Report::Quiet
+    } else {
+        Report::Bar
+    };
+    let device = backend::default_device();
+    if let Some(run_dir) = &cli.resume {
+        let summary = resume(run_dir, &device, report)
+            .with_context(|| format!("resuming {}", run_dir.display()))?;
+        print_summary(&cli, &summary);
+        return Ok(());
+    }
+    let data_arg = cli.data.clone().expect("clap requires --data without --resume");
+    let data = if data_arg == "shapes" {
         shapes_data()?
     } else {
-        PathBuf::from(&cli.data)
+        PathBuf::from(&data_arg)
     };
     let multiples = match (cli.width_multiple, cli.depth_multiple) {
         (None, None) => None,
@@ -133,16 +152,13 @@ fn main() -> Result<()> {
         val: !cli.no_val,
         ..defaults
     };
-    let report = if cli.json {
-        Report::Json
-    } else if cli.quiet {
-        Report::Quiet
-    } else {
-        Report::Bar
-    };
-    let device = backend::default_device();
     let summary = train(&cfg, &device, report)
         .with_context(|| format!("training on {}", data.display()))?;
+    print_summary(&cli, &summary);
+    Ok(())
+}
+
+fn print_summary(cli: &Cli, summary: &TrainSummary) {
     if !cli.quiet || cli.json {
         let last = summary.epochs.last();
         eprintln!(
@@ -166,5 +182,4 @@ fn main() -> Result<()> {
             eprintln!("train images/s (last epoch): {:.1}", e.images_per_s);
         }
     }
-    Ok(())
 }

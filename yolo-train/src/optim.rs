@@ -274,9 +274,31 @@ impl YoloOptimizer {
         self.inner.step(lrs, model, grads)
     }
 
-    /// The Burn optimizer (for saving its state).
+    /// The Burn optimizer.
     pub fn module_optimizer(&self) -> &ModuleOptimizer {
         &self.inner
+    }
+
+    /// The optimizer state (momentum buffers or Adam moments, per parameter id) as burnpack
+    /// bytes.
+    pub fn state_bytes(&self) -> Result<Vec<u8>, String> {
+        self.inner
+            .into_bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Restores a state from [`state_bytes`](Self::state_bytes) of an optimizer built for the
+    /// same parameters (same ids).
+    pub fn load_state_bytes(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        let inner = std::mem::replace(&mut self.inner, ModuleOptimizer::from(NesterovSgd {
+            weight_decay: 0.0,
+            momentum: self.momentum.clone(),
+        }));
+        self.inner = inner
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 

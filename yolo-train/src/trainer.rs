@@ -5,6 +5,7 @@
 //! checkpoints (EMA weights).
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ use crate::error::{Result, TrainError};
 use crate::loader::Loader;
 use crate::loss::{v8_detection_loss, LossConfig};
 use crate::optim::{clip_grad_norm, resolve_optimizer, YoloOptimizer};
+use crate::resume as state;
 use crate::schedule::{accumulate, scaled_weight_decay, warmup_iterations, LrLambda, Warmup};
 
 /// Columns of `results.csv`, in order.
@@ -146,13 +148,13 @@ pub fn init_model(cfg: &TrainConfig, nc: usize, device: &Device) -> Result<(Yolo
             Some(m) => ModelConfig::custom(m, nc),
             None => ModelConfig::new(cfg.scale, nc),
         };
-        let model = model_cfg.init(device)?;
+        let model = model_cfg.init_seeded(device, cfg.seed)?;
         return Ok((model, model_cfg));
     };
     let meta = weights::read_meta(path)?;
     let mut model_cfg = meta.model.clone();
     model_cfg.nc = nc;
-    let mut model = model_cfg.init(device)?;
+    let mut model = model_cfg.init_seeded(device, cfg.seed)?;
     if meta.model.nc == nc {
         weights::load_weights(&mut model, path)?;
         return Ok((model, model_cfg));
@@ -256,17 +258,89 @@ pub fn val_loss(model: &YoloV8, val: &Loader, loss_cfg: &LossConfig, device: &De
 /// Trains as configured on `device` (its autodiff twin is used for training). Writes the run
 /// folder `project/name[N]` and returns the summary.
 pub fn train(cfg: &TrainConfig, device: &Device, report: Report) -> Result<TrainSummary> {
-    train_with(cfg, device, report, |_| {})
+    train_with(cfg, device, report, |_| ControlFlow::Continue(()))
 }
 
-/// [`train`] with a callback after every epoch.
+/// [`train`] with a callback after every epoch (after its checkpoints and state are written);
+/// `ControlFlow::Break` stops the run there, as an interruption would (it can be resumed).
 pub fn train_with(
     cfg: &TrainConfig,
     device: &Device,
     report: Report,
-    mut on_epoch: impl FnMut(&EpochStats),
+    on_epoch: impl FnMut(&EpochStats) -> ControlFlow<()>,
 ) -> Result<TrainSummary> {
     cfg.validate()?;
+    let run_dir = increment_path(&cfg.project.join(&cfg.name), cfg.exist_ok);
+    let weights_dir = run_dir.join("weights");
+    std::fs::create_dir_all(&weights_dir).map_err(|e| TrainError::io(&weights_dir, e))?;
+    cfg.save_yaml(&run_dir.join("args.yaml"))?;
+    let csv_path = run_dir.join("results.csv");
+    std::fs::write(&csv_path, RESULTS_HEADER.join(",") + "\n").map_err(|e| TrainError::io(&csv_path, e))?;
+    run(cfg, run_dir, None, device, report, on_epoch)
+}
+
+/// The training state file of a run folder.
+pub fn state_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("weights").join("last.state")
+}
+
+/// Continues the run in `run_dir` (its `args.yaml` and `weights/last.state`) from the end of
+/// its last completed epoch, exactly as if it had not stopped. `results.csv` keeps the rows of
+/// the completed epochs; the summary lists the epochs run by this call.
+pub fn resume(run_dir: &Path, device: &Device, report: Report) -> Result<TrainSummary> {
+    resume_with(run_dir, device, report, |_| ControlFlow::Continue(()))
+}
+
+/// [`resume`] with a per-epoch callback, as [`train_with`].
+pub fn resume_with(
+    run_dir: &Path,
+    device: &Device,
+    report: Report,
+    on_epoch: impl FnMut(&EpochStats) -> ControlFlow<()>,
+) -> Result<TrainSummary> {
+    let args = run_dir.join("args.yaml");
+    let state = state_path(run_dir);
+    for p in [&args, &state] {
+        if !p.exists() {
+            return Err(TrainError::Resume {
+                path: run_dir.into(),
+                message: format!("{} is missing (not a run folder, or no epoch finished)", p.display()),
+            });
+        }
+    }
+    let cfg = TrainConfig::load_yaml(&args)?;
+    cfg.validate()?;
+    let restored = state::load_state(&state, &device.clone().autodiff(), device)?;
+    if restored.state.epoch >= cfg.epochs {
+        return Err(TrainError::Resume {
+            path: run_dir.into(),
+            message: format!("all {} epochs are done", cfg.epochs),
+        });
+    }
+    // Keep the header and the rows of completed epochs (a row may have been written after the
+    // last state, by an epoch that did not finish saving).
+    let csv_path = run_dir.join("results.csv");
+    let text = std::fs::read_to_string(&csv_path).unwrap_or_default();
+    let mut kept = RESULTS_HEADER.join(",") + "\n";
+    for line in text.lines().skip(1) {
+        match line.split(',').next().and_then(|e| e.parse::<usize>().ok()) {
+            Some(e) if e <= restored.state.epoch => kept += &format!("{line}\n"),
+            _ => {}
+        }
+    }
+    weights::write_atomic(&csv_path, kept.as_bytes())?;
+    run(&cfg, run_dir.to_path_buf(), Some(restored), device, report, on_epoch)
+}
+
+/// The loop, from scratch or from a restored state.
+fn run(
+    cfg: &TrainConfig,
+    run_dir: PathBuf,
+    restored: Option<state::Restored>,
+    device: &Device,
+    report: Report,
+    mut on_epoch: impl FnMut(&EpochStats) -> ControlFlow<()>,
+) -> Result<TrainSummary> {
     let data = DataConfig::from_yaml(&cfg.data)?;
     let nc = data.nc();
     let (train_samples, _) = load_split(&data, Split::Train)?;
@@ -281,16 +355,29 @@ pub fn train_with(
     } else {
         vec![]
     };
-
-    let run_dir = increment_path(&cfg.project.join(&cfg.name), cfg.exist_ok);
     let weights_dir = run_dir.join("weights");
-    std::fs::create_dir_all(&weights_dir).map_err(|e| TrainError::io(&weights_dir, e))?;
-    cfg.save_yaml(&run_dir.join("args.yaml"))?;
     let csv_path = run_dir.join("results.csv");
-    std::fs::write(&csv_path, RESULTS_HEADER.join(",") + "\n").map_err(|e| TrainError::io(&csv_path, e))?;
 
     let ad = device.clone().autodiff();
-    let (mut model, model_cfg) = init_model(cfg, nc, &ad)?;
+    let (model, model_cfg, ema_model, start) = match restored {
+        Some(r) => {
+            if r.meta.model.nc != nc {
+                return Err(TrainError::Resume {
+                    path: run_dir.clone(),
+                    message: format!("the state has {} classes, the data {nc}", r.meta.model.nc),
+                });
+            }
+            let start = (r.state.clone(), r.optimizer, r.pending);
+            (r.model, r.meta.model, r.ema, Some(start))
+        }
+        None => {
+            let (model, model_cfg) = init_model(cfg, nc, &ad)?;
+            let model = state::stable_param_ids(model);
+            let ema = model.valid();
+            (model, model_cfg, ema, None)
+        }
+    };
+    let mut model = model;
     let meta = model.meta();
     let loss_cfg = LossConfig {
         box_gain: cfg.box_gain as f32,
@@ -341,18 +428,49 @@ pub fn train_with(
         lrf: cfg.lrf,
         cos: cfg.cos_lr,
     };
+    // Warmup ramps momentum towards `args.momentum`, also when `auto` chose another one for
+    // the optimizer (as 8.4.190 does).
     let warmup = Warmup {
         nw: warmup_iterations(cfg.warmup_epochs, cfg.epochs, nb),
         accumulate: acc0,
         warmup_bias_lr: choice.warmup_bias_lr,
         warmup_momentum: cfg.warmup_momentum,
-        momentum: choice.momentum,
+        momentum: cfg.momentum,
     };
-    let mut ema = ModelEma::new(model.valid());
+    let mut ema = ModelEma::new(ema_model);
     let mut accum = GradientsAccumulator::<YoloV8>::new();
     let mut last_opt_step: i64 = -1;
     let mut accumulate_now = acc0;
     let mut momentum = choice.momentum;
+    let mut best_fitness = f64::NEG_INFINITY;
+    let mut best_epoch = 0;
+    let mut first_epoch = 0;
+    let fitness_from = if val.is_empty() {
+        "train loss"
+    } else {
+        "val loss"
+    };
+    let mut fitness_from_used = fitness_from;
+    if let Some((state, optimizer, pending)) = start {
+        optim.load_state_bytes(optimizer).map_err(|message| TrainError::State {
+            path: state_path(&run_dir),
+            message: format!("optimizer: {message}"),
+        })?;
+        accum.accumulate(&model, pending);
+        ema.updates = state.ema_updates;
+        last_opt_step = state.last_opt_step;
+        accumulate_now = state.accumulate;
+        momentum = state.momentum;
+        best_fitness = state.best_fitness;
+        best_epoch = state.best_epoch;
+        first_epoch = state.epoch;
+        fitness_from_used = match state.fitness_from.as_str() {
+            "mAP50-95" => "mAP50-95",
+            "val loss" => "val loss",
+            _ => "train loss",
+        };
+    }
+    optim.set_momentum(momentum);
 
     let ckpt_meta = |epoch: usize, fitness: f64, ema_updates: u64| {
         let mut extra = std::collections::BTreeMap::new();
@@ -369,17 +487,9 @@ pub fn train_with(
 
     let last = weights_dir.join("last.safetensors");
     let best = weights_dir.join("best.safetensors");
-    let mut best_fitness = f64::NEG_INFINITY;
-    let mut best_epoch = 0;
     let mut history = Vec::new();
-    let fitness_from = if val.is_empty() {
-        "train loss"
-    } else {
-        "val loss"
-    };
-    let mut fitness_from_used = fitness_from;
 
-    for epoch in 0..cfg.epochs {
+    for epoch in first_epoch..cfg.epochs {
         let t0 = Instant::now();
         let lr_epoch = choice.lr0 * lf.factor(epoch);
         let mut lr = [lr_epoch; 3];
@@ -472,6 +582,32 @@ pub fn train_with(
             .open(&csv_path)
             .map_err(|e| TrainError::io(&csv_path, e))?;
         writeln!(f, "{}", csv_row(&stats)).map_err(|e| TrainError::io(&csv_path, e))?;
+        drop(f);
+        // The state last: a run killed before this line resumes from the previous epoch.
+        let pending = accum.grads();
+        let optimizer = optim.state_bytes().map_err(|message| TrainError::State {
+            path: state_path(&run_dir),
+            message: format!("optimizer: {message}"),
+        })?;
+        state::save_state(
+            &state_path(&run_dir),
+            &state::TrainState {
+                epoch: epoch + 1,
+                best_fitness,
+                best_epoch,
+                fitness_from: fitness_from_used.to_string(),
+                ema_updates: ema.updates,
+                last_opt_step,
+                accumulate: accumulate_now,
+                momentum,
+            },
+            &meta,
+            &model,
+            &ema.model,
+            &optimizer,
+            &pending,
+        )?;
+        accum.accumulate(&model, pending);
         match report {
             Report::Bar => {
                 let v = stats
@@ -483,9 +619,9 @@ pub fn train_with(
             Report::Json => println!("{}", serde_json::to_string(&stats).expect("stats serialise")),
             Report::Quiet => {}
         }
-        on_epoch(&stats);
+        let flow = on_epoch(&stats);
         history.push(stats);
-        if cfg.patience > 0 && epoch + 1 - best_epoch >= cfg.patience {
+        if flow.is_break() || (cfg.patience > 0 && epoch + 1 - best_epoch >= cfg.patience) {
             break;
         }
     }

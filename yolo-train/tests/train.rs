@@ -113,3 +113,94 @@ fn short_training_run_learns_and_writes_the_run_folder() {
     assert_eq!(s2.run_dir, dir.path().join("runs").join("t2"));
     assert_eq!(s2.fitness_from, "train loss");
 }
+
+/// SLOW (about 15 s): a run stopped after epoch 2 and resumed from `weights/last.state` ends
+/// exactly where an uninterrupted run ends: same `results.csv`, same EMA weights (`last`),
+/// same training model. Five batches per epoch with `nbs = 2 * batch` leave accumulated
+/// gradients pending across epoch ends, so they are part of what is resumed.
+#[test]
+fn resumed_run_matches_an_uninterrupted_one() {
+    use std::ops::ControlFlow;
+    let dir = tempfile::tempdir().unwrap();
+    let summary = generate(
+        &ShapesConfig {
+            train: 40,
+            val: 8,
+            imgsz: 64,
+            seed: 1,
+        },
+        &dir.path().join("shapes"),
+    )
+    .unwrap();
+    let cfg = TrainConfig {
+        data: summary.data_yaml.clone(),
+        multiples: Some(Multiples {
+            depth: 0.33,
+            width: 0.0625,
+            max_channels: 1024,
+        }),
+        epochs: 3,
+        batch: 8,
+        nbs: 16,
+        imgsz: 64,
+        project: dir.path().join("runs"),
+        name: "full".into(),
+        ..TrainConfig::default()
+    };
+    let device = backend::cpu_device();
+    let full = train(&cfg, &device, Report::Quiet).unwrap();
+    assert_eq!(full.epochs.len(), 3);
+
+    let cut = TrainConfig {
+        name: "cut".into(),
+        ..cfg.clone()
+    };
+    let first = yolo_train::train_with(&cut, &device, Report::Quiet, |e| {
+        if e.epoch == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert_eq!(first.epochs.len(), 2);
+    // A row written by an epoch that did not get to save its state is dropped on resume.
+    let csv = first.run_dir.join("results.csv");
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    text += "3,9,9,9,0,0,0,0,9,9,9,0,0,0\n";
+    std::fs::write(&csv, text).unwrap();
+
+    let rest = yolo_train::resume(&first.run_dir, &device, Report::Quiet).unwrap();
+    assert_eq!(rest.epochs.len(), 1);
+    assert_eq!(rest.epochs[0].epoch, 3);
+    assert_eq!(rest.epochs[0].steps, full.epochs[2].steps, "optimizer steps");
+
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read(&csv), read(&full.run_dir.join("results.csv")));
+    let tensors = |p: std::path::PathBuf| {
+        let bytes = std::fs::read(&p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut v: Vec<(String, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(k, _)| k != "optimizer")
+            .map(|(k, t)| (k, t.data().to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    for f in ["last.safetensors", "best.safetensors", "last.state"] {
+        let (a, b) = (
+            tensors(full.run_dir.join("weights").join(f)),
+            tensors(rest.run_dir.join("weights").join(f)),
+        );
+        assert_eq!(a.len(), b.len(), "{f}");
+        for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+            assert_eq!(ka, kb, "{f}");
+            assert!(va == vb, "{f}: {ka} differs between the resumed and the uninterrupted run");
+        }
+    }
+    // Nothing left to resume.
+    let err = yolo_train::resume(&first.run_dir, &device, Report::Quiet).unwrap_err();
+    assert!(err.to_string().contains("all 3 epochs are done"), "{err}");
+}
