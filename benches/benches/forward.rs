@@ -8,6 +8,7 @@ use yolo_core::{backend, ModelConfig, Scale};
 fn forward(c: &mut Criterion) {
     let device = backend::default_device();
     let model = ModelConfig::new(Scale::N, 80).init(&device).unwrap();
+    let fused = model.clone().fuse();
     let mut g = c.benchmark_group("yolov8n_forward");
     g.sample_size(10);
     for size in [320, 640] {
@@ -15,6 +16,12 @@ fn forward(c: &mut Criterion) {
         g.bench_function(format!("{size}x{size}_b1"), |b| {
             b.iter(|| {
                 let y = model.predict(x.clone()).unwrap();
+                y.into_data()
+            })
+        });
+        g.bench_function(format!("{size}x{size}_b1_fused"), |b| {
+            b.iter(|| {
+                let y = fused.predict(x.clone()).unwrap();
                 y.into_data()
             })
         });

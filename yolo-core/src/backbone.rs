@@ -30,6 +30,22 @@ pub struct Features {
 }
 
 impl Backbone {
+    /// Folds every BatchNorm into its conv (see [`Conv::fuse`](crate::nn::Conv::fuse)).
+    pub fn fuse(self) -> Self {
+        Self {
+            stem: self.stem.fuse(),
+            down1: self.down1.fuse(),
+            c2f1: self.c2f1.fuse(),
+            down2: self.down2.fuse(),
+            c2f2: self.c2f2.fuse(),
+            down3: self.down3.fuse(),
+            c2f3: self.c2f3.fuse(),
+            down4: self.down4.fuse(),
+            c2f4: self.c2f4.fuse(),
+            sppf: self.sppf.fuse(),
+        }
+    }
+
     /// Builds the backbone for `m`; returns it with the channels of P3, P4 and P5.
     pub fn new(m: &Multiples, device: &Device) -> (Self, [usize; 3]) {
         let ch = |c| m.channels(c);

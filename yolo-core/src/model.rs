@@ -149,6 +149,22 @@ impl YoloV8 {
     pub fn meta(&self) -> HeadMeta {
         self.head.meta()
     }
+
+    /// The inference model with every BatchNorm folded into its conv (Ultralytics'
+    /// `model.fuse()`): same output up to float rounding, fewer ops. For inference only (a
+    /// fused model cannot be trained or saved). `predict`, `val` and the benchmarks use it.
+    pub fn fuse(self) -> Self {
+        Self {
+            backbone: self.backbone.fuse(),
+            neck: self.neck.fuse(),
+            head: self.head.fuse(),
+        }
+    }
+
+    /// Whether [`fuse`](Self::fuse) was applied.
+    pub fn is_fused(&self) -> bool {
+        self.backbone.stem.is_fused()
+    }
 }
 
 /// Checks that an input is `[B, 3, H, W]` with sides that are positive multiples of 32.

@@ -34,6 +34,18 @@ pub fn upsample2x(x: Tensor<4>) -> Tensor<4> {
 }
 
 impl Neck {
+    /// Folds every BatchNorm into its conv (see [`Conv::fuse`](crate::nn::Conv::fuse)).
+    pub fn fuse(self) -> Self {
+        Self {
+            top_p4: self.top_p4.fuse(),
+            top_p3: self.top_p3.fuse(),
+            down_p3: self.down_p3.fuse(),
+            out_p4: self.out_p4.fuse(),
+            down_p4: self.down_p4.fuse(),
+            out_p5: self.out_p5.fuse(),
+        }
+    }
+
     /// Builds the neck for backbone channels `ch`; returns it with the channels of its outputs.
     pub fn new(m: &Multiples, ch: [usize; 3], device: &Device) -> (Self, [usize; 3]) {
         let c = |c| m.channels(c);

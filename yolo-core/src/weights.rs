@@ -283,6 +283,12 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<(YoloV8, Ch
 
 /// The safetensors bytes of `model` in the Ultralytics layout, with `meta`.
 pub fn to_bytes(model: &YoloV8, meta: &CheckpointMeta) -> Result<Vec<u8>> {
+    if model.is_fused() {
+        return Err(CoreError::Safetensors {
+            path: PathBuf::from("<memory>"),
+            message: "a fused (inference-only) model cannot be saved: save it before `fuse()`".into(),
+        });
+    }
     let mut store = SafetensorsStore::from_bytes(None)
         .clear_metadata()
         .remap(remapper(false))

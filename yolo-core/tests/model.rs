@@ -82,6 +82,28 @@ fn outputs_match_ultralytics() {
     }
 }
 
+/// The fused inference model (BatchNorm folded into the convs) gives Ultralytics' output too,
+/// and refuses to be saved.
+#[test]
+fn fused_model_matches_ultralytics() {
+    let device = backend::cpu_device();
+    let (model, meta) = weights::load_model(fixture("tiny_nc3.safetensors"), &device).unwrap();
+    let model = model.fuse();
+    assert!(model.is_fused());
+    let io = load_io();
+    for case in ["square", "nonsquare", "batch2"] {
+        let (xs, x) = &io[&format!("{case}.input")];
+        let (_, want) = &io[&format!("{case}.output")];
+        let x = Tensor::<4>::from_data(TensorData::new(x.clone(), xs.clone()), &device);
+        let got: Vec<f32> = model.predict(x).unwrap().into_data().try_to_vec().unwrap();
+        let err = max_abs_diff(&got, want);
+        println!("{case} (fused): max abs diff {err:.3e}");
+        assert!(err < 1e-4, "{case}: fused max abs diff {err} vs Ultralytics");
+    }
+    let err = weights::to_bytes(&model, &meta).unwrap_err();
+    assert!(err.to_string().contains("fused"), "{err}");
+}
+
 #[test]
 fn rejects_input_not_multiple_of_32() {
     let device = backend::cpu_device();

@@ -55,6 +55,7 @@ fn parse_split(s: &str) -> anyhow::Result<Split> {
 pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
     let device = backend::default_device();
     let (model, meta) = weights::load_model(&a.weights, &device)?;
+    let model = model.fuse();
     let yaml = resolve_data(&a.data)?;
     let data = DataConfig::from_yaml(&yaml)?;
     if data.nc() != meta.model.nc {

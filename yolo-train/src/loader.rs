@@ -142,6 +142,12 @@ impl Loader {
 
     /// Loads a batch of `indices` for `epoch` (the epoch seeds the augmentation).
     pub fn load(&self, indices: &[usize], epoch: usize, device: &Device) -> Result<Batch> {
+        Ok(self.load_host(indices, epoch)?.to_device(device))
+    }
+
+    /// [`load`](Self::load) up to the host buffer: decoding and augmentation, in parallel
+    /// (rayon), without touching a device, so it can run on another thread ahead of the step.
+    pub fn load_host(&self, indices: &[usize], epoch: usize) -> Result<HostBatch> {
         let prepared: Vec<Prepared> = match &self.augment {
             Some((cfg, close_from)) => {
                 let ts = train_transforms(cfg, self.imgsz as u32, epoch >= *close_from);
@@ -166,11 +172,63 @@ impl Loader {
                 xywh,
             }));
         }
-        let images = Tensor::from_data(TensorData::new(data, [indices.len(), 3, s, s]), device);
-        Ok(Batch {
-            images,
+        Ok(HostBatch {
+            data,
+            shape: [indices.len(), 3, s, s],
             targets: Targets { boxes },
         })
+    }
+
+    /// The batches of `epoch`, loaded `ahead` batches in advance on a background thread while
+    /// the caller works on the current one (PyTorch's `DataLoader` prefetch). Yields the
+    /// sample indices and the host batch of each, in order. Dropping the iterator early stops
+    /// the thread at its next batch.
+    pub fn prefetch(self: &std::sync::Arc<Self>, epoch: usize, ahead: usize) -> Prefetch {
+        let batches = self.batches(epoch);
+        let (tx, rx) = std::sync::mpsc::sync_channel(ahead.max(1));
+        let loader = std::sync::Arc::clone(self);
+        std::thread::spawn(move || {
+            for idx in batches {
+                let batch = loader.load_host(&idx, epoch);
+                // A closed channel means the consumer stopped: stop loading too.
+                if tx.send(batch.map(|b| (idx, b))).is_err() {
+                    break;
+                }
+            }
+        });
+        Prefetch { rx }
+    }
+}
+
+/// Iterator of [`Loader::prefetch`].
+pub struct Prefetch {
+    rx: std::sync::mpsc::Receiver<Result<(Vec<usize>, HostBatch)>>,
+}
+
+impl Iterator for Prefetch {
+    type Item = Result<(Vec<usize>, HostBatch)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
+/// A batch in host memory (see [`Loader::load_host`]).
+#[derive(Debug, Clone)]
+pub struct HostBatch {
+    /// `[B, 3, S, S]` row-major, RGB in `[0, 1]`.
+    pub data: Vec<f32>,
+    pub shape: [usize; 4],
+    pub targets: Targets,
+}
+
+impl HostBatch {
+    /// Uploads the images to `device`.
+    pub fn to_device(self, device: &Device) -> Batch {
+        Batch {
+            images: Tensor::from_data(TensorData::new(self.data, self.shape), device),
+            targets: self.targets,
+        }
     }
 }
 

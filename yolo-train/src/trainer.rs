@@ -44,6 +44,9 @@ pub const RESULTS_HEADER: [&str; 14] = [
     "lr/pg2",
 ];
 
+/// Batches loaded ahead of the training step.
+pub const PREFETCH: usize = 2;
+
 /// Max gradient norm (`clip_grad_norm_(max_norm=10.0)` in `optimizer_step`).
 pub const MAX_GRAD_NORM: f64 = 10.0;
 
@@ -82,7 +85,7 @@ pub fn val_metrics(ema: &YoloV8, val: &Loader, device: &Device) -> Result<DetMet
         batch: val.batch,
         ..Default::default()
     };
-    let m = yolo_core::val::evaluate(ema, &val.samples, &[], &cfg, device)?;
+    let m = yolo_core::val::evaluate(&ema.clone().fuse(), &val.samples, &[], &cfg, device)?;
     Ok(DetMetrics {
         precision: m.precision,
         recall: m.recall,
@@ -387,7 +390,7 @@ fn run(
         ..LossConfig::default()
     };
 
-    let train = Loader {
+    let train = std::sync::Arc::new(Loader {
         samples: train_samples,
         imgsz: cfg.imgsz,
         batch: cfg.batch,
@@ -398,7 +401,7 @@ fn run(
             cfg.aug.clone(),
             cfg.epochs.checked_sub(cfg.close_mosaic).unwrap_or(usize::MAX),
         )),
-    };
+    });
     let val = Loader {
         samples: val_samples,
         imgsz: cfg.imgsz,
@@ -495,8 +498,9 @@ fn run(
         let mut lr = [lr_epoch; 3];
         let mut tloss = [0.0f64; 3];
         let mut images = 0usize;
-        let batches = train.batches(epoch);
-        for (i, idx) in batches.iter().enumerate() {
+        // The next batches load (decode + augment, rayon) on another thread during the step.
+        for (i, item) in train.prefetch(epoch, PREFETCH).enumerate() {
+            let (idx, host) = item?;
             let ni = i + nb * epoch;
             if let Some(s) = warmup.at(ni, [lr_epoch; 3]) {
                 accumulate_now = s.accumulate;
@@ -504,7 +508,7 @@ fn run(
                 momentum = s.momentum;
                 optim.set_momentum(momentum);
             }
-            let batch = train.load(idx, epoch, &ad)?;
+            let batch = host.to_device(&ad);
             images += idx.len();
             let out = model.forward(batch.images);
             let loss = v8_detection_loss(&out, &meta, &batch.targets, &loss_cfg);

@@ -24,6 +24,8 @@ fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let device = backend::default_device();
     let (model, _) = weights::load_model(&a.weights, &device)?;
+    // As Ultralytics' predictor and benchmarks: BatchNorm folded into the convs.
+    let model = model.fuse();
     let x = input(a.batch, a.imgsz, &device);
     let (median, min) = time_ms(a.warmup, a.iters, || {
         let y = model.predict(x.clone()).unwrap();

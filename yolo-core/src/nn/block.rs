@@ -41,6 +41,15 @@ pub struct Bottleneck {
 }
 
 impl Bottleneck {
+    /// Folds every BatchNorm into its conv (see [`Conv::fuse`]).
+    pub fn fuse(self) -> Self {
+        Self {
+            cv1: self.cv1.fuse(),
+            cv2: self.cv2.fuse(),
+            ..self
+        }
+    }
+
     /// # Shapes
     /// - `x`: `[B, c1, H, W]`
     /// - output: `[B, c2, H, W]`
@@ -98,6 +107,16 @@ pub struct C2f {
 }
 
 impl C2f {
+    /// Folds every BatchNorm into its conv (see [`Conv::fuse`]).
+    pub fn fuse(self) -> Self {
+        Self {
+            cv1: self.cv1.fuse(),
+            cv2: self.cv2.fuse(),
+            m: self.m.into_iter().map(Bottleneck::fuse).collect(),
+            ..self
+        }
+    }
+
     /// # Shapes
     /// - `x`: `[B, c1, H, W]`
     /// - output: `[B, c2, H, W]`
@@ -147,6 +166,15 @@ pub struct Sppf {
 }
 
 impl Sppf {
+    /// Folds every BatchNorm into its conv (see [`Conv::fuse`]).
+    pub fn fuse(self) -> Self {
+        Self {
+            cv1: self.cv1.fuse(),
+            cv2: self.cv2.fuse(),
+            ..self
+        }
+    }
+
     /// # Shapes
     /// - `x`: `[B, c1, H, W]`
     /// - output: `[B, c2, H, W]`

@@ -262,6 +262,23 @@ impl Detect {
 }
 
 impl Detect {
+    /// Folds every BatchNorm of the branches into its conv (see [`Conv::fuse`]).
+    pub fn fuse(self) -> Self {
+        let fuse_branch = |b: Vec<BranchLayer>| {
+            b.into_iter()
+                .map(|l| match l {
+                    BranchLayer::Conv(c) => BranchLayer::Conv(c.fuse()),
+                    out => out,
+                })
+                .collect()
+        };
+        Self {
+            cv2: self.cv2.into_iter().map(fuse_branch).collect(),
+            cv3: self.cv3.into_iter().map(fuse_branch).collect(),
+            ..self
+        }
+    }
+
     /// Keeps the DFL projection out of training, as Ultralytics' `requires_grad_(False)`.
     pub fn freeze_dfl(&mut self) {
         let w = self.dfl.conv.weight.clone();
