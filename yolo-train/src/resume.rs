@@ -39,7 +39,7 @@ pub struct TrainState {
     pub epoch: usize,
     pub best_fitness: f64,
     pub best_epoch: usize,
-    /// What fitness was computed from (`"mAP50-95"`, `"val loss"`, `"train loss"`).
+    /// What fitness was computed from (`trainer::FITNESS_MAP`, `"val loss"`, `"train loss"`).
     pub fitness_from: String,
     pub ema_updates: u64,
     /// Global iteration of the last optimizer step (-1: none yet).

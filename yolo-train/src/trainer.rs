@@ -44,6 +44,9 @@ pub const RESULTS_HEADER: [&str; 14] = [
     "lr/pg2",
 ];
 
+/// How `best` is chosen when mAP is measured (see [`DetMetrics::fitness`]).
+pub const FITNESS_MAP: &str = "0.1*mAP50+0.9*mAP50-95";
+
 /// Batches loaded ahead of the training step.
 pub const PREFETCH: usize = 2;
 
@@ -71,9 +74,11 @@ pub struct DetMetrics {
 }
 
 impl DetMetrics {
-    /// 8.4.190 `DetMetrics.fitness`: mAP50-95 alone (weights `[0, 0, 0, 1]`).
+    /// What `best` is chosen by: the YOLOv8 fitness `0.1 * mAP50 + 0.9 * mAP50-95` (weights
+    /// `[0, 0, 0.1, 0.9]` of v8-era `DetMetrics.fitness`; Ultralytics 8.4.190 uses mAP50-95
+    /// alone, which ranks epochs almost always the same way).
     pub fn fitness(&self) -> f64 {
-        self.map50_95
+        0.1 * self.map50 + 0.9 * self.map50_95
     }
 }
 
@@ -123,7 +128,7 @@ pub struct TrainSummary {
     pub best: PathBuf,
     pub best_epoch: usize,
     pub best_fitness: f64,
-    /// `"mAP50-95"` or `"val loss"` (or `"train loss"` without a val split).
+    /// [`FITNESS_MAP`] or `"val loss"` (or `"train loss"` without a val split).
     pub fitness_from: &'static str,
     pub epochs: Vec<EpochStats>,
 }
@@ -468,7 +473,7 @@ fn run(
         best_epoch = state.best_epoch;
         first_epoch = state.epoch;
         fitness_from_used = match state.fitness_from.as_str() {
-            "mAP50-95" => "mAP50-95",
+            FITNESS_MAP => FITNESS_MAP,
             "val loss" => "val loss",
             _ => "train loss",
         };
@@ -555,7 +560,7 @@ fn run(
         };
         let fitness = match (metrics, val_loss_items) {
             (Some(m), _) => {
-                fitness_from_used = "mAP50-95";
+                fitness_from_used = FITNESS_MAP;
                 m.fitness()
             }
             (None, Some(v)) => -(v[0] + v[1] + v[2]),
@@ -643,6 +648,56 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fine-tuning from a checkpoint with another class count keeps everything but the class
+    /// branch's last conv (and its first two when the hidden width changes).
+    #[test]
+    fn fine_tune_reinitialises_only_the_class_output() {
+        use yolo_core::nn::head::BranchLayer;
+        use yolo_core::Multiples;
+        let dir = tempfile::tempdir().unwrap();
+        let device = yolo_core::backend::cpu_device();
+        let m = Multiples {
+            depth: 0.33,
+            width: 0.0625,
+            max_channels: 1024,
+        };
+        // Hidden width of the class branch: max(ch0, min(nc, 100)) = 16 for nc 3 and nc 5.
+        let src = ModelConfig::custom(m, 3).init_seeded(&device, 1).unwrap();
+        let path = dir.path().join("src.safetensors");
+        let meta = CheckpointMeta {
+            model: ModelConfig::custom(m, 3),
+            names: vec!["a".into(), "b".into(), "c".into()],
+            imgsz: 64,
+            extra: Default::default(),
+        };
+        weights::save_model(&src, &meta, &path).unwrap();
+        let cfg = TrainConfig {
+            weights: Some(path),
+            ..TrainConfig::default()
+        };
+        let v = |t: burn::tensor::Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+        let out_w = |b: &[BranchLayer]| match &b[2] {
+            BranchLayer::Out(c) => c.weight.val(),
+            _ => unreachable!(),
+        };
+        let conv_w = |b: &[BranchLayer], i: usize| match &b[i] {
+            BranchLayer::Conv(c) => c.conv.weight.val(),
+            _ => unreachable!(),
+        };
+        let (same, cfg_same) = init_model(&cfg, 3, &device).unwrap();
+        assert_eq!(cfg_same.nc, 3);
+        assert_eq!(v(out_w(&same.head.cv3[0])), v(out_w(&src.head.cv3[0])));
+        let (tuned, cfg5) = init_model(&cfg, 5, &device).unwrap();
+        assert_eq!(cfg5.nc, 5);
+        assert_eq!(tuned.meta().nc, 5);
+        assert_eq!(v(tuned.backbone.stem.conv.weight.val()), v(src.backbone.stem.conv.weight.val()));
+        for l in 0..3 {
+            assert_eq!(v(out_w(&tuned.head.cv2[l])), v(out_w(&src.head.cv2[l])), "box branch {l}");
+            assert_eq!(v(conv_w(&tuned.head.cv3[l], 0)), v(conv_w(&src.head.cv3[l], 0)), "cls conv {l}.0");
+            assert_eq!(out_w(&tuned.head.cv3[l]).dims()[0], 5, "class output {l}");
+        }
+    }
 
     #[test]
     fn g6_formats_like_python() {

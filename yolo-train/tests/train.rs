@@ -69,7 +69,7 @@ fn short_training_run_learns_and_writes_the_run_folder() {
     assert!(m.map50 > 0.1, "mAP50 after {EPOCHS} epochs is {} (expected > 0.1)", m.map50);
     assert!(s.epochs.iter().all(|e| e.val_loss.is_some()));
     assert_eq!(s.run_dir, dir.path().join("runs").join("t"));
-    assert_eq!(s.fitness_from, "mAP50-95");
+    assert_eq!(s.fitness_from, yolo_train::trainer::FITNESS_MAP);
     assert!(s.epochs.iter().all(|e| e.metrics.is_some()), "mAP measured every epoch");
 
     let args = TrainConfig::load_yaml(&s.run_dir.join("args.yaml")).unwrap();

@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
+use crate::nn::act::silu;
 use burn::tensor::{Device, Tensor};
 
 /// BatchNorm epsilon Ultralytics sets in `initialize_weights`.

@@ -1,5 +1,6 @@
 //! Building blocks of YOLOv8, named as in Ultralytics (`nn/modules/{conv,block,head}.py`).
 
+pub mod act;
 pub mod block;
 pub mod conv;
 pub mod head;
