@@ -35,6 +35,7 @@ fn augment(c: &mut Criterion) {
             seed: 0,
             shuffle: true,
             augment: Some((AugConfig::default(), usize::MAX)),
+            cache: None,
         });
         let mut g = c.benchmark_group(format!("train_transform_{imgsz}"));
         g.sample_size(10);

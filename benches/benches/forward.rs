@@ -1,4 +1,5 @@
-//! yolov8n forward (decode included) at 640x640 and 320x320, batch 1, on the default backend.
+//! yolov8n forward (decode included) at 640x640 and 320x320, batch 1 (plain and fused) and
+//! batch 8 (fused), on the default backend.
 //! Weights are a fresh init: speed does not depend on their values.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -22,6 +23,13 @@ fn forward(c: &mut Criterion) {
         g.bench_function(format!("{size}x{size}_b1_fused"), |b| {
             b.iter(|| {
                 let y = fused.predict(x.clone()).unwrap();
+                y.into_data()
+            })
+        });
+        let x8 = input(8, size, &device);
+        g.bench_function(format!("{size}x{size}_b8_fused"), |b| {
+            b.iter(|| {
+                let y = fused.predict(x8.clone()).unwrap();
                 y.into_data()
             })
         });

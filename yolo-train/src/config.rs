@@ -72,6 +72,9 @@ pub struct TrainConfig {
     /// nested because the model's `scale` takes the top-level key).
     #[serde(default)]
     pub aug: crate::augment::AugConfig,
+    /// Keep decoded, resized training images in memory after first use (Ultralytics'
+    /// `cache=ram`; `true` means ram).
+    pub cache: bool,
     /// Stop after this many epochs without improvement (0 disables).
     pub patience: usize,
     /// Validate every epoch.
@@ -108,6 +111,7 @@ impl Default for TrainConfig {
             cos_lr: false,
             close_mosaic: 10,
             aug: crate::augment::AugConfig::default(),
+            cache: false,
             patience: 100,
             val: true,
             project: PathBuf::from("runs/train"),

@@ -47,6 +47,39 @@ pub struct Loader {
     pub shuffle: bool,
     /// Training augmentation and the epoch from which mosaic is closed; `None`: letterbox only.
     pub augment: Option<(AugConfig, usize)>,
+    /// Decoded, resized images kept in memory after their first use (Ultralytics'
+    /// `cache=ram`); `None` reads every image from disk every time.
+    pub cache: Option<std::sync::Arc<RamCache>>,
+}
+
+/// Ultralytics' `cache="ram"`: each sample as loaded for augmentation (decoded, long side
+/// resized to `imgsz`), filled on first use and shared by the loader threads.
+#[derive(Debug, Default)]
+pub struct RamCache {
+    slots: Vec<std::sync::OnceLock<AugSample>>,
+}
+
+impl RamCache {
+    /// An empty cache for `n` samples.
+    pub fn new(n: usize) -> Self {
+        Self {
+            slots: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+
+    /// Samples loaded so far.
+    pub fn filled(&self) -> usize {
+        self.slots.iter().filter(|s| s.get().is_some()).count()
+    }
+
+    /// Bytes of image data held.
+    pub fn bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .filter_map(|s| s.get())
+            .map(|s| s.image.as_raw().len())
+            .sum()
+    }
 }
 
 impl SampleSource for Loader {
@@ -59,6 +92,16 @@ impl SampleSource for Loader {
     /// disk during training) is replaced by a blank background sample with a warning rather
     /// than stopping the run.
     fn get(&self, i: usize) -> AugSample {
+        match &self.cache {
+            Some(cache) => cache.slots[i].get_or_init(|| self.read(i)).clone(),
+            None => self.read(i),
+        }
+    }
+}
+
+impl Loader {
+    /// Sample `i` read from disk (see [`SampleSource::get`]).
+    fn read(&self, i: usize) -> AugSample {
         let s = &self.samples[i];
         match read_rgb8(&s.image) {
             Ok(img) => AugSample::load(img, &s.labels, self.imgsz as u32),
@@ -254,6 +297,7 @@ mod tests {
             seed: 0,
             shuffle,
             augment: None,
+            cache: None,
         }
     }
 

@@ -66,6 +66,13 @@ struct Cli {
     /// Skip validation.
     #[arg(long)]
     no_val: bool,
+    /// Keep decoded training images in memory after first use (Ultralytics' cache=ram).
+    #[arg(long)]
+    cache: bool,
+    /// Any other setting of args.yaml, by its key (dotted for `aug`), e.g. `--set lrf=0.1
+    /// --set aug.mosaic=0 --set aug.mixup=0.1`; repeatable, applied after the flags above.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// No progress output.
     #[arg(long)]
     quiet: bool,
@@ -150,12 +157,48 @@ fn main() -> Result<()> {
         project: cli.project.clone(),
         exist_ok: cli.exist_ok,
         val: !cli.no_val,
+        cache: cli.cache,
         ..defaults
     };
+    let cfg = apply_overrides(cfg, &cli.set)?;
     let summary = train(&cfg, &device, report)
         .with_context(|| format!("training on {}", data.display()))?;
     print_summary(&cli, &summary);
     Ok(())
+}
+
+/// Applies `--set KEY=VALUE` overrides: the value is parsed as YAML and must fit the
+/// setting's type; unknown keys are errors that name the key.
+fn apply_overrides(cfg: TrainConfig, sets: &[String]) -> Result<TrainConfig> {
+    if sets.is_empty() {
+        return Ok(cfg);
+    }
+    let mut root = serde_yaml::to_value(&cfg).context("serialising the settings")?;
+    for s in sets {
+        let (key, value) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(value).with_context(|| format!("--set {s}: value is not YAML"))?;
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut node = &mut root;
+        for (i, part) in parts.iter().enumerate() {
+            let here = parts[..=i].join(".");
+            let map = node
+                .as_mapping_mut()
+                .with_context(|| format!("--set {s}: `{}` has no sub-settings", parts[..i].join(".")))?;
+            let k = serde_yaml::Value::String(part.to_string());
+            let Some(slot) = map.get_mut(&k) else {
+                bail!("--set {s}: unknown setting `{here}` (see a run's args.yaml for the keys)");
+            };
+            if i + 1 == parts.len() {
+                *slot = value.clone();
+                break;
+            }
+            node = slot;
+        }
+    }
+    serde_yaml::from_value(root).with_context(|| format!("--set {}: a value does not fit its setting", sets.join(" ")))
 }
 
 fn print_summary(cli: &Cli, summary: &TrainSummary) {
@@ -181,5 +224,30 @@ fn print_summary(cli: &Cli, summary: &TrainSummary) {
             }
             eprintln!("train images/s (last epoch): {:.1}", e.images_per_s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_set_nested_keys_and_reject_unknown_ones() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cfg = apply_overrides(
+            TrainConfig::default(),
+            &set(&["lrf=0.1", "aug.mosaic=0", "aug.mixup=0.25", "cos_lr=true"]),
+        )
+        .unwrap();
+        assert_eq!(cfg.lrf, 0.1);
+        assert_eq!(cfg.aug.mosaic, 0.0);
+        assert_eq!(cfg.aug.mixup, 0.25);
+        assert!(cfg.cos_lr);
+        let err = apply_overrides(TrainConfig::default(), &set(&["aug.mosiac=0"])).unwrap_err();
+        assert!(err.to_string().contains("unknown setting `aug.mosiac`"), "{err}");
+        let err = apply_overrides(TrainConfig::default(), &set(&["epochs=many"])).unwrap_err();
+        assert!(format!("{err:#}").contains("epochs"), "{err:#}");
+        let err = apply_overrides(TrainConfig::default(), &set(&["lrf"])).unwrap_err();
+        assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
     }
 }

@@ -395,6 +395,7 @@ fn run(
         ..LossConfig::default()
     };
 
+    let train_samples_len = train_samples.len();
     let train = std::sync::Arc::new(Loader {
         samples: train_samples,
         imgsz: cfg.imgsz,
@@ -406,6 +407,9 @@ fn run(
             cfg.aug.clone(),
             cfg.epochs.checked_sub(cfg.close_mosaic).unwrap_or(usize::MAX),
         )),
+        cache: cfg
+            .cache
+            .then(|| std::sync::Arc::new(crate::loader::RamCache::new(train_samples_len))),
     });
     let val = Loader {
         samples: val_samples,
@@ -414,6 +418,7 @@ fn run(
         seed: cfg.seed,
         shuffle: false,
         augment: None,
+        cache: None,
     };
     let nb = train.len();
     let acc_nominal = accumulate(cfg.nbs, cfg.batch);

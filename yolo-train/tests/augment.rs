@@ -738,3 +738,54 @@ fn transform_speed() {
         );
     }
 }
+
+/// The RAM cache (`--cache`) changes nothing but where images come from: batches with and
+/// without it are identical, and it holds every image once they have been used.
+#[test]
+fn ram_cache_gives_the_same_batches() {
+    use std::sync::Arc;
+    use yolo_core::data::dataset::{load_split, DataConfig, Split};
+    use yolo_core::data::shapes::{generate, ShapesConfig};
+    use yolo_train::loader::{Loader, RamCache};
+    let tmp = tempfile::tempdir().unwrap();
+    let summary = generate(
+        &ShapesConfig {
+            train: 12,
+            val: 1,
+            imgsz: 64,
+            seed: 3,
+        },
+        tmp.path(),
+    )
+    .unwrap();
+    let data = DataConfig::from_yaml(&summary.data_yaml).unwrap();
+    let (samples, _) = load_split(&data, Split::Train).unwrap();
+    let plain = Arc::new(Loader {
+        samples,
+        imgsz: 64,
+        batch: 4,
+        seed: 0,
+        shuffle: true,
+        augment: Some((AugConfig::default(), usize::MAX)),
+        cache: None,
+    });
+    let cache = Arc::new(RamCache::new(12));
+    let cached = Arc::new(Loader {
+        cache: Some(cache.clone()),
+        ..(*plain).clone()
+    });
+    for epoch in 0..2 {
+        let a: Vec<_> = plain.prefetch(epoch, 2).map(|r| r.unwrap()).collect();
+        let b: Vec<_> = cached.prefetch(epoch, 2).map(|r| r.unwrap()).collect();
+        assert_eq!(a.len(), 3);
+        for ((ia, ba), (ib, bb)) in a.iter().zip(&b) {
+            assert_eq!(ia, ib);
+            assert!(ba.data == bb.data, "epoch {epoch}: images differ with the cache");
+            assert_eq!(ba.targets, bb.targets);
+        }
+    }
+    assert_eq!(cache.filled(), 12);
+    // Long side resized to 64 (the generated images are not all square).
+    let bytes = cache.bytes();
+    assert!(bytes > 12 * 64 * 32 * 3 && bytes <= 12 * 64 * 64 * 3, "{bytes}");
+}
