@@ -65,7 +65,7 @@ pub struct TrainConfig {
     pub dfl: f64,
     pub nbs: usize,
     pub cos_lr: bool,
-    /// Epochs at the end without mosaic (stored; augmentation is not implemented yet).
+    /// Epochs at the end without mosaic (Ultralytics' `close_mosaic`).
     pub close_mosaic: usize,
     /// Training augmentations under `aug:` (Ultralytics' keys and defaults: hsv_h, hsv_s,
     /// hsv_v, degrees, translate, scale, shear, perspective, flipud, fliplr, mosaic, mixup;

@@ -1,7 +1,7 @@
 //! yolo-train: Train YOLOv8 detectors (loss, optimizer, EMA, checkpoints).
 //!
-//! Stands on `yolo-core` only. So far: the training loss, numerically matching Ultralytics
-//! 8.4.190 `v8DetectionLoss` (value and gradient):
+//! Stands on `yolo-core` only. The training loss, numerically matching Ultralytics 8.4.190
+//! `v8DetectionLoss` (value and gradient):
 //! - [`iou`]: CIoU on tensors (`bbox_iou(.., CIoU=True)`),
 //! - [`assigner`]: the task-aligned assigner (`TaskAlignedAssigner`),
 //! - [`loss`]: box (CIoU), class (BCE) and DFL losses (`v8DetectionLoss`).
@@ -11,8 +11,13 @@
 //! - [`schedule`]: LR lambda, warmup, accumulation (pure functions),
 //! - [`optim`]: the three parameter groups, SGD (Nesterov) / AdamW, `optimizer=auto`,
 //! - [`ema`]: `ModelEMA`,
-//! - [`loader`]: letterboxed batches (no augmentation yet),
-//! - [`trainer`]: the explicit loop, run folder, `results.csv`, checkpoints.
+//! - [`augment`]: `v8_transforms` (Mosaic, RandomPerspective, MixUp, HSV, flips),
+//! - [`loader`]: batches (letterboxed for validation, augmented for training), loaded ahead on
+//!   a background thread, with an optional RAM cache,
+//! - [`trainer`]: the explicit loop, run folder, `results.csv`, checkpoints,
+//! - [`resume`]: the per-epoch training state behind exact `--resume`.
+//!
+//! Whole training steps match Ultralytics + PyTorch (`tests/train_step.rs`).
 
 pub mod assigner;
 pub mod augment;

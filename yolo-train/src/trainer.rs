@@ -1,8 +1,8 @@
 //! The training loop of Ultralytics 8.4.190's `BaseTrainer._do_train`, written out: forward on
 //! the autodiff model, `v8_detection_loss`, backward, gradient accumulation up to `nbs`,
 //! global-norm clipping (10.0), the grouped optimizer step with warmup LR / momentum, the EMA
-//! update; per epoch validation losses of the EMA model, `results.csv`, `last` and `best`
-//! checkpoints (EMA weights).
+//! update; per epoch validation losses and mAP of the EMA model, `results.csv`, `last` and
+//! `best` checkpoints (EMA weights) and the resume state (`weights/last.state`).
 
 use std::io::Write;
 use std::ops::ControlFlow;
