@@ -55,10 +55,14 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         return activation::silu(x);
     }
     let shape = x.shape();
-    let mut v: Vec<f32> = match x.clone().into_data().try_into_vec::<f32>() {
-        Ok(v) => v,
-        Err(_) => return activation::silu(x),
-    };
+    if x.dtype() != burn::tensor::DType::F32 {
+        return activation::silu(x);
+    }
+    // Consumed, not cloned: the buffer is read out once, mapped in place, handed back.
+    let mut v: Vec<f32> = x
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("dtype checked to be f32 above");
     v.par_chunks_mut(1 << 14).for_each(silu_slice);
     Tensor::from_data(TensorData::new(v, shape), &device)
 }
