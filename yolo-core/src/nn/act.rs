@@ -67,39 +67,55 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_data(TensorData::new(v, shape), &device)
 }
 
+/// Maps a slice in place with `$f`, compiled three times (AVX-512F, AVX2 + FMA, baseline) and
+/// picked at run time by what the CPU has.
+macro_rules! dispatch {
+    ($v:expr, $f:expr) => {{
+        #[inline(always)]
+        fn map(v: &mut [f32], f: impl Fn(f32) -> f32) {
+            v.iter_mut().for_each(|e| *e = f(*e));
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(v: &mut [f32], f: impl Fn(f32) -> f32) {
+                map(v, f)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(v: &mut [f32], f: impl Fn(f32) -> f32) {
+                map(v, f)
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked just above).
+                return unsafe { avx512($v, $f) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { avx2($v, $f) };
+            }
+        }
+        map($v, $f)
+    }};
+}
+
 /// SiLU in place over a slice, with the widest vector unit the CPU has (the portable build
 /// targets baseline x86-64, whose 4-wide SSE2 would otherwise be all the loop gets).
 pub fn silu_slice(v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { silu_slice_avx512(v) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { silu_slice_avx2(v) };
-        }
-    }
-    silu_slice_generic(v)
+    dispatch!(v, |e: f32| silu_f32(e))
 }
 
-#[inline(always)]
-fn silu_slice_generic(v: &mut [f32]) {
-    v.iter_mut().for_each(|e| *e = silu_f32(*e));
+/// `v[i] = silu(v[i] + bias)` in place: the epilogue of a fused conv (see `nn::cpu_conv`).
+pub fn bias_silu_slice(v: &mut [f32], bias: f32) {
+    dispatch!(v, |e: f32| silu_f32(e + bias))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn silu_slice_avx512(v: &mut [f32]) {
-    silu_slice_generic(v)
+/// `v[i] += bias` in place.
+pub fn bias_slice(v: &mut [f32], bias: f32) {
+    dispatch!(v, |e: f32| e + bias)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn silu_slice_avx2(v: &mut [f32]) {
-    silu_slice_generic(v)
-}
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use crate::nn::act::silu;
+use crate::nn::cpu_conv::{self, Activation};
 use burn::tensor::{Device, Tensor};
 
 /// BatchNorm epsilon Ultralytics sets in `initialize_weights`.
@@ -65,11 +66,14 @@ impl Conv {
     /// - `x`: `[B, c1, H, W]`
     /// - output: `[B, c2, H / s, W / s]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.conv.forward(x);
         if self.is_fused() {
-            silu(y)
+            // One pass per tile on the CPU backend; Burn's conv elsewhere.
+            match cpu_conv::conv2d(x, &self.conv, Activation::Silu) {
+                Ok(y) => y,
+                Err(x) => silu(self.conv.forward(x)),
+            }
         } else {
-            silu(self.bn.forward(y))
+            silu(self.bn.forward(self.conv.forward(x)))
         }
     }
 

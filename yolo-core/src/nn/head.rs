@@ -7,6 +7,7 @@ use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::conv::{Conv, ConvConfig};
+use super::cpu_conv::{self, Activation};
 
 /// Strides of the three detection levels (P3, P4, P5).
 pub const STRIDES: [usize; 3] = [8, 16, 32];
@@ -147,7 +148,7 @@ impl BranchLayer {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Self::Conv(m) => m.forward(x),
-            Self::Out(m) => m.forward(x),
+            Self::Out(m) => cpu_conv::conv2d(x, m, Activation::Identity).unwrap_or_else(|x| m.forward(x)),
         }
     }
 }

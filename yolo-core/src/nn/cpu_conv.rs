@@ -1,0 +1,402 @@
+//! Convolution + bias + SiLU for inference on the `flex` CPU backend.
+//!
+//! Burn's `flex` conv (0.22.1) runs each 3x3 conv as: re-lay the weights, copy the whole input
+//! to NHWC on one thread, zero-fill a column buffer per tile, multiply into a fresh buffer,
+//! scatter that into the output, then add the bias in another pass; the SiLU is one pass
+//! more. Its 3-channel stem takes a scalar path (see `docs/cpu-conv-notes.md`).
+//!
+//! [`conv2d`] does the same arithmetic in one pass per output tile:
+//! - the weights `[C_out, C_in, kh, kw]` are already the row-major `[C_out, K]` GEMM operand
+//!   (`K = C_in·kh·kw`); they are read in place;
+//! - the input is read in place (NCHW, any contiguous view: C2f's channel splits are not
+//!   copied); a 1x1 stride-1 conv multiplies it directly, other convs gather a `[K, n]`
+//!   column block of `n` output pixels straight from NCHW (row copies for stride 1);
+//! - a packed GEMM (the `gemm` crate, which `flex` itself uses) writes the tile straight into
+//!   the NCHW output;
+//! - bias and SiLU are applied to the tile while it is still in cache.
+//!
+//! Tiles of all images run in parallel on rayon's pool, each GEMM single-threaded, so both
+//! cores stay busy without nested parallelism. Only for plain (non-autodiff) f32 tensors on
+//! `flex`; everything else, training included, keeps Burn's conv.
+
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+use burn_flex::{Flex, FlexTensor, Layout};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+use crate::nn::act::{bias_silu_slice, bias_slice, silu_slice};
+
+/// What is applied to each output after the bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// The conv's output as it is (with its bias).
+    Identity,
+    /// `silu(conv(x) + b)`.
+    Silu,
+}
+
+/// Column-block size, in floats (256 KB): the gathered `[K, n]` block of a tile stays in L2.
+const COL_BLOCK_FLOATS: usize = 64 * 1024;
+
+/// Geometry of one conv call.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+}
+
+/// Whether [`conv2d`] takes its fast path for tensors on `device`.
+pub fn supported_device(device: &Device) -> bool {
+    !device.is_autodiff() && *device == Device::flex()
+}
+
+/// `act(conv(x) + bias)` with `conv`'s weights, stride and padding.
+///
+/// Returns `Err(x)` (the input, untouched) when the fast path does not apply: not `flex`,
+/// autodiff, not f32, groups or dilation other than 1, asymmetric or `Same` padding. The
+/// caller then runs Burn's conv.
+///
+/// # Shapes
+/// - `x`: `[B, C_in, H, W]`
+/// - output: `[B, C_out, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1]`
+pub fn conv2d(x: Tensor<4>, conv: &Conv2d, act: Activation) -> Result<Tensor<4>, Tensor<4>> {
+    if !supported_device(&x.device()) || x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    if conv.groups != 1 || conv.dilation != [1, 1] {
+        return Err(x);
+    }
+    let (ph, pw) = match conv.padding {
+        PaddingConfig2d::Valid => (0, 0),
+        PaddingConfig2d::Explicit(t, l, b, r) if t == b && l == r => (t, l),
+        _ => return Err(x),
+    };
+    let [b, c_in, h, w] = x.dims();
+    let [c_out, wc_in, kh, kw] = conv.weight.dims();
+    let [sh, sw] = conv.stride;
+    if wc_in != c_in || h + 2 * ph < kh || w + 2 * pw < kw || sh == 0 || sw == 0 {
+        return Err(x);
+    }
+    let g = Geometry {
+        c_in,
+        c_out,
+        h,
+        w,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        oh: (h + 2 * ph - kh) / sh + 1,
+        ow: (w + 2 * pw - kw) / sw + 1,
+    };
+
+    let Some(weight) = flex_f32(conv.weight.val()) else {
+        return Err(x);
+    };
+    let bias = match &conv.bias {
+        Some(p) => match flex_f32(p.val()) {
+            Some(t) => Some(t),
+            None => return Err(x),
+        },
+        None => None,
+    };
+    let Some(input) = flex_f32(x.clone()) else {
+        return Err(x);
+    };
+    drop(x);
+
+    let (Some(xs), Some(ws)) = (input.as_slice::<f32>(), weight.as_slice::<f32>()) else {
+        unreachable!("flex_f32 returns contiguous f32 tensors")
+    };
+    let bs = bias.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
+    let out = run(&g, b, xs, ws, bs, act);
+    let shape = Shape::new([b, c_out, g.oh, g.ow]);
+    let t = FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32);
+    Ok(Tensor::from_primitive::<Flex>(t))
+}
+
+/// The tensor's `flex` primitive, contiguous (copied only if it is a strided view), or `None`
+/// when it is not an f32 tensor on `flex`.
+fn flex_f32<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let p = t.try_into_primitive::<Flex>().ok()?;
+    Some(if p.as_slice::<f32>().is_some() { p } else { p.to_contiguous() })
+}
+
+/// A pointer that tiles write through; each tile owns a disjoint set of output elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (see `run`), and `run` joins them before returning.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    /// Per-thread column block, reused across tiles and calls.
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Pixels per tile: the column block fits [`COL_BLOCK_FLOATS`], and there are at least two
+/// tiles per rayon thread in all when the layer is large enough to split.
+fn tile_len(g: &Geometry, batch: usize) -> usize {
+    let hw = g.oh * g.ow;
+    let threads = rayon::current_num_threads().max(1);
+    let mut n = if g.is_pointwise() { hw } else { (COL_BLOCK_FLOATS / g.k()).max(64) };
+    n = n.min(hw);
+    let tiles = batch * hw.div_ceil(n);
+    if tiles < 2 * threads {
+        let per_image = (2 * threads).div_ceil(batch);
+        n = hw.div_ceil(per_image).max(32).min(hw);
+    }
+    // Whole SIMD registers for the epilogue and the GEMM's columns.
+    if n < hw {
+        n = n.div_ceil(16) * 16;
+    }
+    n.min(hw)
+}
+
+/// The conv over a batch; returns the NCHW output.
+fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Activation) -> Vec<f32> {
+    let hw_in = g.h * g.w;
+    let hw = g.oh * g.ow;
+    let k = g.k();
+    let n_tile = tile_len(g, batch);
+    let tiles_per_image = hw.div_ceil(n_tile);
+    let mut out = vec![0f32; batch * g.c_out * hw];
+    let dst = OutPtr(out.as_mut_ptr());
+
+    (0..batch * tiles_per_image).into_par_iter().for_each(|task| {
+        let dst = dst;
+        let (img, tile) = (task / tiles_per_image, task % tiles_per_image);
+        let p0 = tile * n_tile;
+        let n = n_tile.min(hw - p0);
+        let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
+        // SAFETY: `out` holds batch * c_out * hw elements; this tile writes the columns
+        // p0..p0 + n of each of the c_out rows of image `img`, which no other task touches.
+        let dst_tile = unsafe { dst.0.add(img * g.c_out * hw + p0) };
+        let gemm = |rhs: *const f32, rhs_rs: isize| unsafe {
+            // dst[co, j] = sum_kk w[co, kk] * rhs[kk, j]; rows of dst are hw apart.
+            gemm::gemm(
+                g.c_out,
+                n,
+                k,
+                dst_tile,
+                1,
+                hw as isize,
+                false,
+                w.as_ptr(),
+                1,
+                k as isize,
+                rhs,
+                1,
+                rhs_rs,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+        if g.is_pointwise() {
+            gemm(x_img[p0..].as_ptr(), hw_in as isize);
+        } else {
+            COLS.with(|cols| {
+                let mut cols = cols.borrow_mut();
+                if cols.len() < k * n {
+                    cols.resize(k * n, 0.0);
+                }
+                let cols = &mut cols[..k * n];
+                im2col(g, x_img, p0, n, cols);
+                gemm(cols.as_ptr(), n as isize);
+            });
+        }
+        for co in 0..g.c_out {
+            // SAFETY: as for `dst_tile`: row `co` of this tile, n elements, owned by this task.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst_tile.add(co * hw), n) };
+            let b = bias.map_or(0.0, |b| b[co]);
+            match act {
+                Activation::Silu if bias.is_some() => bias_silu_slice(row, b),
+                Activation::Silu => silu_slice(row),
+                Activation::Identity if bias.is_some() => bias_slice(row, b),
+                Activation::Identity => {}
+            }
+        }
+    });
+    out
+}
+
+/// Gathers the `[K, n]` column block of output pixels `p0..p0 + n` of one image: row
+/// `(ci, ky, kx)`, column `j` holds `x[ci, oy·sh + ky − ph, ox·sw + kx − pw]` for pixel
+/// `p0 + j = oy·ow + ox`, zero where that falls in the padding.
+///
+/// # Shapes
+/// - `x`: `[C_in, H, W]`, flat; `cols`: `[K, n]`, flat
+fn im2col(g: &Geometry, x: &[f32], p0: usize, n: usize, cols: &mut [f32]) {
+    let mut row_idx = 0;
+    for ci in 0..g.c_in {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &mut cols[row_idx * n..(row_idx + 1) * n];
+                row_idx += 1;
+                let (mut j, mut p) = (0, p0);
+                while j < n {
+                    let (oy, ox0) = (p / g.ow, p % g.ow);
+                    let len = (g.ow - ox0).min(n - j);
+                    let seg = &mut row[j..j + len];
+                    let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        seg.fill(0.0);
+                    } else {
+                        let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        gather_row(src, seg, ox0, kx, g.sw, g.pw);
+                    }
+                    j += len;
+                    p += len;
+                }
+            }
+        }
+    }
+}
+
+/// `seg[t] = src[(ox0 + t)·s + kx − pad]`, zero outside `src`.
+#[inline]
+fn gather_row(src: &[f32], seg: &mut [f32], ox0: usize, kx: usize, s: usize, pad: usize) {
+    let len = seg.len();
+    // Valid t: 0 <= (ox0 + t)·s + kx − pad < w.
+    let off = kx as isize - pad as isize;
+    let first = (ox0 * s) as isize + off; // input column of t = 0
+    let t_lo = if first >= 0 { 0 } else { ((-first) as usize).div_ceil(s) };
+    let w = src.len() as isize;
+    let t_hi = if first >= w {
+        0
+    } else {
+        // Largest t with first + t·s <= w − 1, plus one.
+        (((w - 1 - first) as usize) / s + 1).min(len)
+    };
+    let t_lo = t_lo.min(t_hi);
+    seg[..t_lo].fill(0.0);
+    seg[t_hi..].fill(0.0);
+    let start = (first + (t_lo * s) as isize) as usize;
+    if s == 1 {
+        seg[t_lo..t_hi].copy_from_slice(&src[start..start + (t_hi - t_lo)]);
+    } else {
+        for (d, i) in seg[t_lo..t_hi].iter_mut().zip((start..).step_by(s)) {
+            *d = src[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+
+    fn check(b: usize, c_in: usize, c_out: usize, h: usize, w: usize, k: usize, s: usize, p: usize, bias: bool, act: Activation) {
+        let device = crate::backend::cpu_device();
+        let conv = Conv2dConfig::new([c_in, c_out], [k, k])
+            .with_stride([s, s])
+            .with_padding(if p == 0 { PaddingConfig2d::Valid } else { PaddingConfig2d::Explicit(p, p, p, p) })
+            .with_bias(bias)
+            .init(&device);
+        let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let want = {
+            let y = conv.forward(x.clone());
+            match act {
+                Activation::Silu => burn::tensor::activation::silu(y),
+                Activation::Identity => y,
+            }
+        };
+        let got = conv2d(x, &conv, act).unwrap_or_else(|_| panic!("fast path refused"));
+        assert_eq!(got.dims(), want.dims());
+        let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
+        let want: Vec<f32> = want.into_data().try_to_vec().unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+        for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+            assert!((a - e).abs() <= 1e-5 * scale, "b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn matches_burn_conv() {
+        use Activation::*;
+        // The YOLOv8 shapes: stem (3 channels, stride 2), 3x3 s1 and s2, 1x1, head outputs.
+        check(1, 3, 16, 33, 40, 3, 2, 1, true, Silu);
+        check(2, 8, 12, 17, 9, 3, 1, 1, true, Silu);
+        check(2, 8, 12, 16, 16, 3, 2, 1, true, Silu);
+        check(1, 16, 8, 13, 11, 1, 1, 0, true, Silu);
+        check(3, 16, 5, 7, 6, 1, 1, 0, true, Identity);
+        check(1, 4, 6, 10, 10, 3, 1, 1, false, Identity);
+        check(1, 6, 4, 9, 9, 3, 1, 0, false, Silu);
+        // Many tiles per image (column blocks split inside output rows).
+        check(1, 64, 16, 40, 37, 3, 1, 1, true, Silu);
+        check(1, 64, 32, 80, 80, 1, 1, 0, true, Identity);
+        // 5x5, stride 3 (general geometry).
+        check(1, 3, 4, 14, 15, 5, 3, 2, true, Silu);
+    }
+
+    #[test]
+    fn reads_channel_views_in_place() {
+        // C2f splits its cv1 output with `chunk`: the second half is an offset view.
+        let device = crate::backend::cpu_device();
+        let conv = Conv2dConfig::new([4, 6], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device);
+        let x = Tensor::<4>::random([1, 8, 9, 9], Distribution::Default, &device);
+        let half = x.clone().chunk(2, 1).pop().unwrap();
+        let want: Vec<f32> = conv.forward(half.clone()).into_data().try_to_vec().unwrap();
+        let got: Vec<f32> = conv2d(half, &conv, Activation::Identity)
+            .unwrap_or_else(|_| panic!("fast path refused"))
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        for (a, e) in got.iter().zip(&want) {
+            assert!((a - e).abs() <= 1e-5, "{a} vs {e}");
+        }
+        // A strided (non-contiguous) view is copied, and still right.
+        let t = x.swap_dims(2, 3);
+        let c8 = Conv2dConfig::new([8, 2], [1, 1]).init(&device);
+        let want: Vec<f32> = c8.forward(t.clone()).into_data().try_to_vec().unwrap();
+        let got: Vec<f32> = conv2d(t, &c8, Activation::Identity).ok().unwrap().into_data().try_to_vec().unwrap();
+        for (a, e) in got.iter().zip(&want) {
+            assert!((a - e).abs() <= 1e-5, "{a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_implement() {
+        let device = crate::backend::cpu_device();
+        let grouped = Conv2dConfig::new([4, 4], [3, 3]).with_groups(2).init(&device);
+        let x = Tensor::<4>::zeros([1, 4, 5, 5], &device);
+        assert!(conv2d(x.clone(), &grouped, Activation::Silu).is_err());
+        let ad = Tensor::<4>::zeros([1, 4, 5, 5], &device.clone().autodiff());
+        let plain = Conv2dConfig::new([4, 4], [1, 1]).init(&device.autodiff());
+        assert!(conv2d(ad, &plain, Activation::Silu).is_err());
+    }
+}
