@@ -23,7 +23,9 @@ fn exp_f32(x: f32) -> f32 {
     // (which baseline x86-64 has no vector instruction for).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // t = 1.5 * 2^23 + n: n sits in the low mantissa bits of t.
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_2e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -32,7 +34,10 @@ fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from t's bits: the low 9 bits of bits(t) + 127 are n + 127 (in [1, 254] after the
+    // clamp), and the shift drops the rest. No float-to-int cast: Rust's `as` saturates, and
+    // that does not vectorise.
+    y * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
 /// SiLU of one value with [`exp_f32`].
@@ -116,7 +121,6 @@ pub fn bias_slice(v: &mut [f32], bias: f32) {
     dispatch!(v, |e: f32| e + bias)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +143,14 @@ mod tests {
         for (x, y) in xs.iter().zip(&v) {
             assert!((silu_f32(*x) - y).abs() <= 1e-6 * y.abs().max(1.0), "silu({x}): {y}");
         }
+        let mut v = xs.clone();
+        bias_silu_slice(&mut v, 0.75);
+        for (x, y) in xs.iter().zip(&v) {
+            assert!((silu_f32(*x + 0.75) - y).abs() <= 1e-6 * y.abs().max(1.0), "silu({x} + 0.75): {y}");
+        }
+        let mut v = xs.clone();
+        bias_slice(&mut v, -2.5);
+        assert!(xs.iter().zip(&v).all(|(x, y)| *y == *x - 2.5));
         assert_eq!(exp_f32(-200.0), exp_f32(-87.3));
         assert!(exp_f32(200.0).is_finite());
     }

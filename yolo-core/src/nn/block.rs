@@ -7,6 +7,7 @@ use burn::nn::PaddingConfig2d;
 use burn::tensor::{Device, Tensor};
 
 use super::conv::{Conv, ConvConfig};
+use super::cpu_pool;
 
 /// Configuration of [`Bottleneck`] with Ultralytics' C2f arguments (`k = (3, 3)`, `e = 1.0`).
 #[derive(Config, Debug)]
@@ -175,14 +176,30 @@ impl Sppf {
         }
     }
 
+    /// The k x k max-pool (stride 1, same size): separable and vectorised on the CPU backend
+    /// for inference, Burn's op elsewhere.
+    fn pool(&self, x: Tensor<4>) -> Tensor<4> {
+        let m = &self.m;
+        let [k, kw] = m.kernel_size;
+        let p = k / 2;
+        let same = k == kw
+            && m.stride == [1, 1]
+            && m.dilation == [1, 1]
+            && matches!(m.padding, PaddingConfig2d::Explicit(t, l, b, r) if [t, l, b, r] == [p; 4]);
+        if !same {
+            return m.forward(x);
+        }
+        cpu_pool::max_pool_same(x, k).unwrap_or_else(|x| m.forward(x))
+    }
+
     /// # Shapes
     /// - `x`: `[B, c1, H, W]`
     /// - output: `[B, c2, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y0 = self.cv1.forward(x);
-        let y1 = self.m.forward(y0.clone());
-        let y2 = self.m.forward(y1.clone());
-        let y3 = self.m.forward(y2.clone());
+        let y1 = self.pool(y0.clone());
+        let y2 = self.pool(y1.clone());
+        let y3 = self.pool(y2.clone());
         self.cv2.forward(Tensor::cat(vec![y0, y1, y2, y3], 1))
     }
 }

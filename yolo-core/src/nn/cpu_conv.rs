@@ -61,6 +61,12 @@ impl Geometry {
     fn k(&self) -> usize {
         self.c_in * self.kh * self.kw
     }
+    /// Shifted GEMMs ([`run_shifted`]) for stride-1 convs with at least 64 input channels:
+    /// measured per layer (`conv-layers`), they beat im2col there and lose below, where each
+    /// tap's GEMM is too thin (K = C_in).
+    fn uses_shifted(&self) -> bool {
+        self.sh == 1 && self.sw == 1 && !self.is_pointwise() && self.c_in >= 64
+    }
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
     }
@@ -81,6 +87,22 @@ pub fn supported_device(device: &Device) -> bool {
 /// - `x`: `[B, C_in, H, W]`
 /// - output: `[B, C_out, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1]`
 pub fn conv2d(x: Tensor<4>, conv: &Conv2d, act: Activation) -> Result<Tensor<4>, Tensor<4>> {
+    conv2d_with(x, conv, act, Method::Auto)
+}
+
+/// How [`conv2d_with`] lays out the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Shifted GEMMs for stride-1 convs, im2col for the rest (what [`conv2d`] does).
+    Auto,
+    /// im2col + one GEMM for every conv.
+    Im2col,
+    /// Shifted GEMMs for every stride-1 conv that is not 1x1, im2col for the rest.
+    Shifted,
+}
+
+/// [`conv2d`] with an explicit [`Method`].
+pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method) -> Result<Tensor<4>, Tensor<4>> {
     if !supported_device(&x.device()) || x.dtype() != DType::F32 {
         return Err(x);
     }
@@ -132,15 +154,28 @@ pub fn conv2d(x: Tensor<4>, conv: &Conv2d, act: Activation) -> Result<Tensor<4>,
         unreachable!("flex_f32 returns contiguous f32 tensors")
     };
     let bs = bias.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
-    let out = run(&g, b, xs, ws, bs, act);
-    let shape = Shape::new([b, c_out, g.oh, g.ow]);
-    let t = FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32);
-    Ok(Tensor::from_primitive::<Flex>(t))
+    let shifted = match method {
+        Method::Auto => g.uses_shifted(),
+        Method::Im2col => false,
+        Method::Shifted => g.sh == 1 && g.sw == 1 && !g.is_pointwise(),
+    };
+    let out = if shifted {
+        run_shifted(&g, b, xs, ws, bs, act)
+    } else {
+        run(&g, b, xs, ws, bs, act)
+    };
+    Ok(flex_tensor(out, [b, c_out, g.oh, g.ow]))
+}
+
+/// A contiguous f32 `flex` tensor that takes ownership of `data` (no copy).
+pub(crate) fn flex_tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+    let t = FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(Shape::new(shape)), DType::F32);
+    Tensor::from_primitive::<Flex>(t)
 }
 
 /// The tensor's `flex` primitive, contiguous (copied only if it is a strided view), or `None`
 /// when it is not an f32 tensor on `flex`.
-fn flex_f32<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
+pub(crate) fn flex_f32<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
     if t.dtype() != DType::F32 {
         return None;
     }
@@ -186,7 +221,10 @@ fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, a
     let k = g.k();
     let n_tile = tile_len(g, batch);
     let tiles_per_image = hw.div_ceil(n_tile);
-    let mut out = vec![0f32; batch * g.c_out * hw];
+    // Not zero-filled: the GEMMs (which do not read `dst`) write every element before
+    // `set_len` below.
+    let len = batch * g.c_out * hw;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = OutPtr(out.as_mut_ptr());
 
     (0..batch * tiles_per_image).into_par_iter().for_each(|task| {
@@ -247,6 +285,141 @@ fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, a
             }
         }
     });
+    // SAFETY: the tiles cover every (image, channel, pixel) of the output (tiles of each
+    // image span 0..hw, for all c_out rows) and each GEMM wrote its whole tile.
+    unsafe { out.set_len(len) };
+    out
+}
+
+thread_local! {
+    /// Per-thread accumulator of [`run_shifted`], reused across tiles and calls.
+    static ACC: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Accumulator size of a [`run_shifted`] tile, in floats (128 KB).
+const ACC_FLOATS: usize = 32 * 1024;
+
+/// A stride-1 conv without im2col: one GEMM per kernel tap, reading the zero-padded input in
+/// place.
+///
+/// With the input padded to `[C_in, Hp, Wp]` and output pixel `(oy, ox)` numbered
+/// `q = oy·Wp + ox` ("wide" rows of `Wp` columns, of which the first `ow` are real), tap
+/// `(ky, kx)` reads input element `q + ky·Wp + kx` for every channel: a `[C_in, n]` matrix at
+/// a fixed offset, row stride `Hp·Wp`. So a tile of output rows is `Σ_tap W_tap · X_shifted`,
+/// `kh·kw` GEMMs with `K = C_in` accumulating into a per-thread `[C_out, n]` block; then bias
+/// and activation run on the block while it is in cache and its real columns are copied out.
+/// The input is copied once (the padding) instead of `kh·kw` times (im2col).
+fn run_shifted(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Activation) -> Vec<f32> {
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let plane = hp * wp;
+    let taps = g.kh * g.kw;
+    let hw = g.oh * g.ow;
+
+    // Padded input (shared, read-only), or the input itself when there is no padding.
+    let padded: Vec<f32>;
+    let xp: &[f32] = if g.ph == 0 && g.pw == 0 {
+        x
+    } else {
+        let mut v = vec![0f32; batch * g.c_in * plane];
+        v.par_chunks_mut(plane).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, src)| {
+            for (y, row) in src.chunks_exact(g.w).enumerate() {
+                let o = (y + g.ph) * wp + g.pw;
+                dst[o..o + g.w].copy_from_slice(row);
+            }
+        });
+        padded = v;
+        &padded
+    };
+    // Weights per tap, `[taps, C_out, C_in]`: each tap's GEMM operand is contiguous.
+    let mut wt = vec![0f32; taps * g.c_out * g.c_in];
+    for co in 0..g.c_out {
+        for ci in 0..g.c_in {
+            for t in 0..taps {
+                wt[(t * g.c_out + co) * g.c_in + ci] = w[(co * g.c_in + ci) * taps + t];
+            }
+        }
+    }
+
+    // Output rows per tile: the accumulator fits ACC_FLOATS, and there are at least two tiles
+    // per rayon thread when the layer is large enough to split.
+    let threads = rayon::current_num_threads().max(1);
+    let mut rows = (ACC_FLOATS / (g.c_out * wp)).clamp(1, g.oh);
+    let min_tiles = (2 * threads).div_ceil(batch);
+    if g.oh.div_ceil(rows) < min_tiles {
+        rows = g.oh.div_ceil(min_tiles).max(1);
+    }
+    let tiles_per_image = g.oh.div_ceil(rows);
+
+    let len = batch * g.c_out * hw;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..batch * tiles_per_image).into_par_iter().for_each(|task| {
+        let dst = dst;
+        let (img, tile) = (task / tiles_per_image, task % tiles_per_image);
+        let oy0 = tile * rows;
+        let nrows = rows.min(g.oh - oy0);
+        // Wide columns of this tile; the last row stops at its last real column, so no tap
+        // reads past the end of the padded plane.
+        let n = (nrows - 1) * wp + g.ow;
+        let x_img = &xp[img * g.c_in * plane..(img + 1) * g.c_in * plane];
+        ACC.with(|acc| {
+            let mut acc = acc.borrow_mut();
+            if acc.len() < g.c_out * n {
+                acc.resize(g.c_out * n, 0.0);
+            }
+            let acc = &mut acc[..g.c_out * n];
+            for t in 0..taps {
+                let (ky, kx) = (t / g.kw, t % g.kw);
+                let rhs = &x_img[oy0 * wp + ky * wp + kx..];
+                debug_assert!((g.c_in - 1) * plane + n <= rhs.len());
+                // SAFETY: acc is [c_out, n]; lhs is [c_out, c_in] contiguous; rhs element
+                // (ci, j) is rhs[ci * plane + j], in bounds (checked above).
+                unsafe {
+                    gemm::gemm(
+                        g.c_out,
+                        n,
+                        g.c_in,
+                        acc.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        t > 0,
+                        wt[t * g.c_out * g.c_in..].as_ptr(),
+                        1,
+                        g.c_in as isize,
+                        rhs.as_ptr(),
+                        1,
+                        plane as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            }
+            for co in 0..g.c_out {
+                let row = &mut acc[co * n..(co + 1) * n];
+                let b = bias.map_or(0.0, |b| b[co]);
+                match act {
+                    Activation::Silu if bias.is_some() => bias_silu_slice(row, b),
+                    Activation::Silu => silu_slice(row),
+                    Activation::Identity if bias.is_some() => bias_slice(row, b),
+                    Activation::Identity => {}
+                }
+                for r in 0..nrows {
+                    // SAFETY: row oy0 + r of channel co of image img: ow elements that only
+                    // this task writes.
+                    let out_row = unsafe {
+                        std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + (oy0 + r) * g.ow), g.ow)
+                    };
+                    out_row.copy_from_slice(&row[r * wp..r * wp + g.ow]);
+                }
+            }
+        });
+    });
+    // SAFETY: the tiles cover every output row of every channel and image.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -333,13 +506,19 @@ mod tests {
                 Activation::Identity => y,
             }
         };
-        let got = conv2d(x, &conv, act).unwrap_or_else(|_| panic!("fast path refused"));
-        assert_eq!(got.dims(), want.dims());
-        let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
+        let want_dims = want.dims();
         let want: Vec<f32> = want.into_data().try_to_vec().unwrap();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
-        for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-            assert!((a - e).abs() <= 1e-5 * scale, "b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
+        for method in [Method::Auto, Method::Im2col, Method::Shifted] {
+            let got = conv2d_with(x.clone(), &conv, act, method).unwrap_or_else(|_| panic!("fast path refused"));
+            assert_eq!(got.dims(), want_dims);
+            let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
+            for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - e).abs() <= 1e-5 * scale,
+                    "{method:?} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}"
+                );
+            }
         }
     }
 
@@ -357,8 +536,13 @@ mod tests {
         // Many tiles per image (column blocks split inside output rows).
         check(1, 64, 16, 40, 37, 3, 1, 1, true, Silu);
         check(1, 64, 32, 80, 80, 1, 1, 0, true, Identity);
-        // 5x5, stride 3 (general geometry).
+        // 5x5, stride 3 (general geometry); 5x5 stride 1 with padding 1 and 0.
         check(1, 3, 4, 14, 15, 5, 3, 2, true, Silu);
+        check(2, 5, 7, 11, 13, 5, 1, 1, true, Silu);
+        check(1, 5, 3, 6, 5, 5, 1, 0, true, Identity);
+        // Shifted GEMMs by default (C_in >= 64), several tiles, a one-row image.
+        check(2, 64, 24, 12, 10, 3, 1, 1, true, Silu);
+        check(1, 96, 8, 1, 17, 3, 1, 1, true, Silu);
     }
 
     #[test]

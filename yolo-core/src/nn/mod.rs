@@ -4,6 +4,7 @@ pub mod act;
 pub mod block;
 pub mod conv;
 pub mod cpu_conv;
+pub mod cpu_pool;
 pub mod head;
 
 pub use block::{Bottleneck, BottleneckConfig, C2f, C2fConfig, Sppf, SppfConfig};
