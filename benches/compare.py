@@ -2,12 +2,13 @@
 """Side-by-side forward timing: yolo-rs (Burn, default backend) vs onnxruntime vs PyTorch.
 
     pip install ultralytics onnx onnxruntime safetensors
-    python benches/compare.py [--sizes 640 320] [--batch 1] [--threads 2] [--iters 20]
+    python benches/compare.py [--sizes 640 320] [--batch 1] [--threads 2] [--rounds 3] [--iters 10]
 
 All three run the *same* yolov8n weights (a seeded fresh init of Ultralytics' yolov8n.yaml:
 speed does not depend on weight values): PyTorch on the fused model, onnxruntime on
 Ultralytics' own ONNX export, yolo-rs on the same state_dict saved as safetensors. Each is
-timed in this one run (median of --iters after warm-up) and yolo-rs is reported as a ratio
+timed in this one run, taking turns (--rounds of --iters runs after warm-up; median and
+minimum over all runs) and yolo-rs is reported as a ratio
 (ours / theirs; < 1 means faster). Output parity is the job of the tests, not of this script.
 """
 import argparse
@@ -27,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def median_ms(fn, warmup, iters):
+def times_ms(fn, warmup, iters):
     for _ in range(warmup):
         fn()
     t = []
@@ -35,7 +36,7 @@ def median_ms(fn, warmup, iters):
         s = time.perf_counter()
         fn()
         t.append((time.perf_counter() - s) * 1e3)
-    return float(np.median(t))
+    return t
 
 
 def main():
@@ -43,7 +44,10 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[640, 320])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=10, help="timed runs per round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="the three runtimes take turns this many times (a shared machine's "
+                         "speed drifts; interleaving exposes all three to the same drift)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--scale", default="n")
     a = ap.parse_args()
@@ -75,29 +79,35 @@ def main():
         opts.intra_op_num_threads = a.threads
         sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
         x = np.random.default_rng(0).random((a.batch, 3, size, size), dtype=np.float32)
-        t_ort = median_ms(lambda: sess.run(None, {"images": x}), a.warmup, a.iters)
-
         fused = YOLO(f"yolov8{a.scale}.yaml")
         fused.model.load_state_dict(net.state_dict())
         fm = fused.model.fuse().eval()
         xt = torch.from_numpy(x)
-        with torch.inference_mode():
-            t_pt = median_ms(lambda: fm(xt), a.warmup, a.iters)
 
-        out = subprocess.run([exe, "--weights", weights, "--imgsz", str(size), "--batch", str(a.batch),
-                              "--warmup", str(a.warmup), "--iters", str(a.iters)],
-                             check=True, capture_output=True, text=True,
-                             env={**os.environ, "RAYON_NUM_THREADS": str(a.threads)})
-        ours = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append((size, ours["median_ms"], t_ort, t_pt))
+        t_ort, t_pt, t_ours = [], [], []
+        for _ in range(a.rounds):
+            t_ort += times_ms(lambda: sess.run(None, {"images": x}), a.warmup, a.iters)
+            with torch.inference_mode():
+                t_pt += times_ms(lambda: fm(xt), a.warmup, a.iters)
+            out = subprocess.run([exe, "--weights", weights, "--imgsz", str(size), "--batch", str(a.batch),
+                                  "--warmup", str(a.warmup), "--iters", str(a.iters), "--all"],
+                                 check=True, capture_output=True, text=True,
+                                 env={**os.environ, "RAYON_NUM_THREADS": str(a.threads)})
+            t_ours += json.loads(out.stdout.strip().splitlines()[-1])["times_ms"]
+        rows.append((size, t_ours, t_ort, t_pt))
 
-    print(f"\nyolov8{a.scale} forward, batch {a.batch}, {a.threads} threads, median of {a.iters} (ms)")
+    n = a.rounds * a.iters
+    print(f"\nyolov8{a.scale} forward, batch {a.batch}, {a.threads} threads, {a.rounds} interleaved "
+          f"rounds of {a.iters} runs: median (min) in ms")
     print(f"| size | yolo-rs | onnxruntime {ort.__version__} | PyTorch {torch.__version__} (fused) "
           f"| ratio vs ORT | ratio vs PyTorch |")
     print("|---|---|---|---|---|---|")
     for size, ours, t_ort, t_pt in rows:
-        print(f"| {size} | {ours:.1f} | {t_ort:.1f} | {t_pt:.1f} | {ours / t_ort:.2f} | {ours / t_pt:.2f} |")
-
+        med = [float(np.median(t)) for t in (ours, t_ort, t_pt)]
+        low = [min(t) for t in (ours, t_ort, t_pt)]
+        assert all(len(t) == n for t in (ours, t_ort, t_pt))
+        print(f"| {size} | {med[0]:.1f} ({low[0]:.1f}) | {med[1]:.1f} ({low[1]:.1f}) | {med[2]:.1f} ({low[2]:.1f}) "
+              f"| {med[0] / med[1]:.2f} ({low[0] / low[1]:.2f}) | {med[0] / med[2]:.2f} ({low[0] / low[2]:.2f}) |")
 
 if __name__ == "__main__":
     main()

@@ -11,18 +11,23 @@ pub fn input(batch: usize, size: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(data, [batch, 3, size, size]), device)
 }
 
-/// Median and minimum wall time of `f` in milliseconds over `iters` runs after `warmup` runs.
-pub fn time_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> (f64, f64) {
+/// Wall time of each of `iters` runs of `f` (after `warmup` runs), in milliseconds.
+pub fn times_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> Vec<f64> {
     for _ in 0..warmup {
         f();
     }
-    let mut t: Vec<f64> = (0..iters.max(1))
+    (0..iters.max(1))
         .map(|_| {
             let s = Instant::now();
             f();
             s.elapsed().as_secs_f64() * 1e3
         })
-        .collect();
+        .collect()
+}
+
+/// Median and minimum wall time of `f` in milliseconds over `iters` runs after `warmup` runs.
+pub fn time_ms(warmup: usize, iters: usize, f: impl FnMut()) -> (f64, f64) {
+    let mut t = times_ms(warmup, iters, f);
     t.sort_by(f64::total_cmp);
     (t[t.len() / 2], t[0])
 }

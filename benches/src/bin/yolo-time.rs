@@ -2,7 +2,7 @@
 //! backend and prints one JSON line; `benches/compare.py` runs it beside onnxruntime and PyTorch.
 
 use clap::Parser;
-use yolo_benches::{input, time_ms};
+use yolo_benches::input;
 use yolo_core::{backend, weights};
 
 #[derive(Parser)]
@@ -18,6 +18,9 @@ struct Args {
     warmup: usize,
     #[arg(long, default_value_t = 20)]
     iters: usize,
+    /// Also print every run's time (`times_ms`), for `compare.py`'s interleaved rounds.
+    #[arg(long)]
+    all: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,14 +30,17 @@ fn main() -> anyhow::Result<()> {
     // As Ultralytics' predictor and benchmarks: BatchNorm folded into the convs.
     let model = model.fuse();
     let x = input(a.batch, a.imgsz, &device);
-    let (median, min) = time_ms(a.warmup, a.iters, || {
+    let times = yolo_benches::times_ms(a.warmup, a.iters, || {
         let y = model.predict(x.clone()).unwrap();
         let _ = y.into_data();
     });
-    println!(
-        "{}",
-        serde_json::json!({"runtime": "yolo-rs", "device": format!("{device:?}"),
-            "imgsz": a.imgsz, "batch": a.batch, "median_ms": median, "min_ms": min})
-    );
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mut line = serde_json::json!({"runtime": "yolo-rs", "device": format!("{device:?}"),
+        "imgsz": a.imgsz, "batch": a.batch, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0]});
+    if a.all {
+        line["times_ms"] = serde_json::json!(times);
+    }
+    println!("{line}");
     Ok(())
 }

@@ -116,6 +116,16 @@ pub fn bias_silu_slice(v: &mut [f32], bias: f32) {
     dispatch!(v, |e: f32| silu_f32(e + bias))
 }
 
+/// `v[i] = sigmoid(v[i])` in place.
+pub fn sigmoid_slice(v: &mut [f32]) {
+    dispatch!(v, |e: f32| 1.0 / (1.0 + exp_f32(-e)))
+}
+
+/// `v[i] = exp(v[i])` in place (inputs below -87.3 give `exp(-87.3)`, not 0).
+pub fn exp_slice(v: &mut [f32]) {
+    dispatch!(v, exp_f32)
+}
+
 /// `v[i] += bias` in place.
 pub fn bias_slice(v: &mut [f32], bias: f32) {
     dispatch!(v, |e: f32| e + bias)
@@ -148,6 +158,15 @@ mod tests {
         for (x, y) in xs.iter().zip(&v) {
             assert!((silu_f32(*x + 0.75) - y).abs() <= 1e-6 * y.abs().max(1.0), "silu({x} + 0.75): {y}");
         }
+        let mut v = xs.clone();
+        sigmoid_slice(&mut v);
+        for (x, y) in xs.iter().zip(&v) {
+            let want = 1.0 / (1.0 + (-(*x as f64)).exp());
+            assert!((*y as f64 - want).abs() <= 1e-6, "sigmoid({x}): {y}");
+        }
+        let mut v = xs.clone();
+        exp_slice(&mut v);
+        assert!(xs.iter().zip(&v).all(|(x, y)| *y == exp_f32(*x)));
         let mut v = xs.clone();
         bias_slice(&mut v, -2.5);
         assert!(xs.iter().zip(&v).all(|(x, y)| *y == *x - 2.5));

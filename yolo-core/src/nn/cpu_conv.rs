@@ -185,7 +185,7 @@ pub(crate) fn flex_f32<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
 
 /// A pointer that tiles write through; each tile owns a disjoint set of output elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint elements (see `run`), and `run` joins them before returning.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -212,6 +212,17 @@ fn tile_len(g: &Geometry, batch: usize) -> usize {
         n = n.div_ceil(16) * 16;
     }
     n.min(hw)
+}
+
+/// Bias and activation over one output row, in place.
+#[inline]
+fn epilogue(row: &mut [f32], bias: Option<f32>, act: Activation) {
+    match (act, bias) {
+        (Activation::Silu, Some(b)) => bias_silu_slice(row, b),
+        (Activation::Silu, None) => silu_slice(row),
+        (Activation::Identity, Some(b)) => bias_slice(row, b),
+        (Activation::Identity, None) => {}
+    }
 }
 
 /// The conv over a batch; returns the NCHW output.
@@ -276,13 +287,7 @@ fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, a
         for co in 0..g.c_out {
             // SAFETY: as for `dst_tile`: row `co` of this tile, n elements, owned by this task.
             let row = unsafe { std::slice::from_raw_parts_mut(dst_tile.add(co * hw), n) };
-            let b = bias.map_or(0.0, |b| b[co]);
-            match act {
-                Activation::Silu if bias.is_some() => bias_silu_slice(row, b),
-                Activation::Silu => silu_slice(row),
-                Activation::Identity if bias.is_some() => bias_slice(row, b),
-                Activation::Identity => {}
-            }
+            epilogue(row, bias.map(|b| b[co]), act);
         }
     });
     // SAFETY: the tiles cover every (image, channel, pixel) of the output (tiles of each
@@ -400,13 +405,7 @@ fn run_shifted(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[
             }
             for co in 0..g.c_out {
                 let row = &mut acc[co * n..(co + 1) * n];
-                let b = bias.map_or(0.0, |b| b[co]);
-                match act {
-                    Activation::Silu if bias.is_some() => bias_silu_slice(row, b),
-                    Activation::Silu => silu_slice(row),
-                    Activation::Identity if bias.is_some() => bias_slice(row, b),
-                    Activation::Identity => {}
-                }
+                epilogue(row, bias.map(|b| b[co]), act);
                 for r in 0..nrows {
                     // SAFETY: row oy0 + r of channel co of image img: ow elements that only
                     // this task writes.
