@@ -22,6 +22,37 @@ struct Args {
     batch: usize,
     #[arg(long, default_value_t = 10)]
     iters: usize,
+    /// Measure process CPU time instead of wall time: on a shared VM, time the vCPU spends
+    /// descheduled is not counted, so A/B comparisons of layouts stay stable (run with
+    /// `RAYON_NUM_THREADS=1`, where CPU time is the work).
+    #[arg(long)]
+    cpu_time: bool,
+}
+
+/// Process CPU time in milliseconds.
+fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// Median over `iters` runs of `f` (after 2 warm-up runs), wall or CPU time.
+fn measure(cpu: bool, iters: usize, mut f: impl FnMut()) -> f64 {
+    if !cpu {
+        return time_ms(2, iters, f).0;
+    }
+    f();
+    f();
+    let mut t: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let s = cpu_ms();
+            f();
+            cpu_ms() - s
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
 }
 
 /// (name, c_in, c_out, kernel, stride, input side as a divisor of imgsz, how many in the model)
@@ -79,9 +110,10 @@ fn main() {
     let a = Args::parse();
     let device = yolo_core::backend::cpu_device();
     println!("yolov8n convolutions at {0}x{0}, batch {1}, median of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters);
-    println!("| layer | c_in→c_out | k/s | in | ours | ours, im2col only | burn + silu | ours GFLOP/s |");
-    println!("|---|---|---|---|---|---|---|---|");
-    let (mut total_ours, mut total_i2c, mut total_burn, mut total_flop) = (0.0, 0.0, 0.0, 0.0);
+    println!("| layer | c_in→c_out | k/s | in | ours | im2col | shifted | burn + silu | ours GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let (mut total_ours, mut total_burn, mut total_flop) = (0.0, 0.0, 0.0);
+    let mut totals = [0.0; 2];
     for &(name, c_in, c_out, k, s, div, count) in LAYERS {
         let side = a.imgsz / div;
         let conv = Conv2dConfig::new([c_in, c_out], [k, k])
@@ -90,35 +122,42 @@ fn main() {
             .with_bias(true)
             .init(&device);
         let x = Tensor::<4>::random([a.batch, c_in, side, side], Distribution::Default, &device);
-        let (ours, _) = time_ms(2, a.iters, || {
+        let (ours, _) = (measure(a.cpu_time, a.iters, || {
             let y = cpu_conv::conv2d(x.clone(), &conv, Activation::Silu).unwrap_or_else(|_| panic!("refused"));
             std::hint::black_box(y);
-        });
-        let (i2c, _) = time_ms(2, a.iters, || {
-            let y = cpu_conv::conv2d_with(x.clone(), &conv, Activation::Silu, Method::Im2col)
-                .unwrap_or_else(|_| panic!("refused"));
-            std::hint::black_box(y);
-        });
-        let (burn, _) = time_ms(2, a.iters, || {
+        }), ());
+        let by = |m: Method| {
+            measure(a.cpu_time, a.iters, || {
+                let y = cpu_conv::conv2d_with(x.clone(), &conv, Activation::Silu, m).unwrap_or_else(|_| panic!("refused"));
+                std::hint::black_box(y);
+            })
+        };
+        let (i2c, taps) = (by(Method::Im2col), by(Method::Shifted));
+        let burn = measure(a.cpu_time, a.iters, || {
             std::hint::black_box(silu(conv.forward(x.clone())));
         });
         let out = side / s;
         let flop = 2.0 * (a.batch * c_out * out * out * c_in * k * k) as f64;
         let n = count as f64;
         total_ours += ours * n;
-        total_i2c += i2c * n;
+        for (t, v) in totals.iter_mut().zip([i2c, taps]) {
+            *t += v * n;
+        }
         total_burn += burn * n;
         total_flop += flop * n;
         println!(
-            "| {name} | {c_in}→{c_out} | {k}/{s} | {side} | {:.2} | {:.2} | {:.2} | {:.0} |",
+            "| {name} | {c_in}→{c_out} | {k}/{s} | {side} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
             ours * n,
             i2c * n,
+            taps * n,
             burn * n,
             flop / ours / 1e6
         );
     }
     println!(
-        "| total | | | | {total_ours:.1} | {total_i2c:.1} | {total_burn:.1} | {:.0} |",
+        "| total | | | | {total_ours:.1} | {:.1} | {:.1} | {total_burn:.1} | {:.0} |",
+        totals[0],
+        totals[1],
         total_flop / total_ours / 1e6
     );
 }
