@@ -42,7 +42,7 @@ const COL_BLOCK_FLOATS: usize = 64 * 1024;
 
 /// Geometry of one conv call.
 #[derive(Clone, Copy, Debug)]
-struct Geometry {
+pub(crate) struct Geometry {
     c_in: usize,
     c_out: usize,
     h: usize,
@@ -58,6 +58,35 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// From `[C_in, C_out]`, the input's `[H, W]`, kernel, stride and (symmetric) padding.
+    pub(crate) fn new(
+        [c_in, c_out]: [usize; 2],
+        [h, w]: [usize; 2],
+        [kh, kw]: [usize; 2],
+        [sh, sw]: [usize; 2],
+        [ph, pw]: [usize; 2],
+    ) -> Self {
+        Self {
+            c_in,
+            c_out,
+            h,
+            w,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            oh: (h + 2 * ph - kh) / sh + 1,
+            ow: (w + 2 * pw - kw) / sw + 1,
+        }
+    }
+
+    /// The output's `[oh, ow]`.
+    pub(crate) fn out_hw(&self) -> [usize; 2] {
+        [self.oh, self.ow]
+    }
+
     fn k(&self) -> usize {
         self.c_in * self.kh * self.kw
     }
@@ -120,20 +149,7 @@ pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method)
     if wc_in != c_in || h + 2 * ph < kh || w + 2 * pw < kw || sh == 0 || sw == 0 {
         return Err(x);
     }
-    let g = Geometry {
-        c_in,
-        c_out,
-        h,
-        w,
-        kh,
-        kw,
-        sh,
-        sw,
-        ph,
-        pw,
-        oh: (h + 2 * ph - kh) / sh + 1,
-        ow: (w + 2 * pw - kw) / sw + 1,
-    };
+    let g = Geometry::new([c_in, c_out], [h, w], [kh, kw], [sh, sw], [ph, pw]);
 
     let Some(weight) = flex_f32(conv.weight.val()) else {
         return Err(x);
@@ -154,17 +170,187 @@ pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method)
         unreachable!("flex_f32 returns contiguous f32 tensors")
     };
     let bs = bias.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
+    let out = forward(&g, b, xs, ws, bs, act, method);
+    Ok(flex_tensor(out, [b, c_out, g.oh, g.ow]))
+}
+
+/// `act(conv(x) + bias)` over raw NCHW buffers with geometry `g`; returns the NCHW output.
+pub(crate) fn forward(
+    g: &Geometry,
+    batch: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    method: Method,
+) -> Vec<f32> {
     let shifted = match method {
         Method::Auto => g.uses_shifted(),
         Method::Im2col => false,
         Method::Shifted => g.sh == 1 && g.sw == 1 && !g.is_pointwise(),
     };
-    let out = if shifted {
-        run_shifted(&g, b, xs, ws, bs, act)
+    if shifted {
+        run_shifted(g, batch, x, w, bias, act)
     } else {
-        run(&g, b, xs, ws, bs, act)
-    };
-    Ok(flex_tensor(out, [b, c_out, g.oh, g.ow]))
+        run(g, batch, x, w, bias, act)
+    }
+}
+
+/// Gradient of the conv's input, `dX = conv2d_transpose(dY, W)`.
+///
+/// Stride 1 is a conv of `dY` with the flipped, transposed kernel and padding `k - 1 - p`, run
+/// by [`forward`]. Other strides multiply `Wᵀ·dY` into column blocks and add them back into
+/// `dX` (col2im), in tasks over (image, block of input channels) that own their planes.
+///
+/// # Shapes
+/// - `dy`: `[B, C_out, oh, ow]`, `w`: `[C_out, C_in, kh, kw]`; output `[B, C_in, H, W]`
+pub(crate) fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (kh, kw, khw) = (g.kh, g.kw, g.kh * g.kw);
+    if g.sh == 1 && g.sw == 1 && g.ph < kh && g.pw < kw && g.oh + kh - 1 == g.h + 2 * g.ph {
+        let gt = Geometry::new([g.c_out, g.c_in], [g.oh, g.ow], [kh, kw], [1, 1], [kh - 1 - g.ph, kw - 1 - g.pw]);
+        debug_assert_eq!((gt.oh, gt.ow), (g.h, g.w));
+        let mut wt = vec![0f32; w.len()];
+        for co in 0..g.c_out {
+            for ci in 0..g.c_in {
+                for t in 0..khw {
+                    wt[(ci * g.c_out + co) * khw + (khw - 1 - t)] = w[(co * g.c_in + ci) * khw + t];
+                }
+            }
+        }
+        return forward(&gt, batch, dy, &wt, None, Activation::Identity, Method::Auto);
+    }
+    let (hw_in, hw) = (g.h * g.w, g.oh * g.ow);
+    let k = g.k();
+    // Input channels per task: the column block stays around COL_BLOCK_FLOATS.
+    let cib = (COL_BLOCK_FLOATS / (khw * hw).max(1)).clamp(1, g.c_in);
+    let blocks = g.c_in.div_ceil(cib);
+    let mut dx = vec![0f32; batch * g.c_in * hw_in];
+    dx.par_chunks_mut(cib * hw_in).enumerate().for_each(|(task, dst)| {
+        let (img, blk) = (task / blocks, task % blocks);
+        let ci0 = blk * cib;
+        let nci = dst.len() / hw_in;
+        let rows = nci * khw;
+        let mut cols = vec![0f32; rows * hw];
+        // cols[r, p] = Σ_co w[co, ci0·khw + r] · dy[img, co, p]
+        // SAFETY: cols is [rows, hw]; lhs element (r, co) is w[co * k + ci0 * khw + r] and rhs
+        // element (co, p) is dy[(img * c_out + co) * hw + p], all in bounds.
+        unsafe {
+            gemm::gemm(
+                rows,
+                hw,
+                g.c_out,
+                cols.as_mut_ptr(),
+                1,
+                hw as isize,
+                false,
+                w[ci0 * khw..].as_ptr(),
+                k as isize,
+                1,
+                dy[img * g.c_out * hw..].as_ptr(),
+                1,
+                hw as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+        for (r, col) in cols.chunks_exact(hw).enumerate() {
+            let (ci, t) = (r / khw, r % khw);
+            let (ky, kx) = (t / kw, t % kw);
+            let plane = &mut dst[ci * hw_in..(ci + 1) * hw_in];
+            for oy in 0..g.oh {
+                let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                for ox in 0..g.ow {
+                    let ix = (ox * g.sw + kx) as isize - g.pw as isize;
+                    if ix >= 0 && ix < g.w as isize {
+                        row[ix as usize] += col[oy * g.ow + ox];
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+/// Gradient of the conv's weight, `dW[co, (ci, ky, kx)] = Σ_images Σ_pixels dY · im2col(X)`:
+/// one GEMM per (image, pixel tile) accumulating into a per-task `[C_out, K]` block, the blocks
+/// summed at the end.
+///
+/// # Shapes
+/// - `x`: `[B, C_in, H, W]`, `dy`: `[B, C_out, oh, ow]`; output `[C_out, C_in, kh, kw]`
+pub(crate) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (hw_in, hw) = (g.h * g.w, g.oh * g.ow);
+    let k = g.k();
+    let n_tile = tile_len(g, batch);
+    let tiles_per_image = hw.div_ceil(n_tile);
+    let size = g.c_out * k;
+    (0..batch * tiles_per_image)
+        .into_par_iter()
+        .fold(
+            || vec![0f32; size],
+            |mut acc, task| {
+                let (img, tile) = (task / tiles_per_image, task % tiles_per_image);
+                let p0 = tile * n_tile;
+                let n = n_tile.min(hw - p0);
+                let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
+                let lhs = dy[(img * g.c_out) * hw + p0..].as_ptr();
+                let dst = acc.as_mut_ptr();
+                // acc[co, kk] += Σ_j dy[img, co, p0 + j] · rhs[j, kk], rhs[j, kk] = cols[kk, j].
+                let gemm = |rhs: *const f32, rhs_cs: isize| unsafe {
+                    // SAFETY: acc is [c_out, k]; lhs element (co, j) is dy[(img * c_out + co) *
+                    // hw + p0 + j]; rhs element (j, kk) is rhs[kk * rhs_cs + j]; all in bounds.
+                    gemm::gemm(
+                        g.c_out,
+                        k,
+                        n,
+                        dst,
+                        1,
+                        k as isize,
+                        true,
+                        lhs,
+                        1,
+                        hw as isize,
+                        rhs,
+                        rhs_cs,
+                        1,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                };
+                if g.is_pointwise() {
+                    gemm(x_img[p0..].as_ptr(), hw_in as isize);
+                } else {
+                    COLS.with(|cols| {
+                        let mut cols = cols.borrow_mut();
+                        if cols.len() < k * n {
+                            cols.resize(k * n, 0.0);
+                        }
+                        let cols = &mut cols[..k * n];
+                        im2col(g, x_img, p0, n, cols);
+                        gemm(cols.as_ptr(), n as isize);
+                    });
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![0f32; size],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
 }
 
 /// A contiguous f32 `flex` tensor that takes ownership of `data` (no copy).
@@ -471,7 +657,12 @@ fn gather_row(src: &[f32], seg: &mut [f32], ox0: usize, kx: usize, s: usize, pad
         // Largest t with first + t·s <= w − 1, plus one.
         (((w - 1 - first) as usize) / s + 1).min(len)
     };
-    let t_lo = t_lo.min(t_hi);
+    if t_lo >= t_hi {
+        // The whole segment reads padding (it can be shorter than the padding when a tile
+        // starts or ends inside an output row).
+        seg.fill(0.0);
+        return;
+    }
     seg[..t_lo].fill(0.0);
     seg[t_hi..].fill(0.0);
     let start = (first + (t_lo * s) as isize) as usize;

@@ -250,7 +250,9 @@ impl BranchLayer {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
             Self::Conv(m) => m.forward(x),
-            Self::Out(m) => cpu_conv::conv2d(x, m, Activation::Identity).unwrap_or_else(|x| m.forward(x)),
+            Self::Out(m) => cpu_conv::conv2d(x, m, Activation::Identity)
+                .or_else(|x| super::conv_op::conv2d(x, m))
+                .unwrap_or_else(|x| m.forward(x)),
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod act;
 pub mod block;
 pub mod conv;
+pub mod conv_op;
 pub mod cpu_conv;
 pub mod cpu_pool;
 pub mod head;

@@ -1,0 +1,252 @@
+//! Convolution as a backend operation with its own backward, for training on the `flex` CPU
+//! backend.
+//!
+//! Burn's `flex` backward of a conv (0.22.1) computes `dX` with its transposed conv and `dW`
+//! by re-running its forward conv on transposed copies of `X` and `dY` (for 1x1 convs that is
+//! one matrix-vector product per input channel). [`ConvOps::conv2d_plain`] instead runs the
+//! kernels of [`super::cpu_conv`] forward, and in the backward pass:
+//! - `dX`: for stride 1, the forward kernel on `dY` with the flipped, transposed weights; for
+//!   other strides `Wᵀ·dY` in column blocks added back into `dX` (col2im);
+//! - `dW`: `dY · im2col(X)ᵀ` as GEMMs over pixel tiles, summed over tiles and images.
+//!
+//! The op has no bias and no groups or dilation: YOLOv8's Conv blocks have no bias (their
+//! BatchNorm has one), and the Detect head's bias is added with Burn's broadcast add.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+use burn_flex::{FlexTensor, Layout};
+
+use super::cpu_conv::{self, Activation, Geometry, Method};
+
+/// A conv without bias, groups 1, dilation 1, symmetric padding, as one backend operation.
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvOps: Backend {
+    /// `conv2d(x, weight)` with `stride` and `padding` (top = bottom, left = right).
+    ///
+    /// # Shapes
+    /// - `x`: `[B, C_in, H, W]`, `weight`: `[C_out, C_in, kh, kw]`
+    /// - output: `[B, C_out, (H + 2p - kh) / s + 1, (W + 2p - kw) / s + 1]`
+    fn conv2d_plain(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: [usize; 2], padding: [usize; 2]) -> FloatTensor<Self>;
+}
+
+/// The backward kernels of [`ConvOps`], for backends that run them (here: `flex`).
+pub trait ConvGrads: Backend {
+    /// `(dX, dW)` of `conv2d_plain(x, weight, stride, padding)` for the output gradient `dy`;
+    /// each only when asked for.
+    fn conv2d_plain_grads(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+        need: [bool; 2],
+    ) -> [Option<FloatTensor<Self>>; 2];
+}
+
+/// Contiguous f32 values of a flex tensor (copied only if it is a strided view).
+fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    assert_eq!(t.dtype(), DType::F32, "conv2d_plain: only f32 tensors");
+    match t.as_slice::<f32>() {
+        Some(v) => std::borrow::Cow::Borrowed(v),
+        None => std::borrow::Cow::Owned(t.clone().to_contiguous().as_slice::<f32>().expect("contiguous").to_vec()),
+    }
+}
+
+fn from_vec(v: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(Shape::new(shape)), DType::F32)
+}
+
+/// The geometry and batch size of a call.
+fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: [usize; 2], padding: [usize; 2]) -> (Geometry, usize) {
+    let xs = x.shape();
+    let ws = weight.shape();
+    let ([b, c_in, h, w], [c_out, wc_in, kh, kw]) = ([xs[0], xs[1], xs[2], xs[3]], [ws[0], ws[1], ws[2], ws[3]]);
+    assert_eq!(c_in, wc_in, "conv2d_plain: input has {c_in} channels, weight expects {wc_in}");
+    (Geometry::new([c_in, c_out], [h, w], [kh, kw], stride, padding), b)
+}
+
+impl ConvOps for Flex {
+    fn conv2d_plain(x: FlexTensor, weight: FlexTensor, stride: [usize; 2], padding: [usize; 2]) -> FlexTensor {
+        let (g, b) = geometry(&x, &weight, stride, padding);
+        let out = cpu_conv::forward(&g, b, &values(&x), &values(&weight), None, Activation::Identity, Method::Auto);
+        let [oh, ow] = g.out_hw();
+        from_vec(out, [b, weight.shape()[0], oh, ow])
+    }
+}
+
+impl ConvGrads for Flex {
+    fn conv2d_plain_grads(
+        x: FlexTensor,
+        weight: FlexTensor,
+        dy: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+        [need_x, need_w]: [bool; 2],
+    ) -> [Option<FlexTensor>; 2] {
+        let (g, b) = geometry(&x, &weight, stride, padding);
+        let dyv = values(&dy);
+        let dx = need_x.then(|| from_vec(cpu_conv::grad_input(&g, b, &dyv, &values(&weight)), dims4(&x)));
+        let dw = need_w.then(|| from_vec(cpu_conv::grad_weight(&g, b, &values(&x), &dyv), dims4(&weight)));
+        [dx, dw]
+    }
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+impl<B: Backend + ConvOps + ConvGrads, C: CheckpointStrategy> ConvOps for Autodiff<B, C> {
+    fn conv2d_plain(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: [usize; 2], padding: [usize; 2]) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct ConvBackward;
+
+        impl<B: Backend + ConvGrads> Backward<B, 2> for ConvBackward {
+            // The input and the weight (kept, as Burn's conv checkpoints them), stride, padding.
+            type State = (FloatTensor<B>, FloatTensor<B>, [usize; 2], [usize; 2]);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_w] = ops.parents;
+                let dy = grads.consume::<B>(&ops.node);
+                let (x, w, stride, padding) = ops.state;
+                let [dx, dw] = B::conv2d_plain_grads(x, w, dy, stride, padding, [node_x.is_some(), node_w.is_some()]);
+                if let (Some(node), Some(dx)) = (node_x, dx) {
+                    grads.register::<B>(node.id, dx);
+                }
+                if let (Some(node), Some(dw)) = (node_w, dw) {
+                    grads.register::<B>(node.id, dw);
+                }
+            }
+        }
+
+        let (x, node_x) = x.into_parts();
+        let (w, node_w) = weight.into_parts();
+        match ConvBackward.prepare::<C>([node_x, node_w]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::conv2d_plain(x.clone(), w.clone(), stride, padding);
+                prep.finish((x, w, stride, padding), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_plain(x, w, stride, padding)),
+        }
+    }
+}
+
+/// `conv(x)` with `conv`'s weight, bias, stride and padding through [`ConvOps`] on the CPU
+/// backend (autodiff or not); `Err(x)` when it does not apply (another backend, groups or
+/// dilation other than 1, asymmetric or `Same` padding, not f32), for the caller to run Burn's
+/// conv.
+///
+/// # Shapes
+/// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
+pub fn conv2d(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
+    let device = x.device();
+    if !(device == Device::flex() || device == Device::flex().autodiff()) || x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    if conv.groups != 1 || conv.dilation != [1, 1] {
+        return Err(x);
+    }
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(t, l, b, r) if t == b && l == r => [t, l],
+        _ => return Err(x),
+    };
+    let [_, c_in, h, w] = x.dims();
+    let [c_out, wc_in, kh, kw] = conv.weight.dims();
+    let s = conv.stride;
+    if wc_in != c_in || h + 2 * padding[0] < kh || w + 2 * padding[1] < kw || s[0] == 0 || s[1] == 0 {
+        return Err(x);
+    }
+    let weight = conv.weight.val();
+    if weight.dtype() != DType::F32 {
+        return Err(x);
+    }
+    let y = Tensor::<4>::from_dispatch(<Dispatch as ConvOps>::conv2d_plain(x.into_dispatch(), weight.into_dispatch(), s, padding));
+    Ok(match &conv.bias {
+        Some(b) => y + b.val().reshape([1, c_out, 1, 1]),
+        None => y,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+
+    /// Forward output and the gradients of x, weight and bias of `Σ out · r` (r random), ours
+    /// against Burn's conv.
+    fn check(b: usize, c_in: usize, c_out: usize, h: usize, w: usize, k: usize, s: usize, p: usize, bias: bool) {
+        let device = crate::backend::cpu_device().autodiff();
+        let conv = Conv2dConfig::new([c_in, c_out], [k, k])
+            .with_stride([s, s])
+            .with_padding(if p == 0 { PaddingConfig2d::Valid } else { PaddingConfig2d::Explicit(p, p, p, p) })
+            .with_bias(bias)
+            .init(&device);
+        let x0 = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &device).into_data();
+        let run = |ours: bool| {
+            let conv = conv.clone();
+            let x = Tensor::<4>::from_data(x0.clone(), &device).require_grad();
+            let y = if ours { conv2d(x.clone(), &conv).unwrap_or_else(|_| panic!("refused")) } else { conv.forward(x.clone()) };
+            let r = Tensor::<4>::from_data(
+                Tensor::<4>::random(y.dims(), Distribution::Normal(0.0, 1.0), &crate::backend::cpu_device())
+                    .into_data(),
+                &device,
+            );
+            (y, x, conv, r)
+        };
+        let (y_ours, x_ours, conv_ours, r) = run(true);
+        let (y_burn, x_burn, conv_burn, _) = run(false);
+        let r2 = r.clone();
+        let g_ours = (y_ours.clone() * r).sum().backward();
+        let g_burn = (y_burn.clone() * r2).sum().backward();
+        let close = |what: &str, a: Vec<f32>, e: Vec<f32>| {
+            assert_eq!(a.len(), e.len(), "{what}: sizes");
+            let scale = e.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+            for (i, (a, e)) in a.iter().zip(&e).enumerate() {
+                assert!((a - e).abs() <= 2e-5 * scale, "{what} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
+            }
+        };
+        let v = |t: Tensor<4>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
+        close("output", v(y_ours), v(y_burn));
+        close("dx", v(x_ours.grad(&g_ours).unwrap()), v(x_burn.grad(&g_burn).unwrap()));
+        close("dw", v(conv_ours.weight.grad(&g_ours).unwrap()), v(conv_burn.weight.grad(&g_burn).unwrap()));
+        if bias {
+            let vb = |t: Tensor<1>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
+            close(
+                "db",
+                vb(conv_ours.bias.as_ref().unwrap().grad(&g_ours).unwrap()),
+                vb(conv_burn.bias.as_ref().unwrap().grad(&g_burn).unwrap()),
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_burn_conv() {
+        // Stem (3 channels, stride 2), 3x3 stride 1 and 2, 1x1, 1x1 with bias (head), shifted
+        // GEMMs (C_in >= 64), an odd size whose last row the stride-2 conv drops, 5x5.
+        check(2, 3, 8, 16, 12, 3, 2, 1, false);
+        check(2, 6, 5, 9, 11, 3, 1, 1, false);
+        check(1, 8, 6, 10, 10, 3, 2, 1, false);
+        check(3, 7, 4, 6, 5, 1, 1, 0, false);
+        check(2, 16, 5, 7, 7, 1, 1, 0, true);
+        check(1, 64, 6, 9, 8, 3, 1, 1, false);
+        check(2, 4, 3, 9, 9, 3, 2, 1, false);
+        check(1, 3, 2, 12, 13, 5, 1, 2, true);
+        check(1, 3, 2, 12, 13, 5, 3, 1, false);
+    }
+
+    #[test]
+    fn refuses_grouped_convs() {
+        let device = crate::backend::cpu_device().autodiff();
+        let conv = Conv2dConfig::new([4, 4], [3, 3]).with_groups(2).init(&device);
+        assert!(conv2d(Tensor::<4>::zeros([1, 4, 5, 5], &device), &conv).is_err());
+    }
+}
