@@ -328,19 +328,7 @@ pub(crate) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> 
                         gemm::Parallelism::None,
                     )
                 };
-                if g.is_pointwise() {
-                    gemm(x_img[p0..].as_ptr(), hw_in as isize);
-                } else {
-                    COLS.with(|cols| {
-                        let mut cols = cols.borrow_mut();
-                        if cols.len() < k * n {
-                            cols.resize(k * n, 0.0);
-                        }
-                        let cols = &mut cols[..k * n];
-                        im2col(g, x_img, p0, n, cols);
-                        gemm(cols.as_ptr(), n as isize);
-                    });
-                }
+                with_columns(g, x_img, p0, n, gemm);
                 acc
             },
         )
@@ -457,19 +445,7 @@ fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, a
                 gemm::Parallelism::None,
             )
         };
-        if g.is_pointwise() {
-            gemm(x_img[p0..].as_ptr(), hw_in as isize);
-        } else {
-            COLS.with(|cols| {
-                let mut cols = cols.borrow_mut();
-                if cols.len() < k * n {
-                    cols.resize(k * n, 0.0);
-                }
-                let cols = &mut cols[..k * n];
-                im2col(g, x_img, p0, n, cols);
-                gemm(cols.as_ptr(), n as isize);
-            });
-        }
+        with_columns(g, x_img, p0, n, gemm);
         for co in 0..g.c_out {
             // SAFETY: as for `dst_tile`: row `co` of this tile, n elements, owned by this task.
             let row = unsafe { std::slice::from_raw_parts_mut(dst_tile.add(co * hw), n) };
@@ -606,6 +582,25 @@ fn run_shifted(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[
     // SAFETY: the tiles cover every output row of every channel and image.
     unsafe { out.set_len(len) };
     out
+}
+
+/// Calls `f(cols, row_stride)` with the `[K, n]` column block of output pixels `p0..p0 + n`
+/// of one image: the input itself for a 1x1 stride-1 conv (row stride `H·W`), else
+/// [`im2col`] into the thread's buffer (row stride `n`).
+fn with_columns(g: &Geometry, x_img: &[f32], p0: usize, n: usize, f: impl FnOnce(*const f32, isize)) {
+    if g.is_pointwise() {
+        return f(x_img[p0..].as_ptr(), (g.h * g.w) as isize);
+    }
+    let k = g.k();
+    COLS.with(|cols| {
+        let mut cols = cols.borrow_mut();
+        if cols.len() < k * n {
+            cols.resize(k * n, 0.0);
+        }
+        let cols = &mut cols[..k * n];
+        im2col(g, x_img, p0, n, cols);
+        f(cols.as_ptr(), n as isize);
+    });
 }
 
 /// Gathers the `[K, n]` column block of output pixels `p0..p0 + n` of one image: row
