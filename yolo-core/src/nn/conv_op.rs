@@ -241,6 +241,10 @@ mod tests {
         check(2, 4, 3, 9, 9, 3, 2, 1, false);
         check(1, 3, 2, 12, 13, 5, 1, 2, true);
         check(1, 3, 2, 12, 13, 5, 3, 1, false);
+        // Stride 2 with several blocks of input channels per image in dX (16 = 4 blocks of 4).
+        check(2, 16, 4, 64, 64, 3, 2, 1, false);
+        // dW summed over many pixel tiles and images.
+        check(3, 32, 8, 48, 40, 3, 1, 1, false);
     }
 
     #[test]

@@ -221,8 +221,12 @@ pub(crate) fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> V
     }
     let (hw_in, hw) = (g.h * g.w, g.oh * g.ow);
     let k = g.k();
-    // Input channels per task: the column block stays around COL_BLOCK_FLOATS.
-    let cib = (COL_BLOCK_FLOATS / (khw * hw).max(1)).clamp(1, g.c_in);
+    // Input channels per task: the column block stays around COL_BLOCK_FLOATS, and blocks
+    // divide C_in so that no task straddles two images.
+    let mut cib = (COL_BLOCK_FLOATS / (khw * hw).max(1)).clamp(1, g.c_in);
+    while g.c_in % cib != 0 {
+        cib -= 1;
+    }
     let blocks = g.c_in.div_ceil(cib);
     let mut dx = vec![0f32; batch * g.c_in * hw_in];
     dx.par_chunks_mut(cib * hw_in).enumerate().for_each(|(task, dst)| {
@@ -291,11 +295,17 @@ pub(crate) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> 
     let n_tile = tile_len(g, batch);
     let tiles_per_image = hw.div_ceil(n_tile);
     let size = g.c_out * k;
-    (0..batch * tiles_per_image)
+    // Deterministic: the tasks are cut into a fixed number of consecutive groups (whichever
+    // thread runs them), each summed in order into its own block, and the blocks are added in
+    // order, so a seed reproduces a training run bit for bit on a given machine.
+    let tasks = batch * tiles_per_image;
+    let groups = tasks.min(16);
+    let per_group = tasks.div_ceil(groups);
+    let partials: Vec<Vec<f32>> = (0..groups)
         .into_par_iter()
-        .fold(
-            || vec![0f32; size],
-            |mut acc, task| {
+        .map(|grp| {
+            let mut acc = vec![0f32; size];
+            for task in grp * per_group..((grp + 1) * per_group).min(tasks) {
                 let (img, tile) = (task / tiles_per_image, task % tiles_per_image);
                 let p0 = tile * n_tile;
                 let n = n_tile.min(hw - p0);
@@ -329,16 +339,16 @@ pub(crate) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> 
                     )
                 };
                 with_columns(g, x_img, p0, n, gemm);
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f32; size],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+            }
+            acc
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut dw = partials.next().unwrap_or_else(|| vec![0f32; size]);
+    for p in partials {
+        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    dw
 }
 
 /// A contiguous f32 `flex` tensor that takes ownership of `data` (no copy).
