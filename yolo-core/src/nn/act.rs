@@ -15,9 +15,11 @@ use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::activation;
-use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
-use burn_flex::{FlexTensor, Layout};
+use burn::tensor::{DType, Device, Tensor};
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
+
+use super::cpu_conv::flex_primitive as flex_from_vec;
 
 /// `exp(x)` for `x` in `[-87.3, 88]` (clamped outside): range reduction by `ln 2`, Cephes'
 /// degree-5 polynomial, the power of two built from the exponent bits. Branch-free so that a
@@ -85,19 +87,10 @@ pub trait SiluOps: Backend {
     fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// The contiguous f32 values of a flex tensor (copied only if it is a strided view), or `None`.
+/// The contiguous f32 values of a flex tensor (copied only if it is a strided view), or `None`
+/// for another dtype.
 fn flex_values(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    Some(match t.as_slice::<f32>() {
-        Some(v) => std::borrow::Cow::Borrowed(v),
-        None => std::borrow::Cow::Owned(t.clone().to_contiguous().as_slice::<f32>()?.to_vec()),
-    })
-}
-
-fn flex_from_vec(v: Vec<f32>, shape: Shape) -> FlexTensor {
-    FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(shape), DType::F32)
+    (t.dtype() == DType::F32).then(|| super::cpu_conv::flex_values(t))
 }
 
 impl SiluOps for Flex {

@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use crate::nn::act::silu;
-use crate::nn::conv_op;
+use crate::nn::{bn_op, conv_op};
 use crate::nn::cpu_conv::{self, Activation};
 use burn::tensor::{Device, Tensor};
 
@@ -76,7 +76,8 @@ impl Conv {
         } else {
             // Training: the conv as one op with its own backward on the CPU backend.
             let y = conv_op::conv2d(x, &self.conv).unwrap_or_else(|x| self.conv.forward(x));
-            silu(self.bn.forward(y))
+            let y = bn_op::batch_norm_train(&self.bn, y).unwrap_or_else(|y| self.bn.forward(y));
+            silu(y)
         }
     }
 

@@ -20,10 +20,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
-use burn_flex::{FlexTensor, Layout};
+use burn::tensor::{DType, Device, Shape, Tensor};
+use burn_flex::FlexTensor;
 
-use super::cpu_conv::{self, Activation, Geometry, Method};
+use super::cpu_conv::{self, flex_values, Activation, Geometry, Method};
 
 /// A conv without bias, groups 1, dilation 1, symmetric padding, as one backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -50,17 +50,9 @@ pub trait ConvGrads: Backend {
     ) -> [Option<FloatTensor<Self>>; 2];
 }
 
-/// Contiguous f32 values of a flex tensor (copied only if it is a strided view).
-fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    assert_eq!(t.dtype(), DType::F32, "conv2d_plain: only f32 tensors");
-    match t.as_slice::<f32>() {
-        Some(v) => std::borrow::Cow::Borrowed(v),
-        None => std::borrow::Cow::Owned(t.clone().to_contiguous().as_slice::<f32>().expect("contiguous").to_vec()),
-    }
-}
 
 fn from_vec(v: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(Shape::new(shape)), DType::F32)
+    cpu_conv::flex_primitive(v, Shape::new(shape))
 }
 
 /// The geometry and batch size of a call.
@@ -75,7 +67,7 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, stride: [usize; 2], padding: [u
 impl ConvOps for Flex {
     fn conv2d_plain(x: FlexTensor, weight: FlexTensor, stride: [usize; 2], padding: [usize; 2]) -> FlexTensor {
         let (g, b) = geometry(&x, &weight, stride, padding);
-        let out = cpu_conv::forward(&g, b, &values(&x), &values(&weight), None, Activation::Identity, Method::Auto);
+        let out = cpu_conv::forward(&g, b, &flex_values(&x), &flex_values(&weight), None, Activation::Identity, Method::Auto);
         let [oh, ow] = g.out_hw();
         from_vec(out, [b, weight.shape()[0], oh, ow])
     }
@@ -91,9 +83,9 @@ impl ConvGrads for Flex {
         [need_x, need_w]: [bool; 2],
     ) -> [Option<FlexTensor>; 2] {
         let (g, b) = geometry(&x, &weight, stride, padding);
-        let dyv = values(&dy);
-        let dx = need_x.then(|| from_vec(cpu_conv::grad_input(&g, b, &dyv, &values(&weight)), dims4(&x)));
-        let dw = need_w.then(|| from_vec(cpu_conv::grad_weight(&g, b, &values(&x), &dyv), dims4(&weight)));
+        let dyv = flex_values(&dy);
+        let dx = need_x.then(|| from_vec(cpu_conv::grad_input(&g, b, &dyv, &flex_values(&weight)), dims4(&x)));
+        let dw = need_w.then(|| from_vec(cpu_conv::grad_weight(&g, b, &flex_values(&x), &dyv), dims4(&weight)));
         [dx, dw]
     }
 }

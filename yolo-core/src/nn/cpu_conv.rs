@@ -351,6 +351,21 @@ pub(crate) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> 
     dw
 }
 
+/// The values of an f32 `flex` primitive, contiguous: borrowed, or copied when it is a
+/// strided view. Panics on another dtype (callers check it first).
+pub(crate) fn flex_values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    assert_eq!(t.dtype(), DType::F32, "CPU kernels take f32 tensors");
+    match t.as_slice::<f32>() {
+        Some(v) => std::borrow::Cow::Borrowed(v),
+        None => std::borrow::Cow::Owned(t.clone().to_contiguous().as_slice::<f32>().expect("contiguous").to_vec()),
+    }
+}
+
+/// A contiguous f32 `flex` primitive that takes ownership of `data` (no copy).
+pub(crate) fn flex_primitive(data: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), DType::F32)
+}
+
 /// A contiguous f32 `flex` tensor that takes ownership of `data` (no copy).
 pub(crate) fn flex_tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
     let t = FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(Shape::new(shape)), DType::F32);

@@ -2,6 +2,7 @@
 
 pub mod act;
 pub mod block;
+pub mod bn_op;
 pub mod conv;
 pub mod conv_op;
 pub mod cpu_conv;
