@@ -15,7 +15,7 @@ use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::activation;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -56,11 +56,6 @@ pub fn silu_f32(x: f32) -> f32 {
     x / (1.0 + exp_f32(-x))
 }
 
-/// Whether `device` is the CPU backend, with or without autodiff.
-fn on_flex(device: &Device) -> bool {
-    *device == Device::flex() || *device == Device::flex().autodiff()
-}
-
 /// `x * sigmoid(x)`.
 ///
 /// On the CPU backend this is one op ([`SiluOps`]), with or without autodiff: one vectorised
@@ -71,7 +66,7 @@ fn on_flex(device: &Device) -> bool {
 /// # Shapes
 /// - `x`: any; output: the same
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !on_flex(&x.device()) {
+    if !super::cpu_conv::is_flex(&x.device()) {
         return activation::silu(x);
     }
     Tensor::from_dispatch(<Dispatch as SiluOps>::silu(x.into_dispatch()))

@@ -16,7 +16,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::BatchNorm;
-use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -209,8 +209,7 @@ fn batch_stats(x: &[f32], b: usize, c: usize, p: usize) -> (Vec<f32>, Vec<f32>) 
 /// - `x`: `[B, C, H, W]`; output: the same
 pub fn batch_norm_train(bn: &BatchNorm, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
     let device = x.device();
-    // (Device equality ignores autodiff: check both.)
-    if !device.is_autodiff() || device != Device::flex() || !bn.training.is_enabled() || x.dtype() != DType::F32 {
+    if !device.is_autodiff() || !super::cpu_conv::is_flex(&device) || !bn.training.is_enabled() || x.dtype() != DType::F32 {
         return Err(x);
     }
     let [b, c, h, w] = x.dims();

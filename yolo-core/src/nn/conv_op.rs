@@ -20,7 +20,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::{DType, Device, Shape, Tensor};
+use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 
 use super::cpu_conv::{self, flex_values, Activation, Geometry, Method};
@@ -139,7 +139,7 @@ impl<B: Backend + ConvOps + ConvGrads, C: CheckpointStrategy> ConvOps for Autodi
 /// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
 pub fn conv2d(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
     let device = x.device();
-    if !(device == Device::flex() || device == Device::flex().autodiff()) || x.dtype() != DType::F32 {
+    if !cpu_conv::is_flex(&device) || x.dtype() != DType::F32 {
         return Err(x);
     }
     if conv.groups != 1 || conv.dilation != [1, 1] {

@@ -103,7 +103,13 @@ impl Geometry {
 
 /// Whether [`conv2d`] takes its fast path for tensors on `device`.
 pub fn supported_device(device: &Device) -> bool {
-    !device.is_autodiff() && *device == Device::flex()
+    !device.is_autodiff() && is_flex(device)
+}
+
+/// Whether `device` is the `flex` CPU backend, with or without autodiff (`Device` equality
+/// does not look at autodiff).
+pub(crate) fn is_flex(device: &Device) -> bool {
+    *device == Device::flex()
 }
 
 /// `act(conv(x) + bias)` with `conv`'s weights, stride and padding.
@@ -239,7 +245,7 @@ pub(crate) fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> V
         // SAFETY: cols is [rows, hw]; lhs element (r, co) is w[co * k + ci0 * khw + r] and rhs
         // element (co, p) is dy[(img * c_out + co) * hw + p], all in bounds.
         unsafe {
-            gemm::gemm(
+            sgemm(
                 rows,
                 hw,
                 g.c_out,
@@ -253,12 +259,6 @@ pub(crate) fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> V
                 dy[img * g.c_out * hw..].as_ptr(),
                 1,
                 hw as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             )
         }
         for (r, col) in cols.chunks_exact(hw).enumerate() {
@@ -316,7 +316,7 @@ pub(crate) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> 
                 let gemm = |rhs: *const f32, rhs_cs: isize| unsafe {
                     // SAFETY: acc is [c_out, k]; lhs element (co, j) is dy[(img * c_out + co) *
                     // hw + p0 + j]; rhs element (j, kk) is rhs[kk * rhs_cs + j]; all in bounds.
-                    gemm::gemm(
+                    sgemm(
                         g.c_out,
                         k,
                         n,
@@ -330,12 +330,6 @@ pub(crate) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> 
                         rhs,
                         rhs_cs,
                         1,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     )
                 };
                 with_columns(g, x_img, p0, n, gemm);
@@ -413,6 +407,57 @@ fn tile_len(g: &Geometry, batch: usize) -> usize {
     n.min(hw)
 }
 
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` with `accumulate`: `[m, k] · [k, n]` f32 matrices
+/// given by pointer and (column, row) strides, on the calling thread (callers parallelise
+/// over tiles).
+///
+/// # Safety
+/// Every element the shapes and strides address must be in bounds, and `dst` must not
+/// overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_cs: isize,
+    dst_rs: isize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const f32,
+    rhs_cs: isize,
+    rhs_rs: isize,
+) {
+    // With `read_dst`, the gemm crate computes dst = alpha·dst + beta·lhs·rhs.
+    let alpha = if accumulate { 1.0f32 } else { 0.0 };
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            alpha,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// Bias and activation over one output row, in place.
 #[inline]
 fn epilogue(row: &mut [f32], bias: Option<f32>, act: Activation) {
@@ -448,7 +493,7 @@ fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, a
         let dst_tile = unsafe { dst.0.add(img * g.c_out * hw + p0) };
         let gemm = |rhs: *const f32, rhs_rs: isize| unsafe {
             // dst[co, j] = sum_kk w[co, kk] * rhs[kk, j]; rows of dst are hw apart.
-            gemm::gemm(
+            sgemm(
                 g.c_out,
                 n,
                 k,
@@ -462,12 +507,6 @@ fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, a
                 rhs,
                 1,
                 rhs_rs,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             )
         };
         with_columns(g, x_img, p0, n, gemm);
@@ -567,7 +606,7 @@ fn run_shifted(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[
                 // SAFETY: acc is [c_out, n]; lhs is [c_out, c_in] contiguous; rhs element
                 // (ci, j) is rhs[ci * plane + j], in bounds (checked above).
                 unsafe {
-                    gemm::gemm(
+                    sgemm(
                         g.c_out,
                         n,
                         g.c_in,
@@ -581,12 +620,6 @@ fn run_shifted(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[
                         rhs.as_ptr(),
                         1,
                         plane as isize,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     )
                 }
             }
