@@ -5,7 +5,9 @@
 //! computed densely and multiplied by the foreground mask, which gives the same value and the
 //! same gradient (exactly zero on background anchors).
 
-use yolo_core::burn::tensor::activation::{log_sigmoid, log_softmax, sigmoid};
+use yolo_core::burn::tensor::activation::log_softmax;
+use yolo_core::nn::act::sigmoid;
+use yolo_core::nn::bce_op::bce_with_logits_sum;
 use yolo_core::burn::tensor::{Bool, Int, Tensor, TensorData};
 use yolo_core::nn::head::{dfl_expectation, make_anchors};
 use yolo_core::{HeadMeta, HeadOutput};
@@ -231,8 +233,7 @@ pub fn v8_detection_loss(
     let target_scores_sum = target_scores.clone().sum().clamp_min(1.0); // [1]
 
     // Class loss: BCE with logits, `(1 - y) x - log_sigmoid(x)` as PyTorch computes it.
-    let bce = (target_scores.clone().neg() + 1.0) * pred_scores.clone() - log_sigmoid(pred_scores); // [B, A, nc]
-    let loss_cls = bce.sum() / target_scores_sum.clone();
+    let loss_cls = bce_with_logits_sum(pred_scores, target_scores.clone()) / target_scores_sum.clone();
 
     // Box and DFL losses over the foreground anchors.
     let fg = asg.fg_mask.clone().float().reshape([b, a, 1]); // [B, A, 1]

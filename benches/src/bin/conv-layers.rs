@@ -7,7 +7,7 @@
 //! ```
 
 use clap::Parser;
-use yolo_benches::time_ms;
+use yolo_benches::{cpu_ms, time_ms};
 use yolo_core::burn::nn::conv::Conv2dConfig;
 use yolo_core::burn::nn::PaddingConfig2d;
 use yolo_core::burn::tensor::{Distribution, Tensor};
@@ -27,14 +27,10 @@ struct Args {
     /// `RAYON_NUM_THREADS=1`, where CPU time is the work).
     #[arg(long)]
     cpu_time: bool,
-}
-
-/// Process CPU time in milliseconds.
-fn cpu_ms() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+    /// Time the training kernels instead: forward (no activation), dX and dW per layer, as
+    /// the conv op's backward runs them.
+    #[arg(long)]
+    backward: bool,
 }
 
 /// Median over `iters` runs of `f` (after 2 warm-up runs), wall or CPU time.
@@ -106,8 +102,72 @@ const LAYERS: &[Layer] = &[
     ("22 P5 cls 3x3 b", 80, 80, 3, 1, 32, 1),
 ];
 
+/// Per-layer times of the training conv kernels (`cpu_conv::{forward, grad_input, grad_weight}`).
+fn backward(a: &Args) {
+    println!("yolov8n training convolutions at {0}x{0}, batch {1}, median of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters);
+    println!("| layer | c_in→c_out | k/s | in | forward | dX | dW | dW im2col | dW shifted | dX GFLOP/s | dW GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut totals = [0.0; 5];
+    let mut flops = 0.0;
+    let values = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i + seed) * 7919) % 1000) as f32 / 1000.0 - 0.5).collect() };
+    for &(name, c_in, c_out, k, s, div, count) in LAYERS {
+        let side = a.imgsz / div;
+        let g = cpu_conv::Geometry::new([c_in, c_out], [side, side], [k, k], [s, s], [k / 2, k / 2]);
+        let [oh, ow] = g.out_hw();
+        let x = values(a.batch * c_in * side * side, 1);
+        let w = values(c_out * c_in * k * k, 2);
+        let dy = values(a.batch * c_out * oh * ow, 3);
+        let n = count as f64;
+        let t = [
+            measure(a.cpu_time, a.iters, || {
+                std::hint::black_box(cpu_conv::forward(&g, a.batch, &x, &w, None, Activation::Identity, Method::Auto));
+            }),
+            measure(a.cpu_time, a.iters, || {
+                std::hint::black_box(cpu_conv::grad_input(&g, a.batch, &dy, &w));
+            }),
+            measure(a.cpu_time, a.iters, || {
+                std::hint::black_box(cpu_conv::grad_weight(&g, a.batch, &x, &dy));
+            }),
+            measure(a.cpu_time, a.iters, || {
+                std::hint::black_box(cpu_conv::grad_weight_with(&g, a.batch, &x, &dy, Method::Im2col));
+            }),
+            measure(a.cpu_time, a.iters, || {
+                std::hint::black_box(cpu_conv::grad_weight_with(&g, a.batch, &x, &dy, Method::Shifted));
+            }),
+        ];
+        let flop = 2.0 * (a.batch * c_out * oh * ow * c_in * k * k) as f64;
+        for (tot, v) in totals.iter_mut().zip(t) {
+            *tot += v * n;
+        }
+        flops += flop * n;
+        println!(
+            "| {name} | {c_in}→{c_out} | {k}/{s} | {side} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} |",
+            t[0] * n,
+            t[1] * n,
+            t[2] * n,
+            t[3] * n,
+            t[4] * n,
+            flop / t[1] / 1e6,
+            flop / t[2] / 1e6
+        );
+    }
+    println!(
+        "| total | | | | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
+        totals[0],
+        totals[1],
+        totals[2],
+        totals[3],
+        totals[4],
+        flops / totals[1] / 1e6,
+        flops / totals[2] / 1e6
+    );
+}
+
 fn main() {
     let a = Args::parse();
+    if a.backward {
+        return backward(&a);
+    }
     let device = yolo_core::backend::cpu_device();
     println!("yolov8n convolutions at {0}x{0}, batch {1}, median of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters);
     println!("| layer | c_in→c_out | k/s | in | ours | im2col | shifted | burn + silu | ours GFLOP/s |");

@@ -25,7 +25,7 @@ use super::cpu_conv::flex_primitive as flex_from_vec;
 /// degree-5 polynomial, the power of two built from the exponent bits. Branch-free so that a
 /// loop over it vectorises.
 #[inline(always)]
-fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -48,6 +48,54 @@ fn exp_f32(x: f32) -> f32 {
     // clamp), and the shift drops the rest. No float-to-int cast: Rust's `as` saturates, and
     // that does not vectorise.
     y * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
+}
+
+/// `ln(x)` for finite `x > 0` (Cephes' `logf` polynomial, about 1 ulp); branch-free so that a
+/// loop over it vectorises.
+#[inline(always)]
+pub(crate) fn ln_f32(x: f32) -> f32 {
+    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    let bits = x.to_bits();
+    // x = m · 2^e with m in [0.5, 1), from the bits (normal x only, which callers give).
+    let mut e = ((bits >> 23) & 0xff) as i32 - 126;
+    let mut m = f32::from_bits((bits & 0x807f_ffff) | 0x3f00_0000);
+    let small = m < SQRT_HALF;
+    e -= small as i32;
+    m = if small { m + m - 1.0 } else { m - 1.0 };
+    let e = e as f32;
+    let z = m * m;
+    let mut p = 7.037_683_6e-2_f32;
+    p = p * m - 1.151_461e-1;
+    p = p * m + 1.167_699_9e-1;
+    p = p * m - 1.242_014_1e-1;
+    p = p * m + 1.424_932_3e-1;
+    p = p * m - 1.666_805_8e-1;
+    p = p * m + 2.000_071_4e-1;
+    p = p * m - 2.499_999_4e-1;
+    p = p * m + 3.333_333_1e-1;
+    let y = m * z * p - 2.121_944_4e-4 * e - 0.5 * z;
+    m + y + 0.693_359_4 * e
+}
+
+/// `ln(1 + exp(-|x|))`, the softplus tail of a stable BCE with logits: `log1p` of `t =
+/// exp(-|x|)` by `ln(u) · t / (u − 1)` with `u = 1 + t` rounded (Goldberg's correction, exact
+/// to a few ulp where `u` rounds), `t` when `u` rounds to 1.
+#[inline(always)]
+pub(crate) fn log1p_exp_neg_abs(x: f32) -> f32 {
+    let t = exp_f32(-x.abs());
+    let u = 1.0 + t;
+    let d = u - 1.0;
+    if d == 0.0 {
+        t
+    } else {
+        ln_f32(u) * (t / d)
+    }
+}
+
+/// Sigmoid of one value with [`exp_f32`].
+#[inline(always)]
+pub(crate) fn sigmoid_f32(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-x))
 }
 
 /// SiLU of one value with [`exp_f32`].
@@ -146,6 +194,121 @@ impl<B: Backend + SiluOps, C: CheckpointStrategy> SiluOps for Autodiff<B, C> {
     }
 }
 
+/// `1 / (1 + exp(-x))`.
+///
+/// On the CPU backend one vectorised pass ([`SigmoidOps`]; backward `g · s · (1 − s)` from
+/// the kept output), where Burn's runs a scalar `exp` per value; other backends use Burn's
+/// `activation::sigmoid`.
+///
+/// # Shapes
+/// - `x`: any; output: the same
+pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !super::cpu_conv::is_flex(&x.device()) || x.dtype() != DType::F32 {
+        return activation::sigmoid(x);
+    }
+    Tensor::from_dispatch(<Dispatch as SigmoidOps>::sigmoid_fast(x.into_dispatch()))
+}
+
+/// Sigmoid as a backend operation with its own backward, for the CPU backend.
+#[backend_extension(Flex, Autodiff)]
+pub trait SigmoidOps: Backend {
+    /// `1 / (1 + exp(-x))`.
+    fn sigmoid_fast(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `grad · s · (1 − s)` for the sigmoid's output `s`.
+    fn sigmoid_fast_backward(s: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+multiversion! {
+    /// `g[i] *= s[i] · (1 − s[i])` in place (the sigmoid backward from its output).
+    fn sigmoid_grad_slice(g: &mut [f32], s: &[f32]) {
+        for (g, &s) in g.iter_mut().zip(s) {
+            *g *= s * (1.0 - s);
+        }
+    }
+}
+
+impl SigmoidOps for Flex {
+    fn sigmoid_fast(x: FlexTensor) -> FlexTensor {
+        let mut out = super::cpu_conv::flex_values(&x).into_owned();
+        out.par_chunks_mut(1 << 14).for_each(sigmoid_slice);
+        flex_from_vec(out, x.shape())
+    }
+
+    fn sigmoid_fast_backward(s: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let sv = super::cpu_conv::flex_values(&s);
+        let mut out = super::cpu_conv::flex_values(&grad).into_owned();
+        assert_eq!(sv.len(), out.len(), "sigmoid backward: output and gradient sizes differ");
+        out.par_chunks_mut(1 << 14).zip(sv.par_chunks(1 << 14)).for_each(|(g, s)| sigmoid_grad_slice(g, s));
+        flex_from_vec(out, grad.shape())
+    }
+}
+
+impl<B: Backend + SigmoidOps, C: CheckpointStrategy> SigmoidOps for Autodiff<B, C> {
+    fn sigmoid_fast(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SigmoidBackward;
+
+        impl<B: Backend + SigmoidOps> Backward<B, 1> for SigmoidBackward {
+            // The output.
+            type State = FloatTensor<B>;
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let s = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::sigmoid_fast_backward(s, grad));
+            }
+        }
+
+        let (x, node) = x.into_parts();
+        match SigmoidBackward.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let s = B::sigmoid_fast(x);
+                prep.finish(s.clone(), s)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::sigmoid_fast(x)),
+        }
+    }
+
+    fn sigmoid_fast_backward(s: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Only reached for a second derivative: Burn's differentiable ops.
+        let one_minus_s = Self::float_add_scalar(Self::float_neg(s.clone()), 1.0.into());
+        Self::float_mul(grad, Self::float_mul(s, one_minus_s))
+    }
+}
+
+/// Defines a function whose body is compiled three times (AVX-512F, AVX2 + FMA, baseline),
+/// the widest the CPU has picked at run time: the portable build targets baseline x86-64,
+/// whose 4-wide SSE2 would otherwise be all that loops over [`exp_f32`] and friends get.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            fn imp($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($a: $t),*) $(-> $r)? {
+                    imp($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($a: $t),*) $(-> $r)? {
+                    imp($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F (checked just above).
+                    return unsafe { avx512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            imp($($a),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
 /// Maps a slice in place with `$f`, compiled three times (AVX-512F, AVX2 + FMA, baseline) and
 /// picked at run time by what the CPU has.
 macro_rules! dispatch {
@@ -192,7 +355,7 @@ pub fn bias_silu_slice(v: &mut [f32], bias: f32) {
 
 /// `v[i] = sigmoid(v[i])` in place.
 pub fn sigmoid_slice(v: &mut [f32]) {
-    dispatch!(v, |e: f32| 1.0 / (1.0 + exp_f32(-e)))
+    dispatch!(v, sigmoid_f32)
 }
 
 /// `v[i] = exp(v[i])` in place (inputs below -87.3 give `exp(-87.3)`, not 0).
@@ -200,36 +363,15 @@ pub fn exp_slice(v: &mut [f32]) {
     dispatch!(v, exp_f32)
 }
 
-/// `g[i] *= silu'(x[i])` in place (the SiLU backward), `silu'(x) = s · (1 + x · (1 − s))`.
-pub fn silu_grad_slice(g: &mut [f32], x: &[f32]) {
-    assert_eq!(g.len(), x.len());
-    #[inline(always)]
-    fn map(g: &mut [f32], x: &[f32]) {
+multiversion! {
+    /// `g[i] *= silu'(x[i])` in place (the SiLU backward), `silu'(x) = s · (1 + x · (1 − s))`.
+    pub fn silu_grad_slice(g: &mut [f32], x: &[f32]) {
+        assert_eq!(g.len(), x.len());
         for (g, &x) in g.iter_mut().zip(x) {
-            let s = 1.0 / (1.0 + exp_f32(-x));
+            let s = sigmoid_f32(x);
             *g *= s * (1.0 + x * (1.0 - s));
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(g: &mut [f32], x: &[f32]) {
-            map(g, x)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(g: &mut [f32], x: &[f32]) {
-            map(g, x)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { avx512(g, x) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { avx2(g, x) };
-        }
-    }
-    map(g, x)
 }
 
 /// `v[i] += bias` in place.
@@ -292,6 +434,25 @@ mod tests {
         let fast: Vec<f32> = silu(t.clone()).into_data().try_to_vec().unwrap();
         let burn: Vec<f32> = activation::silu(t).into_data().try_to_vec().unwrap();
         for (a, b) in fast.iter().zip(&burn) {
+            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn sigmoid_matches_burn_with_gradient() {
+        let device = crate::backend::cpu_device().autodiff();
+        let data = Tensor::<2>::random([5, 333], burn::tensor::Distribution::Normal(0.0, 5.0), &device).into_data();
+        let w = Tensor::<2>::random([333, 5], burn::tensor::Distribution::Default, &device);
+        let run = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let x = Tensor::<2>::from_data(data.clone(), &device).require_grad();
+            let y = f(x.clone().transpose());
+            let g = (y.clone() * w.clone()).sum().backward();
+            let gx: Vec<f32> = x.grad(&g).unwrap().into_data().try_to_vec().unwrap();
+            (y.into_data().try_to_vec::<f32>().unwrap(), gx)
+        };
+        let (y_ours, g_ours) = run(&|x| sigmoid(x));
+        let (y_burn, g_burn) = run(&|x| activation::sigmoid(x));
+        for (a, b) in y_ours.iter().zip(&y_burn).chain(g_ours.iter().zip(&g_burn)) {
             assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
         }
     }

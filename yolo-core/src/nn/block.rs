@@ -122,11 +122,18 @@ impl C2f {
     /// - `x`: `[B, c1, H, W]`
     /// - output: `[B, c2, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut ys = self.cv1.forward(x).chunk(2, 1);
-        ys.reserve(self.m.len());
+        // Ultralytics splits cv1's output in two halves and concatenates them back with the
+        // bottlenecks' outputs; the two halves side by side are cv1's output itself, so it
+        // goes into the concat whole. Same values, and in training one slice (and its
+        // zero-filled gradient and sum) fewer per block.
+        let y = self.cv1.forward(x);
+        let half = y.dims()[1] / 2;
+        let mut last = y.clone().narrow(1, half, half);
+        let mut ys = Vec::with_capacity(1 + self.m.len());
+        ys.push(y);
         for m in &self.m {
-            let last = ys.last().expect("chunk(2) yields two tensors").clone();
-            ys.push(m.forward(last));
+            last = m.forward(last);
+            ys.push(last.clone());
         }
         self.cv2.forward(Tensor::cat(ys, 1))
     }

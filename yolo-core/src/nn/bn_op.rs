@@ -8,6 +8,12 @@
 //! same formula as Burn's `batch_norm_train_backward`:
 //! `dX = γ·σ⁻¹·(dY − mean(dY) − x̂·mean(dY·x̂))`, `dγ = Σ dY·x̂`, `dβ = Σ dY`.
 //! The running statistics are updated exactly as Burn's `BatchNorm::forward_train` does.
+//!
+//! With `silu`, the op is `silu(bn(x))` (YOLO's Conv block after its conv): one pass writes the
+//! activation, and the backward turns `dY` into the BatchNorm output's gradient
+//! (`dY·silu'(z)`, `z` recomputed from `x`) inside its first pass. That saves the SiLU op's
+//! own pass and its kept input each way. Per-plane sums run in 16 f32 lanes per block of
+//! [`SUM_BLOCK`] values, added up in f64, so that they vectorise.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -20,7 +26,8 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::cpu_conv::{flex_primitive, flex_values};
+use super::act::{multiversion, sigmoid_f32, silu_slice};
+use super::cpu_conv::{flex_primitive, flex_values, OutPtr};
 
 /// `(x − mean)·γ/√(var + ε) + β` per channel, where `mean` and `var` are the batch's own
 /// statistics ([`batch_stats`]): the gradient of `x` includes their dependence on `x`.
@@ -35,24 +42,106 @@ pub trait BatchNormOps: Backend {
         mean: FloatTensor<Self>,
         var: FloatTensor<Self>,
         epsilon: f64,
+        silu: bool,
     ) -> FloatTensor<Self>;
 }
 
 /// The backward kernel of [`BatchNormOps`]: `[dX, dγ, dβ]`.
 pub trait BatchNormGrads: Backend {
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_train_grads(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         var: FloatTensor<Self>,
         epsilon: f64,
+        silu: bool,
         dy: FloatTensor<Self>,
     ) -> [FloatTensor<Self>; 3];
 }
 
+/// Values per f32 block of the per-plane sums (16 lanes of 64 values), before they are
+/// added up in f64.
+const SUM_BLOCK: usize = 1024;
 
-fn from_vec(v: Vec<f32>, shape: Shape) -> FlexTensor {
-    flex_primitive(v, shape)
+multiversion! {
+    /// `(Σ x, Σ (x − mean)²)` over one plane, the second only with `mean` given.
+    fn plane_sums(x: &[f32], mean: Option<f32>) -> f64 {
+        let mut total = 0f64;
+        for block in x.chunks(SUM_BLOCK) {
+            let mut lanes = [0f32; 16];
+            let chunks = block.chunks_exact(16);
+            let rest = chunks.remainder();
+            match mean {
+                None => {
+                    for c in chunks {
+                        for l in 0..16 {
+                            lanes[l] += c[l];
+                        }
+                    }
+                    lanes[0] += rest.iter().sum::<f32>();
+                }
+                Some(m) => {
+                    for c in chunks {
+                        for l in 0..16 {
+                            lanes[l] += (c[l] - m) * (c[l] - m);
+                        }
+                    }
+                    lanes[0] += rest.iter().map(|v| (v - m) * (v - m)).sum::<f32>();
+                }
+            }
+            total += lanes.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        total
+    }
+}
+
+multiversion! {
+    /// One plane of the backward's first pass: with `silu = Some((scale, shift))`, first
+    /// `d = dy·silu'(z)` with `z = x·scale + shift` (the BatchNorm output), written to `d`;
+    /// else `d = dy` (read from `dy`, `d` untouched). Returns `(Σ d, Σ d·(x − mean))`.
+    fn plane_grad_sums(x: &[f32], dy: &[f32], d: &mut [f32], mean: f32, silu: Option<(f32, f32)>) -> (f64, f64) {
+        let grad = |dy: f32, x: f32| match silu {
+            Some((scale, shift)) => {
+                let z = x * scale + shift;
+                let sg = sigmoid_f32(z);
+                dy * sg * (1.0 + z * (1.0 - sg))
+            }
+            None => dy,
+        };
+        let (mut s, mut sx) = (0f64, 0f64);
+        let mut o = 0;
+        while o < x.len() {
+            let n = SUM_BLOCK.min(x.len() - o);
+            let full = n / 16 * 16;
+            let (mut a, mut ax) = ([0f32; 16], [0f32; 16]);
+            for i in (o..o + full).step_by(16) {
+                let (xs, dys) = (&x[i..i + 16], &dy[i..i + 16]);
+                let mut v = [0f32; 16];
+                for l in 0..16 {
+                    v[l] = grad(dys[l], xs[l]);
+                    a[l] += v[l];
+                    ax[l] += v[l] * (xs[l] - mean);
+                }
+                if silu.is_some() {
+                    d[i..i + 16].copy_from_slice(&v);
+                }
+            }
+            for i in o + full..o + n {
+                let v = grad(dy[i], x[i]);
+                a[0] += v;
+                ax[0] += v * (x[i] - mean);
+                if silu.is_some() {
+                    d[i] = v;
+                }
+            }
+            s += a.iter().map(|&v| v as f64).sum::<f64>();
+            sx += ax.iter().map(|&v| v as f64).sum::<f64>();
+            o += n;
+        }
+        (s, sx)
+    }
 }
 
 /// `(batch, channels, pixels per plane)` of an NCHW tensor.
@@ -61,7 +150,6 @@ fn bcp(t: &FlexTensor) -> (usize, usize, usize) {
     let (b, c) = (s[0], s[1]);
     (b, c, s.num_elements() / (b * c).max(1))
 }
-
 /// Per-channel `γ/√(var + ε)`.
 fn inv_std_scale(gamma: &[f32], var: &[f32], eps: f64) -> Vec<f32> {
     gamma.iter().zip(var).map(|(g, v)| g / (*v as f64 + eps).sqrt() as f32).collect()
@@ -75,6 +163,7 @@ impl BatchNormOps for Flex {
         mean: FlexTensor,
         var: FlexTensor,
         epsilon: f64,
+        silu: bool,
     ) -> FlexTensor {
         let (_, c, p) = bcp(&x);
         let (xv, g, bt, m, v) = (flex_values(&x), flex_values(&gamma), flex_values(&beta), flex_values(&mean), flex_values(&var));
@@ -84,8 +173,11 @@ impl BatchNormOps for Flex {
             let ch = plane % c;
             let (s, mu, b) = (scale[ch], m[ch], bt[ch]);
             o.iter_mut().zip(x).for_each(|(o, x)| *o = (x - mu) * s + b);
+            if silu {
+                silu_slice(o);
+            }
         });
-        from_vec(out, x.shape())
+        flex_primitive(out, x.shape())
     }
 }
 
@@ -93,51 +185,58 @@ impl BatchNormGrads for Flex {
     fn batch_norm_train_grads(
         x: FlexTensor,
         gamma: FlexTensor,
+        beta: FlexTensor,
         mean: FlexTensor,
         var: FlexTensor,
         epsilon: f64,
+        silu: bool,
         dy: FlexTensor,
     ) -> [FlexTensor; 3] {
         let (b, c, p) = bcp(&x);
-        let (xv, g, m, v, dyv) = (flex_values(&x), flex_values(&gamma), flex_values(&mean), flex_values(&var), flex_values(&dy));
+        let (xv, g, bt, m, v, dyv) =
+            (flex_values(&x), flex_values(&gamma), flex_values(&beta), flex_values(&mean), flex_values(&var), flex_values(&dy));
         let n = (b * p) as f64;
-        // Per channel: (Σ dY, Σ dY·x̂) in f64, over the B planes of the channel.
+        let scale = inv_std_scale(&g, &v, epsilon);
+        // With SiLU, the first pass writes the BatchNorm output's gradient into `dx`, and the
+        // second pass turns it into dX in place.
+        let mut dx = vec![0f32; xv.len()];
+        let dst = OutPtr(dx.as_mut_ptr());
+        // Per channel: (Σ d, Σ d·x̂) in f64, over the B planes of the channel.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
+                let dst = dst;
                 let inv = 1.0 / (v[ch] as f64 + epsilon).sqrt();
+                let affine = silu.then(|| (scale[ch], bt[ch] - m[ch] * scale[ch]));
                 let (mut s, mut sx) = (0f64, 0f64);
                 for img in 0..b {
                     let o = (img * c + ch) * p;
-                    let (x, d) = (&xv[o..o + p], &dyv[o..o + p]);
-                    let (mut a, mut ax) = (0f32, 0f32);
-                    for (x, d) in x.iter().zip(d) {
-                        a += d;
-                        ax += d * (x - m[ch]);
-                    }
-                    s += a as f64;
-                    sx += ax as f64 * inv;
+                    // SAFETY: plane (img, ch) of dx, which only this task (channel ch) touches.
+                    let d = unsafe { std::slice::from_raw_parts_mut(dst.0.add(o), p) };
+                    let (a, ax) = plane_grad_sums(&xv[o..o + p], &dyv[o..o + p], d, m[ch], affine);
+                    s += a;
+                    sx += ax * inv;
                 }
                 (s, sx)
             })
             .collect();
-        let mut dx = vec![0f32; xv.len()];
         dx.par_chunks_mut(p).zip(xv.par_chunks(p).zip(dyv.par_chunks(p))).enumerate().for_each(
-            |(plane, (o, (x, d)))| {
+            |(plane, (o, (x, dy)))| {
                 let ch = plane % c;
                 let inv = (1.0 / (v[ch] as f64 + epsilon).sqrt()) as f32;
                 let k = g[ch] * inv;
-                let (mean_dy, mean_dyx) = ((sums[ch].0 / n) as f32, (sums[ch].1 / n) as f32);
+                let (mean_d, mean_dx) = ((sums[ch].0 / n) as f32, (sums[ch].1 / n) as f32);
                 let mu = m[ch];
-                o.iter_mut().zip(x.iter().zip(d)).for_each(|(o, (x, d))| {
-                    let xhat = (x - mu) * inv;
-                    *o = k * (d - mean_dy - xhat * mean_dyx);
-                });
+                if silu {
+                    o.iter_mut().zip(x).for_each(|(o, x)| *o = k * (*o - mean_d - (x - mu) * inv * mean_dx));
+                } else {
+                    o.iter_mut().zip(x.iter().zip(dy)).for_each(|(o, (x, d))| *o = k * (d - mean_d - (x - mu) * inv * mean_dx));
+                }
             },
         );
         let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
         let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
-        [from_vec(dx, x.shape()), from_vec(dgamma, Shape::new([c])), from_vec(dbeta, Shape::new([c]))]
+        [flex_primitive(dx, x.shape()), flex_primitive(dgamma, Shape::new([c])), flex_primitive(dbeta, Shape::new([c]))]
     }
 }
 
@@ -149,19 +248,20 @@ impl<B: Backend + BatchNormOps + BatchNormGrads, C: CheckpointStrategy> BatchNor
         mean: FloatTensor<Self>,
         var: FloatTensor<Self>,
         epsilon: f64,
+        silu: bool,
     ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct BnBackward;
 
         impl<B: Backend + BatchNormGrads> Backward<B, 3> for BnBackward {
-            // x, γ, the batch mean and variance, ε.
-            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64);
+            // x, γ, β, the batch mean and variance, ε, SiLU.
+            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, f64, bool);
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [node_x, node_g, node_b] = ops.parents;
                 let dy = grads.consume::<B>(&ops.node);
-                let (x, gamma, mean, var, eps) = ops.state;
-                let [dx, dg, db] = B::batch_norm_train_grads(x, gamma, mean, var, eps, dy);
+                let (x, gamma, beta, mean, var, eps, silu) = ops.state;
+                let [dx, dg, db] = B::batch_norm_train_grads(x, gamma, beta, mean, var, eps, silu, dy);
                 for (node, grad) in [(node_x, dx), (node_g, dg), (node_b, db)] {
                     if let Some(node) = node {
                         grads.register::<B>(node.id, grad);
@@ -177,24 +277,25 @@ impl<B: Backend + BatchNormOps + BatchNormGrads, C: CheckpointStrategy> BatchNor
         let (beta, nb) = beta.into_parts();
         match BnBackward.prepare::<C>([nx, ng, nb]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let out = B::batch_norm_train_apply(x.clone(), gamma.clone(), beta, mean.clone(), var.clone(), epsilon);
-                prep.finish((x, gamma, mean, var, epsilon), out)
+                let out =
+                    B::batch_norm_train_apply(x.clone(), gamma.clone(), beta.clone(), mean.clone(), var.clone(), epsilon, silu);
+                prep.finish((x, gamma, beta, mean, var, epsilon, silu), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::batch_norm_train_apply(x, gamma, beta, mean, var, epsilon)),
+            OpsKind::UnTracked(prep) => prep.finish(B::batch_norm_train_apply(x, gamma, beta, mean, var, epsilon, silu)),
         }
     }
 }
 
-/// Per-channel mean and biased variance of an NCHW f32 buffer (f64 sums, two passes).
+/// Per-channel mean and biased variance of an NCHW f32 buffer (two passes, [`plane_sums`]).
 fn batch_stats(x: &[f32], b: usize, c: usize, p: usize) -> (Vec<f32>, Vec<f32>) {
     let n = (b * p) as f64;
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let planes = || (0..b).map(|img| &x[(img * c + ch) * p..][..p]);
-            let mean = planes().map(|pl| pl.iter().map(|v| *v as f64).sum::<f64>()).sum::<f64>() / n;
-            let var = planes().map(|pl| pl.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>()).sum::<f64>() / n;
-            (mean as f32, var as f32)
+            let mean = (planes().map(|pl| plane_sums(pl, None)).sum::<f64>() / n) as f32;
+            let var = planes().map(|pl| plane_sums(pl, Some(mean))).sum::<f64>() / n;
+            (mean, var as f32)
         })
         .unzip()
 }
@@ -208,6 +309,19 @@ fn batch_stats(x: &[f32], b: usize, c: usize, p: usize) -> (Vec<f32>, Vec<f32>) 
 /// # Shapes
 /// - `x`: `[B, C, H, W]`; output: the same
 pub fn batch_norm_train(bn: &BatchNorm, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
+    batch_norm_train_act(bn, x, false)
+}
+
+/// `silu(bn.forward(x))` in training mode as one op, like [`batch_norm_train`] (same
+/// conditions, same running-statistics update).
+///
+/// # Shapes
+/// - `x`: `[B, C, H, W]`; output: the same
+pub fn batch_norm_silu_train(bn: &BatchNorm, x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
+    batch_norm_train_act(bn, x, true)
+}
+
+fn batch_norm_train_act(bn: &BatchNorm, x: Tensor<4>, silu: bool) -> Result<Tensor<4>, Tensor<4>> {
     let device = x.device();
     if !device.is_autodiff() || !super::cpu_conv::is_flex(&device) || !bn.training.is_enabled() || x.dtype() != DType::F32 {
         return Err(x);
@@ -230,6 +344,7 @@ pub fn batch_norm_train(bn: &BatchNorm, x: Tensor<4>) -> Result<Tensor<4>, Tenso
         mean.clone().into_dispatch(),
         var.clone().into_dispatch(),
         bn.epsilon,
+        silu,
     ));
     let running_mean = bn.running_mean.value_sync().to_device(&device);
     let running_var = bn.running_var.value_sync().to_device(&device);
@@ -255,8 +370,20 @@ mod tests {
 
     #[test]
     fn matches_burn_batch_norm_in_training() {
+        check_against_burn(false);
+    }
+
+    #[test]
+    fn fused_silu_matches_burn_batch_norm_then_silu() {
+        check_against_burn(true);
+    }
+
+    /// Output, all gradients and running statistics against Burn's `BatchNorm` (then SiLU),
+    /// on planes long enough for several sum blocks and with a tail that is not a multiple
+    /// of the 16 lanes.
+    fn check_against_burn(silu: bool) {
         let device = crate::backend::cpu_device().autodiff();
-        let (b, c, h, w) = (3, 5, 7, 6);
+        let (b, c, h, w) = (3, 5, 37, 41);
         // Non-trivial affine parameters. A fresh module per run: clones share running state.
         let gamma = Tensor::<1>::random([c], Distribution::Uniform(0.5, 1.5), &device).into_data();
         let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 1.0), &device).into_data();
@@ -271,7 +398,12 @@ mod tests {
         let run = |ours: bool| {
             let bn = make();
             let x = Tensor::<4>::from_data(x0.clone(), &device).require_grad();
-            let y = if ours { batch_norm_train(&bn, x.clone()).unwrap_or_else(|_| panic!("refused")) } else { bn.forward(x.clone()) };
+            let y = match (ours, silu) {
+                (true, false) => batch_norm_train(&bn, x.clone()).unwrap_or_else(|_| panic!("refused")),
+                (true, true) => batch_norm_silu_train(&bn, x.clone()).unwrap_or_else(|_| panic!("refused")),
+                (false, false) => bn.forward(x.clone()),
+                (false, true) => burn::tensor::activation::silu(bn.forward(x.clone())),
+            };
             let g = (y.clone() * Tensor::<4>::from_data(r.clone(), &device)).sum().backward();
             let v4 = |t: Tensor<4>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
             let v1 = |t: Tensor<1>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };

@@ -76,8 +76,8 @@ impl Conv {
         } else {
             // Training: the conv as one op with its own backward on the CPU backend.
             let y = conv_op::conv2d(x, &self.conv).unwrap_or_else(|x| self.conv.forward(x));
-            let y = bn_op::batch_norm_train(&self.bn, y).unwrap_or_else(|y| self.bn.forward(y));
-            silu(y)
+            // BatchNorm + SiLU as one op there too.
+            bn_op::batch_norm_silu_train(&self.bn, y).unwrap_or_else(|y| silu(self.bn.forward(y)))
         }
     }
 

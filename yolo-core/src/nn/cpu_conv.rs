@@ -42,7 +42,7 @@ const COL_BLOCK_FLOATS: usize = 64 * 1024;
 
 /// Geometry of one conv call.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Geometry {
+pub struct Geometry {
     c_in: usize,
     c_out: usize,
     h: usize,
@@ -59,7 +59,7 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     /// From `[C_in, C_out]`, the input's `[H, W]`, kernel, stride and (symmetric) padding.
-    pub(crate) fn new(
+    pub fn new(
         [c_in, c_out]: [usize; 2],
         [h, w]: [usize; 2],
         [kh, kw]: [usize; 2],
@@ -83,7 +83,7 @@ impl Geometry {
     }
 
     /// The output's `[oh, ow]`.
-    pub(crate) fn out_hw(&self) -> [usize; 2] {
+    pub fn out_hw(&self) -> [usize; 2] {
         [self.oh, self.ow]
     }
 
@@ -181,7 +181,7 @@ pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method)
 }
 
 /// `act(conv(x) + bias)` over raw NCHW buffers with geometry `g`; returns the NCHW output.
-pub(crate) fn forward(
+pub fn forward(
     g: &Geometry,
     batch: usize,
     x: &[f32],
@@ -210,7 +210,7 @@ pub(crate) fn forward(
 ///
 /// # Shapes
 /// - `dy`: `[B, C_out, oh, ow]`, `w`: `[C_out, C_in, kh, kw]`; output `[B, C_in, H, W]`
-pub(crate) fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
+pub fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (kh, kw, khw) = (g.kh, g.kw, g.kh * g.kw);
     if g.sh == 1 && g.sw == 1 && g.ph < kh && g.pw < kw && g.oh + kh - 1 == g.h + 2 * g.ph {
         let gt = Geometry::new([g.c_out, g.c_in], [g.oh, g.ow], [kh, kw], [1, 1], [kh - 1 - g.ph, kw - 1 - g.pw]);
@@ -289,10 +289,30 @@ pub(crate) fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> V
 ///
 /// # Shapes
 /// - `x`: `[B, C_in, H, W]`, `dy`: `[B, C_out, oh, ow]`; output `[C_out, C_in, kh, kw]`
-pub(crate) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32> {
+pub fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    grad_weight_with(g, batch, x, dy, Method::Auto)
+}
+
+/// [`grad_weight`] with an explicit [`Method`]: `Shifted` (what `Auto` takes for stride-1
+/// convs that are not 1x1 and have at least [`DW_SHIFTED_MIN_C_IN`] input channels) runs one
+/// GEMM per kernel tap over the zero-padded input, `Im2col` one GEMM per pixel tile.
+pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], method: Method) -> Vec<f32> {
+    let shifted = g.sh == 1 && g.sw == 1 && !g.is_pointwise();
+    let shifted = match method {
+        Method::Auto => shifted && g.c_in >= DW_SHIFTED_MIN_C_IN,
+        Method::Im2col => false,
+        Method::Shifted => shifted,
+    };
+    if shifted {
+        return grad_weight_shifted(g, batch, x, dy);
+    }
     let (hw_in, hw) = (g.h * g.w, g.oh * g.ow);
     let k = g.k();
-    let n_tile = tile_len(g, batch);
+    let mut n_tile = tile_len(g, batch);
+    if let Ok(v) = std::env::var("YOLO_DW_TILE") {
+        let min: usize = v.parse().unwrap();
+        n_tile = n_tile.max(min).min(hw);
+    }
     let tiles_per_image = hw.div_ceil(n_tile);
     let size = g.c_out * k;
     // Deterministic: the tasks are cut into a fixed number of consecutive groups (whichever
@@ -343,6 +363,92 @@ pub(crate) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> 
         dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
     }
     dw
+}
+
+/// Input channels from which [`grad_weight`] takes the per-tap GEMMs for stride-1 convs
+/// (measured per layer with `conv-layers --backward`).
+const DW_SHIFTED_MIN_C_IN: usize = 16;
+
+/// `dW` of a stride-1 conv as one GEMM per kernel tap: with `Xp` the zero-padded input
+/// (row length `wp = W + 2·pw`) and `dYw` the output gradient widened to rows of `wp` (zeros
+/// past `ow`), `dW[co, ci, ky, kx] = Σ_images Σ_q dYw[co, q] · Xp[ci, q + ky·wp + kx]`: a
+/// `[C_out, C_in]` GEMM whose reduction runs over the whole image, with no im2col. Tasks
+/// are (tap, block of output channels); each sums its images in order, so the result does
+/// not depend on which thread runs what.
+fn grad_weight_shifted(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let (plane, hw, taps) = (hp * wp, g.oh * g.ow, g.kh * g.kw);
+    let plane_y = g.oh * wp;
+    // Reduction length per image: the last row stops at its last real column, so no tap reads
+    // past the end of the padded plane.
+    let q_len = (g.oh - 1) * wp + g.ow;
+    let padded = pad_planes(g, batch, x);
+    let mut dyw = vec![0f32; batch * g.c_out * plane_y];
+    dyw.par_chunks_mut(plane_y).zip(dy.par_chunks(hw)).for_each(|(dst, src)| {
+        for (row, src) in dst.chunks_exact_mut(wp).zip(src.chunks_exact(g.ow)) {
+            row[..g.ow].copy_from_slice(src);
+        }
+    });
+    let threads = rayon::current_num_threads().max(1);
+    let co_blocks = (8 * threads).div_ceil(taps).clamp(1, (g.c_out / 16).max(1));
+    let co_per = g.c_out.div_ceil(co_blocks);
+    let mut dw: Vec<f32> = vec![0f32; g.c_out * g.c_in * taps];
+    let dst = OutPtr(dw.as_mut_ptr());
+    (0..taps * co_blocks).into_par_iter().for_each(|task| {
+        let dst = dst;
+        let (t, blk) = (task / co_blocks, task % co_blocks);
+        let co0 = blk * co_per;
+        let m = co_per.min(g.c_out.saturating_sub(co0));
+        if m == 0 {
+            return;
+        }
+        let off = (t / g.kw) * wp + t % g.kw;
+        for img in 0..batch {
+            let lhs = &dyw[(img * g.c_out + co0) * plane_y..];
+            let rhs = &padded[img * g.c_in * plane + off..];
+            debug_assert!((g.c_in - 1) * plane + q_len <= rhs.len());
+            // SAFETY: dst element (co, ci) is dw[((co0 + co) * c_in + ci) * taps + t], which only
+            // this task writes; lhs element (co, q) is dyw[(img * c_out + co0 + co) * plane_y +
+            // q] and rhs element (q, ci) is padded[(img * c_in + ci) * plane + off + q], all in
+            // bounds (q < q_len; checked above).
+            unsafe {
+                sgemm(
+                    m,
+                    g.c_in,
+                    q_len,
+                    dst.0.add(co0 * g.c_in * taps + t),
+                    taps as isize,
+                    (g.c_in * taps) as isize,
+                    img > 0,
+                    lhs.as_ptr(),
+                    1,
+                    plane_y as isize,
+                    rhs.as_ptr(),
+                    plane as isize,
+                    1,
+                )
+            }
+        }
+    });
+    dw
+}
+
+/// The input's planes zero-padded by `(ph, pw)`: `[B·C_in, H + 2·ph, W + 2·pw]` (borrowed
+/// when there is no padding).
+fn pad_planes<'a>(g: &Geometry, batch: usize, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    if g.ph == 0 && g.pw == 0 {
+        return std::borrow::Cow::Borrowed(x);
+    }
+    let wp = g.w + 2 * g.pw;
+    let plane = (g.h + 2 * g.ph) * wp;
+    let mut v = vec![0f32; batch * g.c_in * plane];
+    v.par_chunks_mut(plane).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, src)| {
+        for (y, row) in src.chunks_exact(g.w).enumerate() {
+            let o = (y + g.ph) * wp + g.pw;
+            dst[o..o + g.w].copy_from_slice(row);
+        }
+    });
+    std::borrow::Cow::Owned(v)
 }
 
 /// The values of an f32 `flex` primitive, contiguous: borrowed, or copied when it is a
@@ -547,20 +653,7 @@ fn run_shifted(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[
     let hw = g.oh * g.ow;
 
     // Padded input (shared, read-only), or the input itself when there is no padding.
-    let padded: Vec<f32>;
-    let xp: &[f32] = if g.ph == 0 && g.pw == 0 {
-        x
-    } else {
-        let mut v = vec![0f32; batch * g.c_in * plane];
-        v.par_chunks_mut(plane).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, src)| {
-            for (y, row) in src.chunks_exact(g.w).enumerate() {
-                let o = (y + g.ph) * wp + g.pw;
-                dst[o..o + g.w].copy_from_slice(row);
-            }
-        });
-        padded = v;
-        &padded
-    };
+    let xp = pad_planes(g, batch, x);
     // Weights per tap, `[taps, C_out, C_in]`: each tap's GEMM operand is contiguous.
     let mut wt = vec![0f32; taps * g.c_out * g.c_in];
     for co in 0..g.c_out {

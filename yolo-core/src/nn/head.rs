@@ -4,10 +4,12 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::backend::Dispatch;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::conv::{Conv, ConvConfig};
 use super::cpu_conv::{self, Activation};
+use super::dfl_op::DflOps;
 
 /// Strides of the three detection levels (P3, P4, P5).
 pub const STRIDES: [usize; 3] = [8, 16, 32];
@@ -105,6 +107,15 @@ pub fn make_anchors(grid_sizes: &[(usize, usize)], strides: &[usize]) -> (Vec<f3
 /// - `boxes`: `[B, 4 * reg_max, A]`
 /// - output: `[B, 4, A]` distances in grid units (left, top, right, bottom)
 pub fn dfl_expectation(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
+    if super::cpu_conv::is_flex(&boxes.device()) && boxes.dtype() == DType::F32 {
+        // One fused op with its own backward (`dfl_op`).
+        return Tensor::from_dispatch(<Dispatch as DflOps>::dfl_expectation(boxes.into_dispatch(), reg_max));
+    }
+    dfl_expectation_burn(boxes, reg_max)
+}
+
+/// [`dfl_expectation`] from Burn ops (every backend other than `flex`).
+pub(crate) fn dfl_expectation_burn(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
     let [b, _, a] = boxes.dims();
     let device = boxes.device();
     let prob = softmax(boxes.reshape([b, 4, reg_max, a]), 2);

@@ -2,11 +2,13 @@
 
 pub mod act;
 pub mod block;
+pub mod bce_op;
 pub mod bn_op;
 pub mod conv;
 pub mod conv_op;
 pub mod cpu_conv;
 pub mod cpu_pool;
+pub mod dfl_op;
 pub mod head;
 
 pub use block::{Bottleneck, BottleneckConfig, C2f, C2fConfig, Sppf, SppfConfig};

@@ -1,0 +1,64 @@
+//! Times the train step ([`yolo_benches::TrainStep`]: forward in train mode, real v8
+//! loss, backward, clipping, SGD) on the default backend and prints one JSON line;
+//! `benches/train_step_compare.py` runs it beside the same step in PyTorch.
+
+use clap::Parser;
+use yolo_benches::TrainStep;
+use yolo_core::{backend, Scale};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "n")]
+    scale: Scale,
+    #[arg(long, default_value_t = 320)]
+    imgsz: usize,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Also print every step's time (`times_ms`), for the interleaved rounds.
+    #[arg(long)]
+    all: bool,
+    /// Also print the median wall and process CPU time of each phase (forward, loss,
+    /// backward, clip + SGD).
+    #[arg(long)]
+    phases: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let device = backend::default_device();
+    let mut step = TrainStep::new(a.scale, a.batch, a.imgsz, &device);
+    let mut loss = 0.0;
+    let mut phases = Vec::new();
+    let times = yolo_benches::times_ms(a.warmup, a.iters, || {
+        let (l, wall, cpu) = step.step_phases();
+        loss = l;
+        phases.push([wall, cpu]);
+    });
+    let phases = &phases[a.warmup..];
+    anyhow::ensure!(loss.is_finite(), "train step gave a non-finite loss ({loss})");
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mut line = serde_json::json!({"runtime": "yolo-rs", "device": format!("{device:?}"),
+        "imgsz": a.imgsz, "batch": a.batch, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0],
+        "last_loss": loss});
+    if a.all {
+        line["times_ms"] = serde_json::json!(times);
+    }
+    if a.phases {
+        let median = |k: usize, i: usize| {
+            let mut v: Vec<f64> = phases.iter().map(|p| p[k][i]).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let names = ["forward", "loss", "backward", "clip_sgd"];
+        for (k, key) in ["phases_ms", "phases_cpu_ms"].into_iter().enumerate() {
+            line[key] = names.iter().enumerate().map(|(i, n)| (n.to_string(), serde_json::json!(median(k, i)))).collect();
+        }
+    }
+    println!("{line}");
+    Ok(())
+}

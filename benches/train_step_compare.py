@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Side-by-side train step: yolo-rs (Burn, default backend's autodiff) vs Ultralytics/PyTorch.
+
+    cargo build --release -p yolo-benches --bin train-time
+    .venv/bin/pip install ultralytics
+    .venv/bin/python benches/train_step_compare.py [--scale n] [--imgsz 320] [--batch 8] [--rounds 3] [--iters 5]
+
+The step is what `yolo-train` and Ultralytics' `BaseTrainer` run per batch: forward in train
+mode, the v8 detection loss (TaskAlignedAssigner, BCE, CIoU, DFL), backward, gradient clipping
+at norm 10 and a Nesterov SGD step over the three parameter groups (weights with decay 5e-4,
+BatchNorm weights, biases). Both get the same deterministic batch (the pixel pattern of
+`yolo_benches::input`, three boxes per image placed as in `yolo_benches::TrainStep`) and a
+seeded fresh yolov8 with 80 classes; speed does not depend on the weight values. The two take
+turns (--rounds of --iters steps after warm-up, median and minimum over all steps) on
+--threads threads, and yolo-rs is reported as a ratio (ours / PyTorch; < 1 means faster).
+Loss parity is the job of the tests (yolo-train/tests/train_step.rs), not of this script.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "tools", "fixtures"))
+import oracle_env  # noqa: F401,E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from compare import times_ms  # noqa: E402
+from make_train_step_fixtures import groups  # noqa: E402
+
+
+def pytorch_step(scale, batch, size):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel(f"yolov8{scale}.yaml", nc=80, verbose=False)
+    model.args = get_cfg()
+    model.train()
+    g = groups(model)
+    sgd = dict(lr=0.01, momentum=0.937, nesterov=True)
+    opt = torch.optim.SGD([
+        {"params": g[0], **sgd, "weight_decay": 5e-4},
+        {"params": g[1], **sgd, "weight_decay": 0.0},
+        {"params": g[2], **sgd, "weight_decay": 0.0},
+    ])
+    n = batch * 3 * size * size
+    img = torch.from_numpy(((np.arange(n, dtype=np.int64) * 7919 % 1000) / 1000.0).astype(np.float32))
+    rows = [(b, (b * 3 + k) % 80, 0.2 + 0.3 * k, 0.3 + 0.05 * b, 0.1 + 0.1 * k, 0.15)
+            for b in range(batch) for k in range(3)]
+    t = torch.tensor(rows, dtype=torch.float32)
+    data = {"img": img.view(batch, 3, size, size), "batch_idx": t[:, 0].contiguous(),
+            "cls": t[:, 1:2].contiguous(), "bboxes": t[:, 2:6].contiguous()}
+
+    def step():
+        loss, _ = model.loss(data)
+        loss.sum().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", default="n")
+    ap.add_argument("--imgsz", type=int, default=320)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--iters", type=int, default=5, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3, help="the two take turns this many times")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--exe", default=os.path.join(ROOT, "target", "release", "train-time"))
+    a = ap.parse_args()
+
+    torch.set_num_threads(a.threads)
+    if not os.path.exists(a.exe):
+        print("building train-time (release)...", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "yolo-benches", "--bin", "train-time"],
+                       cwd=ROOT, check=True)
+    step = pytorch_step(a.scale, a.batch, a.imgsz)
+    t_pt, t_ours = [], []
+    for _ in range(a.rounds):
+        t_pt += times_ms(step, a.warmup, a.iters)
+        out = subprocess.run([a.exe, "--scale", a.scale, "--imgsz", str(a.imgsz), "--batch", str(a.batch),
+                              "--warmup", str(a.warmup), "--iters", str(a.iters), "--all"],
+                             check=True, capture_output=True, text=True,
+                             env={**os.environ, "RAYON_NUM_THREADS": str(a.threads)})
+        t_ours += json.loads(out.stdout.strip().splitlines()[-1])["times_ms"]
+
+    med = [float(np.median(t)) for t in (t_ours, t_pt)]
+    low = [min(t) for t in (t_ours, t_pt)]
+    print(f"\nyolov8{a.scale} train step (forward, v8 loss, backward, clip, SGD), {a.imgsz}x{a.imgsz}, "
+          f"batch {a.batch}, {a.threads} threads, {a.rounds} interleaved rounds of {a.iters} steps: "
+          f"median (min) in ms")
+    print(f"| yolo-rs | PyTorch {torch.__version__} | ratio |")
+    print("|---|---|---|")
+    print(f"| {med[0]:.0f} ({low[0]:.0f}) | {med[1]:.0f} ({low[1]:.0f}) | {med[0] / med[1]:.2f} ({low[0] / low[1]:.2f}) |")
+
+
+if __name__ == "__main__":
+    main()
