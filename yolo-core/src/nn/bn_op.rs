@@ -26,7 +26,7 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::act::{multiversion, sigmoid_f32, silu_slice};
+use super::act::{multiversion, sigmoid_f32, silu_f32};
 use super::cpu_conv::{flex_primitive, flex_values, OutPtr};
 
 /// `(x − mean)·γ/√(var + ε) + β` per channel, where `mean` and `var` are the batch's own
@@ -98,49 +98,85 @@ multiversion! {
 }
 
 multiversion! {
-    /// One plane of the backward's first pass: with `silu = Some((scale, shift))`, first
-    /// `d = dy·silu'(z)` with `z = x·scale + shift` (the BatchNorm output), written to `d`;
-    /// else `d = dy` (read from `dy`, `d` untouched). Returns `(Σ d, Σ d·(x − mean))`.
-    fn plane_grad_sums(x: &[f32], dy: &[f32], d: &mut [f32], mean: f32, silu: Option<(f32, f32)>) -> (f64, f64) {
-        let grad = |dy: f32, x: f32| match silu {
-            Some((scale, shift)) => {
-                let z = x * scale + shift;
-                let sg = sigmoid_f32(z);
-                dy * sg * (1.0 + z * (1.0 - sg))
-            }
-            None => dy,
-        };
+    /// One plane of the backward's first pass without activation: `(Σ dy, Σ dy·(x − mean))`.
+    fn plane_grad_sums(x: &[f32], dy: &[f32], mean: f32) -> (f64, f64) {
         let (mut s, mut sx) = (0f64, 0f64);
-        let mut o = 0;
-        while o < x.len() {
-            let n = SUM_BLOCK.min(x.len() - o);
-            let full = n / 16 * 16;
+        for (xb, db) in x.chunks(SUM_BLOCK).zip(dy.chunks(SUM_BLOCK)) {
             let (mut a, mut ax) = ([0f32; 16], [0f32; 16]);
-            for i in (o..o + full).step_by(16) {
-                let (xs, dys) = (&x[i..i + 16], &dy[i..i + 16]);
-                let mut v = [0f32; 16];
+            let (xc, dc) = (xb.chunks_exact(16), db.chunks_exact(16));
+            let (xr, dr) = (xc.remainder(), dc.remainder());
+            for (xs, ds) in xc.zip(dc) {
                 for l in 0..16 {
-                    v[l] = grad(dys[l], xs[l]);
-                    a[l] += v[l];
-                    ax[l] += v[l] * (xs[l] - mean);
-                }
-                if silu.is_some() {
-                    d[i..i + 16].copy_from_slice(&v);
+                    a[l] += ds[l];
+                    ax[l] += ds[l] * (xs[l] - mean);
                 }
             }
-            for i in o + full..o + n {
-                let v = grad(dy[i], x[i]);
-                a[0] += v;
-                ax[0] += v * (x[i] - mean);
-                if silu.is_some() {
-                    d[i] = v;
-                }
+            for (x, d) in xr.iter().zip(dr) {
+                a[0] += d;
+                ax[0] += d * (x - mean);
             }
             s += a.iter().map(|&v| v as f64).sum::<f64>();
             sx += ax.iter().map(|&v| v as f64).sum::<f64>();
-            o += n;
         }
         (s, sx)
+    }
+}
+
+multiversion! {
+    /// One plane of the backward's first pass through SiLU: `d = dy·silu'(z)` with
+    /// `z = x·scale + shift` (the BatchNorm output), written to `d`; returns
+    /// `(Σ d, Σ d·(x − mean))`.
+    fn plane_silu_grad_sums(x: &[f32], dy: &[f32], d: &mut [f32], mean: f32, scale: f32, shift: f32) -> (f64, f64) {
+        let grad = |dy: f32, x: f32| {
+            let z = x * scale + shift;
+            let sg = sigmoid_f32(z);
+            dy * sg * (1.0 + z * (1.0 - sg))
+        };
+        let (mut s, mut sx) = (0f64, 0f64);
+        for ((xb, yb), db) in x.chunks(SUM_BLOCK).zip(dy.chunks(SUM_BLOCK)).zip(d.chunks_mut(SUM_BLOCK)) {
+            let (mut a, mut ax) = ([0f32; 16], [0f32; 16]);
+            let full = xb.len() / 16 * 16;
+            for ((xs, ys), ds) in xb[..full].chunks_exact(16).zip(yb[..full].chunks_exact(16)).zip(db[..full].chunks_exact_mut(16)) {
+                for l in 0..16 {
+                    let v = grad(ys[l], xs[l]);
+                    ds[l] = v;
+                    a[l] += v;
+                    ax[l] += v * (xs[l] - mean);
+                }
+            }
+            for i in full..xb.len() {
+                let v = grad(yb[i], xb[i]);
+                db[i] = v;
+                a[0] += v;
+                ax[0] += v * (xb[i] - mean);
+            }
+            s += a.iter().map(|&v| v as f64).sum::<f64>();
+            sx += ax.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        (s, sx)
+    }
+}
+
+multiversion! {
+    /// `o = (x − mean)·scale + shift`, then SiLU with `silu`.
+    fn apply_plane(o: &mut [f32], x: &[f32], mean: f32, scale: f32, shift: f32, silu: bool) {
+        if silu {
+            o.iter_mut().zip(x).for_each(|(o, x)| *o = silu_f32((x - mean) * scale + shift));
+        } else {
+            o.iter_mut().zip(x).for_each(|(o, x)| *o = (x - mean) * scale + shift);
+        }
+    }
+}
+
+multiversion! {
+    /// The backward's second pass over one plane: `dX = k·(d − mean_d − x̂·mean_dx̂)` with
+    /// `x̂ = (x − mean)·inv`, `d` read from `dy` or, without it, from `o` (in place).
+    fn dx_plane(o: &mut [f32], x: &[f32], dy: Option<&[f32]>, coef: [f32; 5]) {
+        let [k, mean, inv, mean_d, mean_dx] = coef;
+        match dy {
+            Some(dy) => o.iter_mut().zip(x.iter().zip(dy)).for_each(|(o, (x, d))| *o = k * (d - mean_d - (x - mean) * inv * mean_dx)),
+            None => o.iter_mut().zip(x).for_each(|(o, x)| *o = k * (*o - mean_d - (x - mean) * inv * mean_dx)),
+        }
     }
 }
 
@@ -171,11 +207,7 @@ impl BatchNormOps for Flex {
         let mut out = vec![0f32; xv.len()];
         out.par_chunks_mut(p).zip(xv.par_chunks(p)).enumerate().for_each(|(plane, (o, x))| {
             let ch = plane % c;
-            let (s, mu, b) = (scale[ch], m[ch], bt[ch]);
-            o.iter_mut().zip(x).for_each(|(o, x)| *o = (x - mu) * s + b);
-            if silu {
-                silu_slice(o);
-            }
+            apply_plane(o, x, m[ch], scale[ch], bt[ch], silu);
         });
         flex_primitive(out, x.shape())
     }
@@ -213,7 +245,11 @@ impl BatchNormGrads for Flex {
                     let o = (img * c + ch) * p;
                     // SAFETY: plane (img, ch) of dx, which only this task (channel ch) touches.
                     let d = unsafe { std::slice::from_raw_parts_mut(dst.0.add(o), p) };
-                    let (a, ax) = plane_grad_sums(&xv[o..o + p], &dyv[o..o + p], d, m[ch], affine);
+                    let (x, dy) = (&xv[o..o + p], &dyv[o..o + p]);
+                    let (a, ax) = match affine {
+                        Some((scale, shift)) => plane_silu_grad_sums(x, dy, d, m[ch], scale, shift),
+                        None => plane_grad_sums(x, dy, m[ch]),
+                    };
                     s += a;
                     sx += ax * inv;
                 }
@@ -227,11 +263,7 @@ impl BatchNormGrads for Flex {
                 let k = g[ch] * inv;
                 let (mean_d, mean_dx) = ((sums[ch].0 / n) as f32, (sums[ch].1 / n) as f32);
                 let mu = m[ch];
-                if silu {
-                    o.iter_mut().zip(x).for_each(|(o, x)| *o = k * (*o - mean_d - (x - mu) * inv * mean_dx));
-                } else {
-                    o.iter_mut().zip(x.iter().zip(dy)).for_each(|(o, (x, d))| *o = k * (d - mean_d - (x - mu) * inv * mean_dx));
-                }
+                dx_plane(o, x, (!silu).then_some(dy), [k, mu, inv, mean_d, mean_dx]);
             },
         );
         let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();

@@ -293,26 +293,18 @@ pub fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32
     grad_weight_with(g, batch, x, dy, Method::Auto)
 }
 
-/// [`grad_weight`] with an explicit [`Method`]: `Shifted` (what `Auto` takes for stride-1
-/// convs that are not 1x1 and have at least [`DW_SHIFTED_MIN_C_IN`] input channels) runs one
-/// GEMM per kernel tap over the zero-padded input, `Im2col` one GEMM per pixel tile.
+/// [`grad_weight`] with an explicit [`Method`]: `Shifted` runs one GEMM per kernel tap over
+/// the zero-padded input for stride-1 convs that are not 1x1; `Auto` and `Im2col` one GEMM
+/// per pixel tile. Measured per layer (`conv-layers --backward`, yolov8n at 320, batch 8, both
+/// cores), the per-tap GEMMs were slower on every layer at 20x20 and above (9 long tasks per
+/// layer balance badly over the threads) and only level with im2col at 10x10.
 pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], method: Method) -> Vec<f32> {
-    let shifted = g.sh == 1 && g.sw == 1 && !g.is_pointwise();
-    let shifted = match method {
-        Method::Auto => shifted && g.c_in >= DW_SHIFTED_MIN_C_IN,
-        Method::Im2col => false,
-        Method::Shifted => shifted,
-    };
-    if shifted {
+    if method == Method::Shifted && g.sh == 1 && g.sw == 1 && !g.is_pointwise() {
         return grad_weight_shifted(g, batch, x, dy);
     }
     let (hw_in, hw) = (g.h * g.w, g.oh * g.ow);
     let k = g.k();
-    let mut n_tile = tile_len(g, batch);
-    if let Ok(v) = std::env::var("YOLO_DW_TILE") {
-        let min: usize = v.parse().unwrap();
-        n_tile = n_tile.max(min).min(hw);
-    }
+    let n_tile = tile_len(g, batch);
     let tiles_per_image = hw.div_ceil(n_tile);
     let size = g.c_out * k;
     // Deterministic: the tasks are cut into a fixed number of consecutive groups (whichever
@@ -364,10 +356,6 @@ pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], metho
     }
     dw
 }
-
-/// Input channels from which [`grad_weight`] takes the per-tap GEMMs for stride-1 convs
-/// (measured per layer with `conv-layers --backward`).
-const DW_SHIFTED_MIN_C_IN: usize = 16;
 
 /// `dW` of a stride-1 conv as one GEMM per kernel tap: with `Xp` the zero-padded input
 /// (row length `wp = W + 2·pw`) and `dYw` the output gradient widened to rows of `wp` (zeros
@@ -879,6 +867,25 @@ mod tests {
         // Shifted GEMMs by default (C_in >= 64), several tiles, a one-row image.
         check(2, 64, 24, 12, 10, 3, 1, 1, true, Silu);
         check(1, 96, 8, 1, 17, 3, 1, 1, true, Silu);
+    }
+
+    /// The per-tap dW (`Method::Shifted`) against the im2col one (which `conv_op`'s tests hold
+    /// to Burn's gradient): padded 3x3, a 5x5 with padding 1 and an unpadded 3x3, over
+    /// several images and enough output channels for more than one block per tap.
+    #[test]
+    fn shifted_weight_gradient_matches_im2col() {
+        for &(b, c_in, c_out, h, w, k, p) in &[(2, 5, 40, 9, 11, 3, 1), (3, 4, 6, 12, 10, 5, 1), (1, 3, 33, 7, 8, 3, 0)] {
+            let g = Geometry::new([c_in, c_out], [h, w], [k, k], [1, 1], [p, p]);
+            let [oh, ow] = g.out_hw();
+            let vals = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i + seed) * 7919) % 997) as f32 / 500.0 - 1.0).collect() };
+            let x = vals(b * c_in * h * w, 1);
+            let dy = vals(b * c_out * oh * ow, 2);
+            let shifted = grad_weight_with(&g, b, &x, &dy, Method::Shifted);
+            let im2col = grad_weight_with(&g, b, &x, &dy, Method::Im2col);
+            for (i, (a, e)) in shifted.iter().zip(&im2col).enumerate() {
+                assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{b}x{c_in}->{c_out} {h}x{w} k{k} p{p}: [{i}] {a} vs {e}");
+            }
+        }
     }
 
     #[test]
