@@ -27,7 +27,8 @@ pub struct Neck {
 /// - `x`: `[B, C, H, W]`
 /// - output: `[B, C, 2H, 2W]`
 pub fn upsample2x(x: Tensor<4>) -> Tensor<4> {
-    let x = match upsample2x_cpu(x) {
+    // One pass each way on the CPU backend (`nn::upsample_op`).
+    let x = match crate::nn::upsample_op::upsample2x(x) {
         Ok(y) => return y,
         Err(x) => x,
     };
@@ -35,36 +36,6 @@ pub fn upsample2x(x: Tensor<4>) -> Tensor<4> {
     x.reshape([b, c, h, 1, w, 1])
         .expand([b, c, h, 2, w, 2])
         .reshape([b, c, 2 * h, 2 * w])
-}
-
-/// [`upsample2x`] as one pass over the buffers for plain f32 tensors on the CPU backend (Burn
-/// copies the broadcast view element by element through a generic strided iterator); `Err(x)`
-/// elsewhere.
-fn upsample2x_cpu(x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
-    use crate::nn::cpu_conv::{flex_f32, flex_tensor, supported_device};
-    use rayon::prelude::*;
-
-    if !supported_device(&x.device()) {
-        return Err(x);
-    }
-    let [b, c, h, w] = x.dims();
-    let Some(input) = flex_f32(x.clone()) else {
-        return Err(x);
-    };
-    drop(x);
-    let src = input.as_slice::<f32>().expect("flex_f32 returns contiguous f32 tensors");
-    let mut out = vec![0f32; b * c * 4 * h * w];
-    out.par_chunks_mut(4 * h * w).zip(src.par_chunks(h * w)).for_each(|(dst, plane)| {
-        for (rows, row) in dst.chunks_exact_mut(4 * w).zip(plane.chunks_exact(w)) {
-            let (top, bottom) = rows.split_at_mut(2 * w);
-            for (pair, v) in top.chunks_exact_mut(2).zip(row) {
-                pair[0] = *v;
-                pair[1] = *v;
-            }
-            bottom.copy_from_slice(top);
-        }
-    });
-    Ok(flex_tensor(out, [b, c, 2 * h, 2 * w]))
 }
 
 impl Neck {

@@ -1,9 +1,9 @@
 //! The YOLOv8 detection loss, as Ultralytics 8.4.190 `utils/loss.py v8DetectionLoss` (with
 //! `BboxLoss` and `DFLoss`): task-aligned assignment, BCE class loss, CIoU box loss and DFL.
 //!
-//! Ultralytics indexes the foreground anchors (`pred[fg_mask]`); here the box and DFL terms are
-//! computed densely and multiplied by the foreground mask, which gives the same value and the
-//! same gradient (exactly zero on background anchors).
+//! As Ultralytics, the box and DFL terms are computed on the foreground anchors only
+//! (`pred[fg_mask]`, here a `select` with the foreground indices read back from the
+//! assignment), a few hundred rows instead of every anchor of the batch.
 
 use yolo_core::burn::tensor::activation::log_softmax;
 use yolo_core::nn::act::sigmoid;
@@ -236,14 +236,37 @@ pub fn v8_detection_loss(
     let loss_cls = bce_with_logits_sum(pred_scores, target_scores.clone()) / target_scores_sum.clone();
 
     // Box and DFL losses over the foreground anchors.
-    let fg = asg.fg_mask.clone().float().reshape([b, a, 1]); // [B, A, 1]
-    let weight = target_scores.sum_dim(2) * fg; // [B, A, 1]
-    let target_bboxes = asg.target_bboxes.clone() / stride_tensor.reshape([1, a, 1]); // [B, A, 4] grid units
-    let iou = bbox_ciou(pred_bboxes, target_bboxes.clone()); // [B, A, 1]
-    let loss_box = ((iou.neg() + 1.0) * weight.clone()).sum() / target_scores_sum.clone();
-    let target_ltrb = bbox2dist(anchor_points, target_bboxes, reg_max as f32 - 1.0 - 0.01); // [B, A, 4]
-    let pred_dist = pred_distri.swap_dims(1, 2).reshape([b, a, 4, reg_max]); // [B, A, 4, R]
-    let loss_dfl = (df_loss(pred_dist, target_ltrb) * weight).sum() / target_scores_sum;
+    let fg: Vec<i64> = asg
+        .fg_mask
+        .clone()
+        .into_data()
+        .iter::<bool>()
+        .enumerate()
+        .filter_map(|(i, on)| on.then_some(i as i64))
+        .collect();
+    let (loss_box, loss_dfl) = if fg.is_empty() {
+        // No foreground: both terms are 0, and the box logits still get their (zero) gradient.
+        let zero = pred_distri.sum() * 0.0;
+        (zero.clone(), zero)
+    } else {
+        let n = fg.len();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(fg.clone(), [n]), &device); // [N] over B * A
+        let anchor_idx: Vec<i64> = fg.iter().map(|i| i % a as i64).collect();
+        let anchor_idx = Tensor::<1, Int>::from_data(TensorData::new(anchor_idx, [n]), &device); // [N] over A
+        let rows = |t: Tensor<3>, w: usize| t.reshape([b * a, w]).select(0, idx.clone()); // [N, w]
+        // Weight of each foreground anchor: the sum of its target scores.
+        let weight = rows(target_scores.sum_dim(2), 1).reshape([1, n, 1]); // [1, N, 1]
+        let strides_fg = stride_tensor.select(0, anchor_idx.clone()).reshape([1, n, 1]); // [1, N, 1]
+        let target_bboxes = rows(asg.target_bboxes.clone(), 4).reshape([1, n, 4]) / strides_fg; // grid units
+        let pred_bboxes = rows(pred_bboxes, 4).reshape([1, n, 4]);
+        let iou = bbox_ciou(pred_bboxes, target_bboxes.clone()); // [1, N, 1]
+        let loss_box = ((iou.neg() + 1.0) * weight.clone()).sum() / target_scores_sum.clone();
+        let anchors_fg = anchor_points.select(0, anchor_idx); // [N, 2]
+        let target_ltrb = bbox2dist(anchors_fg, target_bboxes, reg_max as f32 - 1.0 - 0.01); // [1, N, 4]
+        let pred_dist = rows(pred_distri.swap_dims(1, 2), 4 * reg_max).reshape([1, n, 4, reg_max]); // [1, N, 4, R]
+        let loss_dfl = (df_loss(pred_dist, target_ltrb) * weight).sum() / target_scores_sum;
+        (loss_box, loss_dfl)
+    };
 
     let loss = Tensor::cat(
         vec![

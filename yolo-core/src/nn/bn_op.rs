@@ -27,7 +27,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::act::{multiversion, sigmoid_f32, silu_f32};
-use super::cpu_conv::{flex_primitive, flex_values, OutPtr};
+use super::cpu_conv::{flex_primitive, flex_values, par_zeroed, OutPtr};
 
 /// `(x − mean)·γ/√(var + ε) + β` per channel, where `mean` and `var` are the batch's own
 /// statistics ([`batch_stats`]): the gradient of `x` includes their dependence on `x`.
@@ -204,7 +204,7 @@ impl BatchNormOps for Flex {
         let (_, c, p) = bcp(&x);
         let (xv, g, bt, m, v) = (flex_values(&x), flex_values(&gamma), flex_values(&beta), flex_values(&mean), flex_values(&var));
         let scale = inv_std_scale(&g, &v, epsilon);
-        let mut out = vec![0f32; xv.len()];
+        let mut out = par_zeroed(xv.len());
         out.par_chunks_mut(p).zip(xv.par_chunks(p)).enumerate().for_each(|(plane, (o, x))| {
             let ch = plane % c;
             apply_plane(o, x, m[ch], scale[ch], bt[ch], silu);
@@ -231,7 +231,7 @@ impl BatchNormGrads for Flex {
         let scale = inv_std_scale(&g, &v, epsilon);
         // With SiLU, the first pass writes the BatchNorm output's gradient into `dx`, and the
         // second pass turns it into dX in place.
-        let mut dx = vec![0f32; xv.len()];
+        let mut dx = par_zeroed(xv.len());
         let dst = OutPtr(dx.as_mut_ptr());
         // Per channel: (Σ d, Σ d·x̂) in f64, over the B planes of the channel.
         let sums: Vec<(f64, f64)> = (0..c)

@@ -234,7 +234,7 @@ pub fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> Vec<f32>
         cib -= 1;
     }
     let blocks = g.c_in.div_ceil(cib);
-    let mut dx = vec![0f32; batch * g.c_in * hw_in];
+    let mut dx = par_zeroed(batch * g.c_in * hw_in);
     dx.par_chunks_mut(cib * hw_in).enumerate().for_each(|(task, dst)| {
         let (img, blk) = (task / blocks, task % blocks);
         let ci0 = blk * cib;
@@ -349,11 +349,17 @@ pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], metho
             acc
         })
         .collect();
+    // Element-wise sum of the blocks, in block order, over chunks of dW in parallel.
     let mut partials = partials.into_iter();
     let mut dw = partials.next().unwrap_or_else(|| vec![0f32; size]);
-    for p in partials {
-        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
+    let rest: Vec<Vec<f32>> = partials.collect();
+    dw.par_chunks_mut(1 << 12).enumerate().for_each(|(i, chunk)| {
+        let o = i << 12;
+        for p in &rest {
+            let n = chunk.len();
+            chunk.iter_mut().zip(&p[o..o + n]).for_each(|(a, b)| *a += b);
+        }
+    });
     dw
 }
 
@@ -371,7 +377,7 @@ fn grad_weight_shifted(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec
     // past the end of the padded plane.
     let q_len = (g.oh - 1) * wp + g.ow;
     let padded = pad_planes(g, batch, x);
-    let mut dyw = vec![0f32; batch * g.c_out * plane_y];
+    let mut dyw = par_zeroed(batch * g.c_out * plane_y);
     dyw.par_chunks_mut(plane_y).zip(dy.par_chunks(hw)).for_each(|(dst, src)| {
         for (row, src) in dst.chunks_exact_mut(wp).zip(src.chunks_exact(g.ow)) {
             row[..g.ow].copy_from_slice(src);
@@ -429,7 +435,7 @@ fn pad_planes<'a>(g: &Geometry, batch: usize, x: &'a [f32]) -> std::borrow::Cow<
     }
     let wp = g.w + 2 * g.pw;
     let plane = (g.h + 2 * g.ph) * wp;
-    let mut v = vec![0f32; batch * g.c_in * plane];
+    let mut v = par_zeroed(batch * g.c_in * plane);
     v.par_chunks_mut(plane).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, src)| {
         for (y, row) in src.chunks_exact(g.w).enumerate() {
             let o = (y + g.ph) * wp + g.pw;
@@ -437,6 +443,20 @@ fn pad_planes<'a>(g: &Geometry, batch: usize, x: &'a [f32]) -> std::borrow::Cow<
         }
     });
     std::borrow::Cow::Owned(v)
+}
+
+/// `len` zeros, written on rayon's pool (a big `vec![0.0; n]` is zeroed by one thread: calloc's
+/// memset, or page faults on first touch, while the other cores wait).
+pub(crate) fn par_zeroed(len: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut().par_chunks_mut(1 << 16).for_each(|c| {
+        c.iter_mut().for_each(|e| {
+            e.write(0.0);
+        })
+    });
+    // SAFETY: the loop above initialised all `len` elements.
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// The values of an f32 `flex` primitive, contiguous: borrowed, or copied when it is a

@@ -19,7 +19,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::act::{exp_f32, multiversion};
-use super::cpu_conv::{flex_primitive, flex_values};
+use super::cpu_conv::{flex_primitive, flex_values, par_zeroed};
 
 /// Anchors per inner block: the block's running max, sum and weighted sum stay in registers.
 const LANES: usize = 64;
@@ -107,7 +107,7 @@ impl DflGrads for Flex {
         let (b, a) = dims(&x, reg_max);
         let (xv, gv) = (flex_values(&x), flex_values(&grad));
         assert_eq!(gv.len(), b * 4 * a, "dfl_expectation_grad: gradient size");
-        let mut dx = vec![0f32; xv.len()];
+        let mut dx = par_zeroed(xv.len());
         dx.par_chunks_mut((reg_max * a).max(1))
             .zip(xv.par_chunks((reg_max * a).max(1)).zip(gv.par_chunks(a.max(1))))
             .for_each(|(d, (x, g))| dfl_side(x, a, reg_max, &mut [], Some(g), d));

@@ -10,6 +10,7 @@ pub mod cpu_conv;
 pub mod cpu_pool;
 pub mod dfl_op;
 pub mod head;
+pub mod upsample_op;
 
 pub use block::{Bottleneck, BottleneckConfig, C2f, C2fConfig, Sppf, SppfConfig};
 pub use conv::{Conv, ConvConfig};
