@@ -229,8 +229,11 @@ multiversion! {
 
 impl SigmoidOps for Flex {
     fn sigmoid_fast(x: FlexTensor) -> FlexTensor {
-        let mut out = super::cpu_conv::flex_values(&x).into_owned();
-        out.par_chunks_mut(1 << 14).for_each(sigmoid_slice);
+        let v = super::cpu_conv::flex_values(&x);
+        let (out, _) = super::cpu_conv::par_fill(v.len(), 1 << 14, |i, o| {
+            o.copy_from_slice(&v[i << 14..(i << 14) + o.len()]);
+            sigmoid_slice(o)
+        });
         flex_from_vec(out, x.shape())
     }
 

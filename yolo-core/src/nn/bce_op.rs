@@ -18,7 +18,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::act::{log1p_exp_neg_abs, multiversion, sigmoid_f32};
-use super::cpu_conv::{flex_primitive, flex_values, is_flex, par_zeroed};
+use super::cpu_conv::{flex_primitive, flex_values, is_flex, par_fill};
 
 /// Elements per parallel chunk; the chunks' sums are added in order, so the result does not
 /// depend on the thread count.
@@ -112,10 +112,10 @@ impl BceGrads for Flex {
         let g = scalar(&grad);
         let (xv, yv) = (flex_values(&x), flex_values(&y));
         let dx = need_x.then(|| {
-            let mut out = par_zeroed(xv.len());
-            out.par_chunks_mut(CHUNK)
-                .zip(xv.par_chunks(CHUNK).zip(yv.par_chunks(CHUNK)))
-                .for_each(|(o, (x, y))| bce_grad_chunk(o, x, y, g));
+            let (out, _) = par_fill(xv.len(), CHUNK, |i, o| {
+                let r = i * CHUNK..i * CHUNK + o.len();
+                bce_grad_chunk(o, &xv[r.clone()], &yv[r], g)
+            });
             flex_primitive(out, x.shape())
         });
         let dy = need_y.then(|| flex_primitive(xv.iter().map(|&x| -x * g).collect(), y.shape()));

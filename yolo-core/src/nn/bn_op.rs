@@ -27,7 +27,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::act::{multiversion, sigmoid_f32, silu_f32};
-use super::cpu_conv::{flex_primitive, flex_values, par_zeroed, OutPtr};
+use super::cpu_conv::{flex_primitive, flex_values, par_fill};
 
 /// `(x − mean)·γ/√(var + ε) + β` per channel, where `mean` and `var` are the batch's own
 /// statistics ([`batch_stats`]): the gradient of `x` includes their dependence on `x`.
@@ -204,10 +204,9 @@ impl BatchNormOps for Flex {
         let (_, c, p) = bcp(&x);
         let (xv, g, bt, m, v) = (flex_values(&x), flex_values(&gamma), flex_values(&beta), flex_values(&mean), flex_values(&var));
         let scale = inv_std_scale(&g, &v, epsilon);
-        let mut out = par_zeroed(xv.len());
-        out.par_chunks_mut(p).zip(xv.par_chunks(p)).enumerate().for_each(|(plane, (o, x))| {
+        let (out, _) = par_fill(xv.len(), p, |plane, o| {
             let ch = plane % c;
-            apply_plane(o, x, m[ch], scale[ch], bt[ch], silu);
+            apply_plane(o, &xv[plane * p..(plane + 1) * p], m[ch], scale[ch], bt[ch], silu);
         });
         flex_primitive(out, x.shape())
     }
@@ -229,43 +228,44 @@ impl BatchNormGrads for Flex {
             (flex_values(&x), flex_values(&gamma), flex_values(&beta), flex_values(&mean), flex_values(&var), flex_values(&dy));
         let n = (b * p) as f64;
         let scale = inv_std_scale(&g, &v, epsilon);
-        // With SiLU, the first pass writes the BatchNorm output's gradient into `dx`, and the
-        // second pass turns it into dX in place.
-        let mut dx = par_zeroed(xv.len());
-        let dst = OutPtr(dx.as_mut_ptr());
-        // Per channel: (Σ d, Σ d·x̂) in f64, over the B planes of the channel.
+        // Per plane, in parallel: (Σ d, Σ d·(x − mean)), with d = dY or, with SiLU, the
+        // BatchNorm output's gradient dY·silu'(z), written into `dx` (turned into dX in place
+        // by the second pass). Planes are summed per channel in image order.
+        let plane_sums = |plane: usize, d: &mut [f32]| {
+            let ch = plane % c;
+            let (x, dy) = (&xv[plane * p..(plane + 1) * p], &dyv[plane * p..(plane + 1) * p]);
+            if silu {
+                plane_silu_grad_sums(x, dy, d, m[ch], scale[ch], bt[ch] - m[ch] * scale[ch])
+            } else {
+                plane_grad_sums(x, dy, m[ch])
+            }
+        };
+        let (mut dx, per_plane) = if silu {
+            par_fill(xv.len(), p, plane_sums)
+        } else {
+            (Vec::new(), (0..b * c).into_par_iter().map(|plane| plane_sums(plane, &mut [])).collect())
+        };
         let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
             .map(|ch| {
-                let dst = dst;
                 let inv = 1.0 / (v[ch] as f64 + epsilon).sqrt();
-                let affine = silu.then(|| (scale[ch], bt[ch] - m[ch] * scale[ch]));
-                let (mut s, mut sx) = (0f64, 0f64);
-                for img in 0..b {
-                    let o = (img * c + ch) * p;
-                    // SAFETY: plane (img, ch) of dx, which only this task (channel ch) touches.
-                    let d = unsafe { std::slice::from_raw_parts_mut(dst.0.add(o), p) };
-                    let (x, dy) = (&xv[o..o + p], &dyv[o..o + p]);
-                    let (a, ax) = match affine {
-                        Some((scale, shift)) => plane_silu_grad_sums(x, dy, d, m[ch], scale, shift),
-                        None => plane_grad_sums(x, dy, m[ch]),
-                    };
-                    s += a;
-                    sx += ax * inv;
-                }
-                (s, sx)
+                let (s, sx) = (0..b).map(|img| per_plane[img * c + ch]).fold((0f64, 0f64), |a, t| (a.0 + t.0, a.1 + t.1));
+                (s, sx * inv)
             })
             .collect();
-        dx.par_chunks_mut(p).zip(xv.par_chunks(p).zip(dyv.par_chunks(p))).enumerate().for_each(
-            |(plane, (o, (x, dy)))| {
-                let ch = plane % c;
-                let inv = (1.0 / (v[ch] as f64 + epsilon).sqrt()) as f32;
-                let k = g[ch] * inv;
-                let (mean_d, mean_dx) = ((sums[ch].0 / n) as f32, (sums[ch].1 / n) as f32);
-                let mu = m[ch];
-                dx_plane(o, x, (!silu).then_some(dy), [k, mu, inv, mean_d, mean_dx]);
-            },
-        );
+        let coef = |plane: usize| {
+            let ch = plane % c;
+            let inv = (1.0 / (v[ch] as f64 + epsilon).sqrt()) as f32;
+            [g[ch] * inv, m[ch], inv, (sums[ch].0 / n) as f32, (sums[ch].1 / n) as f32]
+        };
+        if silu {
+            dx.par_chunks_mut(p).enumerate().for_each(|(plane, o)| dx_plane(o, &xv[plane * p..(plane + 1) * p], None, coef(plane)));
+        } else {
+            dx = par_fill(xv.len(), p, |plane, o| {
+                let r = plane * p..(plane + 1) * p;
+                dx_plane(o, &xv[r.clone()], Some(&dyv[r]), coef(plane))
+            })
+            .0;
+        }
         let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
         let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
         [flex_primitive(dx, x.shape()), flex_primitive(dgamma, Shape::new([c])), flex_primitive(dbeta, Shape::new([c]))]

@@ -445,18 +445,34 @@ fn pad_planes<'a>(g: &Geometry, batch: usize, x: &'a [f32]) -> std::borrow::Cow<
     std::borrow::Cow::Owned(v)
 }
 
-/// `len` zeros, written on rayon's pool (a big `vec![0.0; n]` is zeroed by one thread: calloc's
-/// memset, or page faults on first touch, while the other cores wait).
-pub(crate) fn par_zeroed(len: usize) -> Vec<f32> {
+/// A new buffer of `len` values filled on rayon's pool: `f(i, chunk)` writes chunk `i` (of
+/// `chunk` values; the last may be shorter), which it finds zeroed; returns the buffer and each
+/// chunk's result, in chunk order. Each chunk is zeroed just before `f` writes it, while it
+/// is in cache: a big `vec![0.0; n]` is zeroed up front by one thread (calloc's memset, or
+/// page faults on first touch) while the other cores wait, and then written again.
+pub(crate) fn par_fill<R: Send>(len: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) -> R + Sync + Send) -> (Vec<f32>, Vec<R>) {
     let mut v: Vec<f32> = Vec::with_capacity(len);
-    v.spare_capacity_mut().par_chunks_mut(1 << 16).for_each(|c| {
-        c.iter_mut().for_each(|e| {
-            e.write(0.0);
+    let results = v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .map(|(i, c)| {
+            c.iter_mut().for_each(|e| {
+                e.write(0.0);
+            });
+            // SAFETY: every element of `c` was initialised just above, and `MaybeUninit<f32>`
+            // has the layout of `f32`.
+            let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            f(i, c)
         })
-    });
-    // SAFETY: the loop above initialised all `len` elements.
+        .collect();
+    // SAFETY: the chunks above cover and initialise all `len` elements.
     unsafe { v.set_len(len) };
-    v
+    (v, results)
+}
+
+/// `len` zeros, written on rayon's pool ([`par_fill`]).
+pub(crate) fn par_zeroed(len: usize) -> Vec<f32> {
+    par_fill(len, 1 << 16, |_, _| ()).0
 }
 
 /// The values of an f32 `flex` primitive, contiguous: borrowed, or copied when it is a

@@ -16,10 +16,9 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Flex, TensorMetadata};
 use burn::tensor::Shape;
 use burn_flex::FlexTensor;
-use rayon::prelude::*;
 
 use super::act::{exp_f32, multiversion};
-use super::cpu_conv::{flex_primitive, flex_values, par_zeroed};
+use super::cpu_conv::{flex_primitive, flex_values, par_fill};
 
 /// Anchors per inner block: the block's running max, sum and weighted sum stay in registers.
 const LANES: usize = 64;
@@ -94,10 +93,9 @@ impl DflOps for Flex {
     fn dfl_expectation(x: FlexTensor, reg_max: usize) -> FlexTensor {
         let (b, a) = dims(&x, reg_max);
         let xv = flex_values(&x);
-        let mut out = vec![0f32; b * 4 * a];
-        out.par_chunks_mut(a.max(1))
-            .zip(xv.par_chunks((reg_max * a).max(1)))
-            .for_each(|(o, x)| dfl_side(x, a, reg_max, o, None, &mut []));
+        let (out, _) = par_fill(b * 4 * a, a, |side, o| {
+            dfl_side(&xv[side * reg_max * a..(side + 1) * reg_max * a], a, reg_max, o, None, &mut [])
+        });
         flex_primitive(out, Shape::new([b, 4, a]))
     }
 }
@@ -107,10 +105,10 @@ impl DflGrads for Flex {
         let (b, a) = dims(&x, reg_max);
         let (xv, gv) = (flex_values(&x), flex_values(&grad));
         assert_eq!(gv.len(), b * 4 * a, "dfl_expectation_grad: gradient size");
-        let mut dx = par_zeroed(xv.len());
-        dx.par_chunks_mut((reg_max * a).max(1))
-            .zip(xv.par_chunks((reg_max * a).max(1)).zip(gv.par_chunks(a.max(1))))
-            .for_each(|(d, (x, g))| dfl_side(x, a, reg_max, &mut [], Some(g), d));
+        let (dx, _) = par_fill(xv.len(), reg_max * a, |side, d| {
+            let x = &xv[side * reg_max * a..(side + 1) * reg_max * a];
+            dfl_side(x, a, reg_max, &mut [], Some(&gv[side * a..(side + 1) * a]), d)
+        });
         flex_primitive(dx, x.shape())
     }
 }

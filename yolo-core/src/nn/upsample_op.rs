@@ -15,9 +15,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
-use rayon::prelude::*;
 
-use super::cpu_conv::{flex_primitive, flex_values, is_flex, par_zeroed};
+use super::cpu_conv::{flex_primitive, flex_values, is_flex, par_fill};
 
 /// `[B, C, 2H, 2W]` from `[B, C, H, W]`, each pixel repeated over a 2x2 block, on the CPU
 /// backend (with or without autodiff); `Err(x)` elsewhere or for another dtype.
@@ -51,8 +50,8 @@ impl UpsampleOps for Flex {
     fn upsample2x(x: FlexTensor) -> FlexTensor {
         let [b, c, h, w] = dims4(&x);
         let src = flex_values(&x);
-        let mut out = par_zeroed(b * c * 4 * h * w);
-        out.par_chunks_mut((4 * h * w).max(1)).zip(src.par_chunks((h * w).max(1))).for_each(|(dst, plane)| {
+        let (out, _) = par_fill(b * c * 4 * h * w, 4 * h * w, |i, dst| {
+            let plane = &src[i * h * w..(i + 1) * h * w];
             for (rows, row) in dst.chunks_exact_mut(4 * w).zip(plane.chunks_exact(w)) {
                 let (top, bottom) = rows.split_at_mut(2 * w);
                 for (pair, v) in top.chunks_exact_mut(2).zip(row) {
@@ -69,8 +68,8 @@ impl UpsampleOps for Flex {
         let [b, c, h2, w2] = dims4(&grad);
         let (h, w) = (h2 / 2, w2 / 2);
         let g = flex_values(&grad);
-        let mut out = par_zeroed(b * c * h * w);
-        out.par_chunks_mut((h * w).max(1)).zip(g.par_chunks((h2 * w2).max(1))).for_each(|(dst, plane)| {
+        let (out, _) = par_fill(b * c * h * w, h * w, |i, dst| {
+            let plane = &g[i * h2 * w2..(i + 1) * h2 * w2];
             for (row, rows) in dst.chunks_exact_mut(w).zip(plane.chunks_exact(2 * w2)) {
                 let (top, bottom) = rows.split_at(w2);
                 for (j, o) in row.iter_mut().enumerate() {
