@@ -12,7 +12,7 @@
 //! become foreground with a zero target score, so the loss value is unaffected either way.
 //! `max` along the GT axis takes the first maximum, as PyTorch documents.
 
-use yolo_core::burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
+use yolo_core::burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::iou::bbox_ciou;
 
@@ -179,16 +179,25 @@ impl TaskAlignedAssigner {
             1,
             target_gt_idx.clone().reshape([b, a, 1]).expand([b, a, 4]),
         ); // [B, A, 4]
-        let one_hot: Tensor<3> = target_labels.clone().one_hot::<3>(nc).float(); // [B, A, nc]
-        let target_scores = one_hot * fg_mask.clone().float().reshape([b, a, 1]); // [B, A, nc]
-
         // Normalise by the best alignment and IoU of each GT.
         let align_metric = align_metric * mask_pos.clone(); // [B, M, A]
         let pos_align = align_metric.clone().max_dim(2); // [B, M, 1]
         let overlaps = overlaps * mask_pos; // [B, M, A]
         let pos_overlaps = overlaps.max_dim(2); // [B, M, 1]
         let norm = (align_metric * pos_overlaps / (pos_align + self.eps)).max_dim(1); // [B, 1, A]
-        let target_scores = target_scores * norm.reshape([b, a, 1]); // [B, A, nc]
+
+        // one_hot(labels) · fg · norm, built from the [B, A] values: one nonzero per
+        // foreground anchor, where the dense product takes four passes over [B, A, nc].
+        let labels: Vec<i64> = target_labels.clone().into_data().iter::<i64>().collect();
+        let fg: Vec<bool> = fg_mask.clone().into_data().iter::<bool>().collect();
+        let norm: Vec<f32> = norm.into_data().iter::<f32>().collect();
+        let mut scores = vec![0f32; b * a * nc];
+        for (i, ((&label, &on), &v)) in labels.iter().zip(&fg).zip(&norm).enumerate() {
+            if on && (label as usize) < nc {
+                scores[i * nc + label as usize] = v;
+            }
+        }
+        let target_scores = Tensor::<3>::from_data(TensorData::new(scores, [b, a, nc]), &device); // [B, A, nc]
 
         Assignment {
             target_labels,
