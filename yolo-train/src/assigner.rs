@@ -191,13 +191,16 @@ impl TaskAlignedAssigner {
         let labels: Vec<i64> = target_labels.clone().into_data().iter::<i64>().collect();
         let fg: Vec<bool> = fg_mask.clone().into_data().iter::<bool>().collect();
         let norm: Vec<f32> = norm.into_data().iter::<f32>().collect();
-        let mut scores = vec![0f32; b * a * nc];
+        // Stored [B, nc, A] (the head's layout, which the class loss reads) and returned as
+        // a [B, A, nc] view.
+        let mut scores = vec![0f32; b * nc * a];
         for (i, ((&label, &on), &v)) in labels.iter().zip(&fg).zip(&norm).enumerate() {
             if on && (label as usize) < nc {
-                scores[i * nc + label as usize] = v;
+                let (img, anchor) = (i / a, i % a);
+                scores[(img * nc + label as usize) * a + anchor] = v;
             }
         }
-        let target_scores = Tensor::<3>::from_data(TensorData::new(scores, [b, a, nc]), &device); // [B, A, nc]
+        let target_scores = Tensor::<3>::from_data(TensorData::new(scores, [b, nc, a]), &device).swap_dims(1, 2); // [B, A, nc]
 
         Assignment {
             target_labels,

@@ -208,7 +208,9 @@ pub fn v8_detection_loss(
     let nc = meta.nc;
     let reg_max = meta.reg_max;
     let device = pred_distri.device();
-    let pred_scores = pred_scores.swap_dims(1, 2); // [B, A, nc]
+    // The class logits stay in the head's [B, nc, A] layout: the assigner gets a [B, A, nc]
+    // view of their sigmoid, and the class loss pairs them with a [B, nc, A] view of the
+    // target scores (which the assigner lays out that way), so neither is copied.
 
     let grids = out.grid_sizes();
     let (points, strides) = make_anchors(&grids, &meta.strides);
@@ -222,14 +224,14 @@ pub fn v8_detection_loss(
 
     let assigner = TaskAlignedAssigner::new(nc, &meta.strides).with_topk(cfg.tal_topk);
     let asg = assigner.assign(
-        sigmoid(pred_scores.clone().detach()),
+        sigmoid(pred_scores.clone().detach()).swap_dims(1, 2),
         pred_bboxes.clone().detach() * stride_tensor.clone().reshape([1, a, 1]),
         anchor_points.clone() * stride_tensor.clone(),
         gt.labels,
         gt.bboxes,
         gt.mask,
     );
-    let target_scores = asg.target_scores.clone(); // [B, A, nc]
+    let target_scores = asg.target_scores.clone().swap_dims(1, 2); // [B, nc, A]
     let target_scores_sum = target_scores.clone().sum().clamp_min(1.0); // [1]
 
     // Class loss: BCE with logits, `(1 - y) x - log_sigmoid(x)` as PyTorch computes it.
@@ -255,7 +257,7 @@ pub fn v8_detection_loss(
         let anchor_idx = Tensor::<1, Int>::from_data(TensorData::new(anchor_idx, [n]), &device); // [N] over A
         let rows = |t: Tensor<3>, w: usize| t.reshape([b * a, w]).select(0, idx.clone()); // [N, w]
         // Weight of each foreground anchor: the sum of its target scores.
-        let weight = rows(target_scores.sum_dim(2), 1).reshape([1, n, 1]); // [1, N, 1]
+        let weight = rows(target_scores.sum_dim(1), 1).reshape([1, n, 1]); // [1, N, 1]
         let strides_fg = stride_tensor.select(0, anchor_idx.clone()).reshape([1, n, 1]); // [1, N, 1]
         let target_bboxes = rows(asg.target_bboxes.clone(), 4).reshape([1, n, 4]) / strides_fg; // grid units
         let pred_bboxes = rows(pred_bboxes, 4).reshape([1, n, 4]);

@@ -48,6 +48,11 @@ pub trait ConvGrads: Backend {
         padding: [usize; 2],
         need: [bool; 2],
     ) -> [Option<FloatTensor<Self>>; 2];
+
+    /// The input as the op keeps it for the backward pass: made contiguous once here (a
+    /// channel slice such as C2f's half would otherwise be copied by the forward and again
+    /// by the backward).
+    fn conv2d_plain_input(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 
@@ -88,6 +93,10 @@ impl ConvGrads for Flex {
         let dw = need_w.then(|| from_vec(cpu_conv::grad_weight(&g, b, &flex_values(&x), &dyv), dims4(&weight)));
         [dx, dw]
     }
+
+    fn conv2d_plain_input(x: FlexTensor) -> FlexTensor {
+        cpu_conv::flex_contiguous(x)
+    }
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {
@@ -122,6 +131,7 @@ impl<B: Backend + ConvOps + ConvGrads, C: CheckpointStrategy> ConvOps for Autodi
         let (w, node_w) = weight.into_parts();
         match ConvBackward.prepare::<C>([node_x, node_w]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
+                let x = B::conv2d_plain_input(x);
                 let out = B::conv2d_plain(x.clone(), w.clone(), stride, padding);
                 prep.finish((x, w, stride, padding), out)
             }

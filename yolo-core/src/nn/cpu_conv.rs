@@ -481,8 +481,33 @@ pub(crate) fn flex_values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     assert_eq!(t.dtype(), DType::F32, "CPU kernels take f32 tensors");
     match t.as_slice::<f32>() {
         Some(v) => std::borrow::Cow::Borrowed(v),
-        None => std::borrow::Cow::Owned(t.clone().to_contiguous().as_slice::<f32>().expect("contiguous").to_vec()),
+        None => std::borrow::Cow::Owned(contiguous_values(t)),
     }
+}
+
+/// The values of a strided f32 view in row-major order. Views whose inner dimensions are
+/// contiguous in blocks of at least 256 values (channel slices of NCHW tensors: C2f's halves,
+/// the slices of a concat's gradient) are copied block by block on all cores; others go
+/// through Burn's `to_contiguous` (one thread).
+fn contiguous_values(t: &FlexTensor) -> Vec<f32> {
+    let layout = t.layout();
+    let blocks = layout.strided_blocks();
+    let len = blocks.block_len();
+    if len >= 256 && layout.has_positive_strides() {
+        let starts: Vec<usize> = blocks.block_starts().collect();
+        let src = t.storage::<f32>();
+        return par_fill(layout.num_elements(), len, |i, o| o.copy_from_slice(&src[starts[i]..starts[i] + len])).0;
+    }
+    t.clone().to_contiguous().as_slice::<f32>().expect("contiguous").to_vec()
+}
+
+/// `t` itself when it is contiguous, else a contiguous copy ([`flex_values`]).
+pub(crate) fn flex_contiguous(t: FlexTensor) -> FlexTensor {
+    if t.dtype() != DType::F32 || t.as_slice::<f32>().is_some() {
+        return t;
+    }
+    let shape = t.layout().shape().clone();
+    flex_primitive(contiguous_values(&t), shape)
 }
 
 /// A contiguous f32 `flex` primitive that takes ownership of `data` (no copy).
@@ -921,6 +946,22 @@ mod tests {
             for (i, (a, e)) in shifted.iter().zip(&im2col).enumerate() {
                 assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{b}x{c_in}->{c_out} {h}x{w} k{k} p{p}: [{i}] {a} vs {e}");
             }
+        }
+    }
+
+    /// Strided views come out in row-major order: a channel slice of an NCHW tensor (copied
+    /// block by block) and a transpose (Burn's copy).
+    #[test]
+    fn strided_views_are_made_contiguous() {
+        let device = crate::backend::cpu_device();
+        let t = Tensor::<4>::random([3, 6, 16, 20], Distribution::Normal(0.0, 1.0), &device);
+        for view in [t.clone().narrow(1, 2, 3), t.clone().swap_dims(2, 3)] {
+            let want: Vec<f32> = view.clone().into_data().try_to_vec().unwrap();
+            let prim = view.try_into_primitive::<Flex>().unwrap();
+            assert!(prim.as_slice::<f32>().is_none(), "the view should be strided");
+            assert_eq!(flex_values(&prim).into_owned(), want);
+            let c = flex_contiguous(prim);
+            assert_eq!(c.as_slice::<f32>().unwrap(), &want[..]);
         }
     }
 
