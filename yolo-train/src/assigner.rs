@@ -15,6 +15,7 @@
 use yolo_core::burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::iou::bbox_ciou;
+use yolo_core::nn::cpu_conv::is_flex;
 
 /// Hyper-parameters of the assigner; `Default` is what `v8DetectionLoss` builds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -186,21 +187,27 @@ impl TaskAlignedAssigner {
         let pos_overlaps = overlaps.max_dim(2); // [B, M, 1]
         let norm = (align_metric * pos_overlaps / (pos_align + self.eps)).max_dim(1); // [B, 1, A]
 
-        // one_hot(labels) · fg · norm, built from the [B, A] values: one nonzero per
-        // foreground anchor, where the dense product takes four passes over [B, A, nc].
-        let labels: Vec<i64> = target_labels.clone().into_data().iter::<i64>().collect();
-        let fg: Vec<bool> = fg_mask.clone().into_data().iter::<bool>().collect();
-        let norm: Vec<f32> = norm.into_data().iter::<f32>().collect();
-        // Stored [B, nc, A] (the head's layout, which the class loss reads) and returned as
-        // a [B, A, nc] view.
-        let mut scores = vec![0f32; b * nc * a];
-        for (i, ((&label, &on), &v)) in labels.iter().zip(&fg).zip(&norm).enumerate() {
-            if on && (label as usize) < nc {
-                let (img, anchor) = (i / a, i % a);
-                scores[(img * nc + label as usize) * a + anchor] = v;
+        let target_scores = if is_flex(&device) {
+            // one_hot(labels) · fg · norm, built from the [B, A] values: one nonzero per
+            // foreground anchor, where the dense product takes four passes over [B, A, nc].
+            // Stored [B, nc, A] (the head's layout, which the class loss reads) and returned
+            // as a [B, A, nc] view.
+            let labels: Vec<i64> = target_labels.clone().into_data().iter::<i64>().collect();
+            let fg: Vec<bool> = fg_mask.clone().into_data().iter::<bool>().collect();
+            let norm: Vec<f32> = norm.into_data().iter::<f32>().collect();
+            let mut scores = vec![0f32; b * nc * a];
+            for (i, ((&label, &on), &v)) in labels.iter().zip(&fg).zip(&norm).enumerate() {
+                if on && (label as usize) < nc {
+                    let (img, anchor) = (i / a, i % a);
+                    scores[(img * nc + label as usize) * a + anchor] = v;
+                }
             }
-        }
-        let target_scores = Tensor::<3>::from_data(TensorData::new(scores, [b, nc, a]), &device).swap_dims(1, 2); // [B, A, nc]
+            Tensor::<3>::from_data(TensorData::new(scores, [b, nc, a]), &device).swap_dims(1, 2)
+        } else {
+            // On a GPU, the same product on the device (no read-back).
+            let one_hot: Tensor<3> = target_labels.clone().one_hot::<3>(nc).float(); // [B, A, nc]
+            one_hot * fg_mask.clone().float().reshape([b, a, 1]) * norm.reshape([b, a, 1])
+        }; // [B, A, nc]
 
         Assignment {
             target_labels,

@@ -1,11 +1,13 @@
-//! SiLU (`x * sigmoid(x)`), with a fast path for CPU inference.
+//! SiLU (`x * sigmoid(x)`) and sigmoid, with fast paths on the CPU backend, and the
+//! vectorisable math they share with the other CPU ops (`exp`, `ln`, `log1p`, and
+//! [`multiversion!`] to compile a loop for AVX-512 / AVX2 picked at run time).
 //!
 //! Burn's `silu` is two ops (a sigmoid with scalar `expf`, then a multiply): on the CPU
-//! backend it was a quarter of yolov8n's inference time. For plain (non-autodiff) tensors on
-//! `flex`, [`silu`] instead maps the values once, on all cores, with an exp that vectorises
-//! (Cephes' `expf` polynomial, about 2 ulp; the result stays within float rounding of the
-//! exact SiLU). Autodiff tensors and GPU devices use Burn's op, so training and the GPU
-//! backends are unchanged.
+//! backend it was a quarter of yolov8n's inference time. On `flex`, with or without
+//! autodiff, [`silu`] and [`sigmoid`] are backend operations ([`SiluOps`], [`SigmoidOps`])
+//! that map the values once, on all cores, with an exp that vectorises (Cephes' `expf`
+//! polynomial, about 2 ulp; the result stays within float rounding of the exact function),
+//! and have their own one-pass backward. GPU devices use Burn's ops.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

@@ -66,7 +66,7 @@ pub trait BatchNormGrads: Backend {
 const SUM_BLOCK: usize = 1024;
 
 multiversion! {
-    /// `(Σ x, Σ (x − mean)²)` over one plane, the second only with `mean` given.
+    /// `Σ x` over one plane, or `Σ (x − mean)²` with `mean` given.
     fn plane_sums(x: &[f32], mean: Option<f32>) -> f64 {
         let mut total = 0f64;
         for block in x.chunks(SUM_BLOCK) {
@@ -124,11 +124,11 @@ multiversion! {
 
 multiversion! {
     /// One plane of the backward's first pass through SiLU: `d = dy·silu'(z)` with
-    /// `z = x·scale + shift` (the BatchNorm output), written to `d`; returns
-    /// `(Σ d, Σ d·(x − mean))`.
-    fn plane_silu_grad_sums(x: &[f32], dy: &[f32], d: &mut [f32], mean: f32, scale: f32, shift: f32) -> (f64, f64) {
+    /// `z = (x − mean)·scale + beta` (the BatchNorm output, computed as the forward does),
+    /// written to `d`; returns `(Σ d, Σ d·(x − mean))`.
+    fn plane_silu_grad_sums(x: &[f32], dy: &[f32], d: &mut [f32], mean: f32, scale: f32, beta: f32) -> (f64, f64) {
         let grad = |dy: f32, x: f32| {
-            let z = x * scale + shift;
+            let z = (x - mean) * scale + beta;
             let sg = sigmoid_f32(z);
             dy * sg * (1.0 + z * (1.0 - sg))
         };
@@ -224,6 +224,10 @@ impl BatchNormGrads for Flex {
         dy: FlexTensor,
     ) -> [FlexTensor; 3] {
         let (b, c, p) = bcp(&x);
+        if b * c * p == 0 {
+            let zeros = |n: usize, shape: Shape| flex_primitive(vec![0f32; n], shape);
+            return [zeros(0, x.shape()), zeros(c, Shape::new([c])), zeros(c, Shape::new([c]))];
+        }
         let (xv, g, bt, m, v, dyv) =
             (flex_values(&x), flex_values(&gamma), flex_values(&beta), flex_values(&mean), flex_values(&var), flex_values(&dy));
         let n = (b * p) as f64;
@@ -235,7 +239,7 @@ impl BatchNormGrads for Flex {
             let ch = plane % c;
             let (x, dy) = (&xv[plane * p..(plane + 1) * p], &dyv[plane * p..(plane + 1) * p]);
             if silu {
-                plane_silu_grad_sums(x, dy, d, m[ch], scale[ch], bt[ch] - m[ch] * scale[ch])
+                plane_silu_grad_sums(x, dy, d, m[ch], scale[ch], bt[ch])
             } else {
                 plane_grad_sums(x, dy, m[ch])
             }

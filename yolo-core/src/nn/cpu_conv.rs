@@ -66,6 +66,13 @@ impl Geometry {
         [sh, sw]: [usize; 2],
         [ph, pw]: [usize; 2],
     ) -> Self {
+        assert!(sh > 0 && sw > 0, "conv stride must be positive, got [{sh}, {sw}]");
+        assert!(
+            kh > 0 && kw > 0 && kh <= h + 2 * ph && kw <= w + 2 * pw,
+            "conv kernel [{kh}, {kw}] does not fit the padded input [{}, {}]",
+            h + 2 * ph,
+            w + 2 * pw
+        );
         Self {
             c_in,
             c_out,
@@ -79,6 +86,23 @@ impl Geometry {
             pw,
             oh: (h + 2 * ph - kh) / sh + 1,
             ow: (w + 2 * pw - kw) / sw + 1,
+        }
+    }
+
+    /// Panics unless the buffers hold `[batch, C_in, H, W]` inputs, `[C_out, C_in, kh, kw]`
+    /// weights, `[batch, C_out, oh, ow]` output gradients and `[C_out]` biases: the kernels
+    /// hand raw pointers to the GEMM.
+    fn check(&self, batch: usize, x: Option<&[f32]>, w: Option<&[f32]>, dy: Option<&[f32]>, bias: Option<&[f32]>) {
+        let sizes = [
+            ("input", x, batch * self.c_in * self.h * self.w),
+            ("weight", w, self.c_out * self.k()),
+            ("output gradient", dy, batch * self.c_out * self.oh * self.ow),
+            ("bias", bias, self.c_out),
+        ];
+        for (what, buf, want) in sizes {
+            if let Some(buf) = buf {
+                assert_eq!(buf.len(), want, "conv {what}: {} values for {self:?}, batch {batch}", buf.len());
+            }
         }
     }
 
@@ -108,7 +132,7 @@ pub fn supported_device(device: &Device) -> bool {
 
 /// Whether `device` is the `flex` CPU backend, with or without autodiff (`Device` equality
 /// does not look at autodiff).
-pub(crate) fn is_flex(device: &Device) -> bool {
+pub fn is_flex(device: &Device) -> bool {
     *device == Device::flex()
 }
 
@@ -190,6 +214,7 @@ pub fn forward(
     act: Activation,
     method: Method,
 ) -> Vec<f32> {
+    g.check(batch, Some(x), Some(w), None, bias);
     let shifted = match method {
         Method::Auto => g.uses_shifted(),
         Method::Im2col => false,
@@ -211,6 +236,7 @@ pub fn forward(
 /// # Shapes
 /// - `dy`: `[B, C_out, oh, ow]`, `w`: `[C_out, C_in, kh, kw]`; output `[B, C_in, H, W]`
 pub fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    g.check(batch, None, Some(w), Some(dy), None);
     let (kh, kw, khw) = (g.kh, g.kw, g.kh * g.kw);
     if g.sh == 1 && g.sw == 1 && g.ph < kh && g.pw < kw && g.oh + kh - 1 == g.h + 2 * g.ph {
         let gt = Geometry::new([g.c_out, g.c_in], [g.oh, g.ow], [kh, kw], [1, 1], [kh - 1 - g.ph, kw - 1 - g.pw]);
@@ -299,6 +325,7 @@ pub fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32
 /// cores), the per-tap GEMMs were slower on every layer at 20x20 and above (9 long tasks per
 /// layer balance badly over the threads) and only level with im2col at 10x10.
 pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], method: Method) -> Vec<f32> {
+    g.check(batch, Some(x), None, Some(dy), None);
     if method == Method::Shifted && g.sh == 1 && g.sw == 1 && !g.is_pointwise() {
         return grad_weight_shifted(g, batch, x, dy);
     }
