@@ -50,6 +50,8 @@ def main():
                          "speed drifts; interleaving exposes all three to the same drift)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--scale", default="n")
+    ap.add_argument("--work", help="folder for the weights and ONNX files (kept; default: a new "
+                                    "temporary folder)")
     a = ap.parse_args()
 
     from ultralytics import YOLO
@@ -57,7 +59,8 @@ def main():
     import onnxruntime as ort
 
     torch.set_num_threads(a.threads)
-    work = tempfile.mkdtemp(prefix="yolo-compare-")
+    work = os.path.abspath(a.work) if a.work else tempfile.mkdtemp(prefix="yolo-compare-")
+    os.makedirs(work, exist_ok=True)
     os.chdir(work)  # Ultralytics writes its ONNX export into the current folder
     torch.manual_seed(0)
     yolo = YOLO(f"yolov8{a.scale}.yaml")

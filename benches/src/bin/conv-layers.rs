@@ -31,12 +31,51 @@ struct Args {
     /// the conv op's backward runs them.
     #[arg(long)]
     backward: bool,
+    /// Time the GEMM micro-kernel alone on panels that stay in L1 (this machine's peak for
+    /// the conv kernels), single-threaded.
+    #[arg(long)]
+    kernel: bool,
+    /// Only the layers whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// Time only our conv (for profiling it with perf); the other columns read 0.
+    #[arg(long)]
+    ours_only: bool,
+    /// Report the minimum over the runs instead of the median (steadier on a shared VM, where
+    /// other tenants only ever add time).
+    #[arg(long)]
+    min: bool,
+}
+
+/// GFLOP/s of the micro-kernel on L1-resident panels (`kc` = 256), one thread.
+fn kernel_peak() {
+    let Some(kern) = yolo_core::nn::gemm_kernel::kernel() else {
+        println!("no micro-kernel for this CPU (the gemm crate runs the convs)");
+        return;
+    };
+    let kc = 256;
+    let a = vec![0.5f32; kc * kern.mr];
+    let b = vec![0.25f32; kc * kern.nr];
+    let mut c = vec![0f32; kern.mr * kern.nr];
+    let reps = 20_000;
+    let t = time_ms(1, 5, || {
+        for _ in 0..reps {
+            // SAFETY: a, b and c hold kc·mr, kc·nr and mr·nr values.
+            unsafe { kern.run(kc, a.as_ptr(), kern.mr, b.as_ptr(), kern.nr, c.as_mut_ptr(), kern.nr, true) };
+        }
+        std::hint::black_box(&c);
+    })
+    .0;
+    let flop = 2.0 * (kc * kern.mr * kern.nr * reps) as f64;
+    println!("{kern:?}: {:.1} GFLOP/s on one thread (kc {kc}, L1-resident panels)", flop / t / 1e6);
 }
 
 /// Median over `iters` runs of `f` (after 2 warm-up runs), wall or CPU time.
 fn measure(cpu: bool, iters: usize, mut f: impl FnMut()) -> f64 {
+    let min = MIN.load(std::sync::atomic::Ordering::Relaxed);
     if !cpu {
-        return time_ms(2, iters, f).0;
+        let (median, low) = time_ms(2, iters, f);
+        return if min { low } else { median };
     }
     f();
     f();
@@ -48,8 +87,15 @@ fn measure(cpu: bool, iters: usize, mut f: impl FnMut()) -> f64 {
         })
         .collect();
     t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+    if min {
+        t[0]
+    } else {
+        t[t.len() / 2]
+    }
 }
+
+/// `--min`: report the minimum instead of the median.
+static MIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// (name, c_in, c_out, kernel, stride, input side as a divisor of imgsz, how many in the model)
 type Layer = (&'static str, usize, usize, usize, usize, usize, usize);
@@ -104,13 +150,13 @@ const LAYERS: &[Layer] = &[
 
 /// Per-layer times of the training conv kernels (`cpu_conv::{forward, grad_input, grad_weight}`).
 fn backward(a: &Args) {
-    println!("yolov8n training convolutions at {0}x{0}, batch {1}, median of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters);
+    println!("yolov8n training convolutions at {0}x{0}, batch {1}, {3} of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters, if a.min { "minimum" } else { "median" });
     println!("| layer | c_in→c_out | k/s | in | forward | dX | dW | dW im2col | dW shifted | dX GFLOP/s | dW GFLOP/s |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut totals = [0.0; 5];
     let mut flops = 0.0;
     let values = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i + seed) * 7919) % 1000) as f32 / 1000.0 - 0.5).collect() };
-    for &(name, c_in, c_out, k, s, div, count) in LAYERS {
+    for &(name, c_in, c_out, k, s, div, count) in LAYERS.iter().filter(|l| a.only.as_ref().is_none_or(|o| l.0.contains(o.as_str()))) {
         let side = a.imgsz / div;
         let g = cpu_conv::Geometry::new([c_in, c_out], [side, side], [k, k], [s, s], [k / 2, k / 2]);
         let [oh, ow] = g.out_hw();
@@ -165,16 +211,20 @@ fn backward(a: &Args) {
 
 fn main() {
     let a = Args::parse();
+    MIN.store(a.min, std::sync::atomic::Ordering::Relaxed);
+    if a.kernel {
+        return kernel_peak();
+    }
     if a.backward {
         return backward(&a);
     }
     let device = yolo_core::backend::cpu_device();
-    println!("yolov8n convolutions at {0}x{0}, batch {1}, median of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters);
+    println!("yolov8n convolutions at {0}x{0}, batch {1}, {3} of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters, if a.min { "minimum" } else { "median" });
     println!("| layer | c_in→c_out | k/s | in | ours | im2col | shifted | burn + silu | ours GFLOP/s |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let (mut total_ours, mut total_burn, mut total_flop) = (0.0, 0.0, 0.0);
     let mut totals = [0.0; 2];
-    for &(name, c_in, c_out, k, s, div, count) in LAYERS {
+    for &(name, c_in, c_out, k, s, div, count) in LAYERS.iter().filter(|l| a.only.as_ref().is_none_or(|o| l.0.contains(o.as_str()))) {
         let side = a.imgsz / div;
         let conv = Conv2dConfig::new([c_in, c_out], [k, k])
             .with_stride([s, s])
@@ -182,20 +232,28 @@ fn main() {
             .with_bias(true)
             .init(&device);
         let x = Tensor::<4>::random([a.batch, c_in, side, side], Distribution::Default, &device);
+        let cache = cpu_conv::PackCache::default();
         let (ours, _) = (measure(a.cpu_time, a.iters, || {
-            let y = cpu_conv::conv2d(x.clone(), &conv, Activation::Silu).unwrap_or_else(|_| panic!("refused"));
+            let y = cpu_conv::conv2d_cached(x.clone(), &conv, Activation::Silu, &cache).unwrap_or_else(|_| panic!("refused"));
             std::hint::black_box(y);
         }), ());
         let by = |m: Method| {
+            if a.ours_only {
+                return 0.0;
+            }
             measure(a.cpu_time, a.iters, || {
-                let y = cpu_conv::conv2d_with(x.clone(), &conv, Activation::Silu, m).unwrap_or_else(|_| panic!("refused"));
+                let y = cpu_conv::conv2d_with(x.clone(), &conv, Activation::Silu, m, None).unwrap_or_else(|_| panic!("refused"));
                 std::hint::black_box(y);
             })
         };
         let (i2c, taps) = (by(Method::Im2col), by(Method::Shifted));
-        let burn = measure(a.cpu_time, a.iters, || {
-            std::hint::black_box(silu(conv.forward(x.clone())));
-        });
+        let burn = if a.ours_only {
+            0.0
+        } else {
+            measure(a.cpu_time, a.iters, || {
+                std::hint::black_box(silu(conv.forward(x.clone())));
+            })
+        };
         let out = side / s;
         let flop = 2.0 * (a.batch * c_out * out * out * c_in * k * k) as f64;
         let n = count as f64;

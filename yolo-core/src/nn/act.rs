@@ -384,6 +384,23 @@ pub fn bias_slice(v: &mut [f32], bias: f32) {
     dispatch!(v, |e: f32| e + bias)
 }
 
+multiversion! {
+    /// `dst[i] = silu(src[i] + bias)` (or `src[i] + bias` without `silu`): the epilogue of a
+    /// conv whose sums are in an accumulator, written to the output in the same pass.
+    pub fn bias_act_copy(src: &[f32], dst: &mut [f32], bias: f32, silu: bool) {
+        assert_eq!(src.len(), dst.len(), "bias_act_copy: lengths differ");
+        if silu {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = silu_f32(s + bias);
+            }
+        } else {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s + bias;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

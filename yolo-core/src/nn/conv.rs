@@ -6,7 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use crate::nn::act::silu;
 use crate::nn::{bn_op, conv_op};
-use crate::nn::cpu_conv::{self, Activation};
+use crate::nn::cpu_conv::{self, Activation, PackCache};
 use burn::tensor::{Device, Tensor};
 
 /// BatchNorm epsilon Ultralytics sets in `initialize_weights`.
@@ -48,6 +48,7 @@ impl ConvConfig {
                 .with_epsilon(BN_EPS)
                 .with_momentum(BN_MOMENTUM)
                 .init(device),
+            packed: PackCache::default(),
         }
     }
 }
@@ -60,6 +61,10 @@ impl ConvConfig {
 pub struct Conv {
     pub conv: Conv2d,
     pub bn: BatchNorm,
+    /// The fused conv's weights packed for the CPU micro-kernels, kept between forwards
+    /// (not a parameter, not saved; checked against the weights on every use).
+    #[module(skip)]
+    pub packed: PackCache,
 }
 
 impl Conv {
@@ -69,7 +74,7 @@ impl Conv {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         if self.is_fused() {
             // One pass per tile on the CPU backend; Burn's conv elsewhere.
-            match cpu_conv::conv2d(x, &self.conv, Activation::Silu) {
+            match cpu_conv::conv2d_cached(x, &self.conv, Activation::Silu, &self.packed) {
                 Ok(y) => y,
                 Err(x) => silu(self.conv.forward(x)),
             }

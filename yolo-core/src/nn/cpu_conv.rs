@@ -27,6 +27,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use crate::nn::act::{bias_silu_slice, bias_slice, silu_slice};
+use crate::nn::gemm_kernel::{self, Kernel};
 
 /// What is applied to each output after the bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,22 +147,72 @@ pub fn is_flex(device: &Device) -> bool {
 /// - `x`: `[B, C_in, H, W]`
 /// - output: `[B, C_out, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1]`
 pub fn conv2d(x: Tensor<4>, conv: &Conv2d, act: Activation) -> Result<Tensor<4>, Tensor<4>> {
-    conv2d_with(x, conv, act, Method::Auto)
+    conv2d_with(x, conv, act, Method::Auto, None)
+}
+
+/// [`conv2d`] that keeps the weights packed for the micro-kernels in `cache` between calls
+/// (the module that owns `conv` owns the cache; see [`PackCache`]).
+///
+/// # Shapes
+/// As [`conv2d`].
+pub fn conv2d_cached(x: Tensor<4>, conv: &Conv2d, act: Activation, cache: &PackCache) -> Result<Tensor<4>, Tensor<4>> {
+    conv2d_with(x, conv, act, Method::Auto, Some(cache))
+}
+
+/// Weights packed for the micro-kernels ([`gemm_kernel::pack_a`]), kept between calls by the
+/// module that owns the conv: packing yolov8n's 3.2M weights on every forward would cost a
+/// few milliseconds on one thread.
+///
+/// An entry holds a clone of the weight tensor it was packed from. While it is held, that
+/// buffer can be neither freed nor changed in place (`flex` writes in place only into buffers
+/// it holds alone), so a weight tensor on the same buffer with the same layout has the same
+/// values, and any other tensor (new weights, a loaded record) is packed afresh. Clones of a
+/// module share the cache.
+#[derive(Clone, Debug, Default)]
+pub struct PackCache(std::sync::Arc<std::sync::Mutex<Option<PackEntry>>>);
+
+#[derive(Debug)]
+struct PackEntry {
+    source: FlexTensor,
+    /// The kernel's rows and whether the weights are packed per tap ([`pack_weights`]).
+    layout: (usize, bool),
+    packed: std::sync::Arc<Vec<f32>>,
+}
+
+impl PackCache {
+    /// `weight` packed for a conv of geometry `g` ([`pack_weights`]), from the cache when it
+    /// holds this very tensor packed the same way.
+    fn get(&self, weight: &FlexTensor, g: &Geometry, mr: usize) -> std::sync::Arc<Vec<f32>> {
+        let layout = (mr, packed_shifted(g));
+        let mut entry = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = entry.as_ref() {
+            let same = std::sync::Arc::ptr_eq(&e.source.data_arc(), &weight.data_arc()) && e.source.layout() == weight.layout();
+            if same && e.layout == layout {
+                return e.packed.clone();
+            }
+        }
+        let w = weight.as_slice::<f32>().expect("contiguous f32 weights");
+        let packed = std::sync::Arc::new(pack_weights(g, w, mr));
+        *entry = Some(PackEntry { source: weight.clone(), layout, packed: packed.clone() });
+        packed
+    }
 }
 
 /// How [`conv2d_with`] lays out the work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
-    /// Shifted GEMMs for stride-1 convs, im2col for the rest (what [`conv2d`] does).
+    /// What [`conv2d`] does: our packed micro-kernels ([`gemm_kernel`]) with im2col fused
+    /// into the packing where the CPU has AVX2 + FMA or AVX-512F; elsewhere the `gemm`
+    /// crate with shifted GEMMs for stride-1 convs and im2col for the rest.
     Auto,
-    /// im2col + one GEMM for every conv.
+    /// im2col + one `gemm`-crate GEMM for every conv.
     Im2col,
-    /// Shifted GEMMs for every stride-1 conv that is not 1x1, im2col for the rest.
+    /// Shifted `gemm`-crate GEMMs for every stride-1 conv that is not 1x1, im2col for the rest.
     Shifted,
 }
 
-/// [`conv2d`] with an explicit [`Method`].
-pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method) -> Result<Tensor<4>, Tensor<4>> {
+/// [`conv2d`] with an explicit [`Method`], and a cache of packed weights when given.
+pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method, cache: Option<&PackCache>) -> Result<Tensor<4>, Tensor<4>> {
     if !supported_device(&x.device()) || x.dtype() != DType::F32 {
         return Err(x);
     }
@@ -200,7 +251,17 @@ pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method)
         unreachable!("flex_f32 returns contiguous f32 tensors")
     };
     let bs = bias.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
-    let out = forward(&g, b, xs, ws, bs, act, method);
+    let out = match (method, gemm_kernel::kernel()) {
+        (Method::Auto, Some(kern)) => {
+            g.check(b, Some(xs), Some(ws), None, bs);
+            let packed = match cache {
+                Some(cache) => cache.get(&weight, &g, kern.mr),
+                None => std::sync::Arc::new(pack_weights(&g, ws, kern.mr)),
+            };
+            run_packed_any(&g, b, xs, &packed, bs, act, kern)
+        }
+        _ => forward(&g, b, xs, ws, bs, act, method),
+    };
     Ok(flex_tensor(out, [b, c_out, g.oh, g.ow]))
 }
 
@@ -220,6 +281,11 @@ pub fn forward(
         Method::Im2col => false,
         Method::Shifted => g.sh == 1 && g.sw == 1 && !g.is_pointwise(),
     };
+    if method == Method::Auto {
+        if let Some(kern) = gemm_kernel::kernel() {
+            return run_packed_any(g, batch, x, &pack_weights(g, w, kern.mr), bias, act, kern);
+        }
+    }
     if shifted {
         run_shifted(g, batch, x, w, bias, act)
     } else {
@@ -326,6 +392,11 @@ pub fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32
 /// layer balance badly over the threads) and only level with im2col at 10x10.
 pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], method: Method) -> Vec<f32> {
     g.check(batch, Some(x), None, Some(dy), None);
+    if method == Method::Auto && g.sh == g.sw && g.sh <= 2 {
+        if let Some(kern) = gemm_kernel::kernel() {
+            return grad_weight_packed(g, batch, x, dy, kern);
+        }
+    }
     if method == Method::Shifted && g.sh == 1 && g.sw == 1 && !g.is_pointwise() {
         return grad_weight_shifted(g, batch, x, dy);
     }
@@ -385,6 +456,125 @@ pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], metho
         for p in &rest {
             let n = chunk.len();
             chunk.iter_mut().zip(&p[o..o + n]).for_each(|(a, b)| *a += b);
+        }
+    });
+    dw
+}
+
+/// Pixels per task of [`grad_weight_packed`]: the reduction length of its micro-kernel calls.
+const DW_TILE: usize = 256;
+
+/// `dW` with our micro-kernels, reading both operands in place from pixel-major copies.
+///
+/// With the padded input split into its stride phases as in [`run_packed_shifted`], and both
+/// it and `dY` laid out pixel-major (`[pixel, channel]`, `dY` over the same "wide" pixels
+/// `q = oy·Wq + ox`, zero at the `ox >= ow` columns), tap `(ky, kx)`'s weight gradient is
+/// `dWᵀ_tap[ci, co] = Σ_q Xᵀ[q + off_tap, ci] · dYᵀ[q, co]`: a GEMM over pixels whose two
+/// operands the micro-kernel reads as they are (`mr` consecutive channels of each pixel row,
+/// `nr` consecutive output channels). So the input is transposed once instead of gathered
+/// into `kh·kw` im2col rows and then packed, transposed, by the GEMM. Channel blocks that
+/// run past the last channel read a neighbour pixel's values into rows that are dropped.
+/// Tasks are (image, pixel tile), cut into a fixed number of consecutive groups whose sums
+/// are added in order, so runs are reproducible whatever thread runs what.
+fn grad_weight_packed(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: Kernel) -> Vec<f32> {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let s = g.sh;
+    let phases = s * s;
+    let taps = g.kh * g.kw;
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
+    let plane = hq * wq;
+    let (ci_pad, co_pad) = (g.c_in.div_ceil(mr) * mr, g.c_out.div_ceil(nr) * nr);
+
+    // Xᵀ: [B, phases, hq·wq, C_in], one plane of slack (taps of the dropped wide columns read
+    // up to a row past their plane) plus a channel block.
+    let img_len = phases * plane * g.c_in;
+    let rows = batch * phases * hq;
+    let (xt, _) = par_fill(batch * img_len + plane * g.c_in + ci_pad + 16, wq * g.c_in, |i, dst| {
+        if i >= rows {
+            return;
+        }
+        let (img, rest) = (i / (phases * hq), i % (phases * hq));
+        let (phase, u) = (rest / hq, rest % hq);
+        let (a, b) = (phase / s, phase % s);
+        let Some(y) = (u * s + a).checked_sub(g.ph).filter(|&y| y < g.h) else { return };
+        for ci in 0..g.c_in {
+            let src = &x[((img * g.c_in + ci) * g.h + y) * g.w..][..g.w];
+            for v in 0..wq {
+                if let Some(xx) = (v * s + b).checked_sub(g.pw).filter(|&xx| xx < g.w) {
+                    dst[v * g.c_in + ci] = src[xx];
+                }
+            }
+        }
+    });
+    // dYᵀ: [B, oh·wq, C_out] over wide pixels, zero at the dropped columns, plus a block of
+    // slack.
+    let wide = g.oh * wq;
+    let (dyt, _) = par_fill(batch * wide * g.c_out + co_pad + 16, wq * g.c_out, |i, dst| {
+        if i >= batch * g.oh {
+            return;
+        }
+        let (img, oy) = (i / g.oh, i % g.oh);
+        for co in 0..g.c_out {
+            let src = &dy[((img * g.c_out + co) * g.oh + oy) * g.ow..][..g.ow];
+            for (ox, &v) in src.iter().enumerate() {
+                dst[ox * g.c_out + co] = v;
+            }
+        }
+    });
+    let tap_off: Vec<usize> = (0..taps)
+        .map(|t| {
+            let (ky, kx) = (t / g.kw, t % g.kw);
+            ((ky % s) * s + kx % s) * plane + (ky / s) * wq + kx / s
+        })
+        .collect();
+
+    let tiles = wide.div_ceil(DW_TILE);
+    let tasks = batch * tiles;
+    let groups = tasks.min(16);
+    let per_group = tasks.div_ceil(groups);
+    let size = taps * ci_pad * co_pad;
+    let partials: Vec<Vec<f32>> = (0..groups)
+        .into_par_iter()
+        .map(|grp| {
+            let mut acc = vec![0f32; size];
+            for task in grp * per_group..((grp + 1) * per_group).min(tasks) {
+                let (img, tile) = (task / tiles, task % tiles);
+                let q0 = tile * DW_TILE;
+                let kc = DW_TILE.min(wide - q0);
+                let x_img = &xt[img * img_len..];
+                let dy_tile = &dyt[(img * wide + q0) * g.c_out..];
+                for (t, &off) in tap_off.iter().enumerate() {
+                    let x_tile = &x_img[(off + q0) * g.c_in..];
+                    assert!((kc - 1) * g.c_in + ci_pad <= x_tile.len(), "input copy too short for {g:?}");
+                    assert!((kc - 1) * g.c_out + co_pad <= dy_tile.len(), "gradient copy too short for {g:?}");
+                    for ci0 in (0..g.c_in).step_by(mr) {
+                        for co0 in (0..g.c_out).step_by(nr) {
+                            let c = acc[(t * ci_pad + ci0) * co_pad + co0..].as_mut_ptr();
+                            // SAFETY: a is kc rows of mr values c_in apart from channel ci0 and
+                            // b kc rows of nr values c_out apart from channel co0, in bounds
+                            // (checked above); c is mr rows of nr values co_pad apart inside
+                            // `acc`.
+                            unsafe {
+                                kern.run(kc, x_tile[ci0..].as_ptr(), g.c_in, dy_tile[co0..].as_ptr(), g.c_out, c, co_pad, true)
+                            };
+                        }
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    // dW[co, ci, t] = Σ_groups acc[t, ci, co], in group order.
+    let k = g.k();
+    let mut dw = vec![0f32; g.c_out * k];
+    dw.par_chunks_mut(k).enumerate().for_each(|(co, row)| {
+        for p in &partials {
+            for ci in 0..g.c_in {
+                for t in 0..taps {
+                    row[ci * taps + t] += p[(t * ci_pad + ci) * co_pad + co];
+                }
+            }
         }
     });
     dw
@@ -651,6 +841,23 @@ fn epilogue(row: &mut [f32], bias: Option<f32>, act: Activation) {
     }
 }
 
+/// `dst = act(src + bias)`: an accumulator row written to the output with its epilogue.
+#[inline]
+fn epilogue_copy(src: &[f32], dst: &mut [f32], bias: Option<f32>, act: Activation) {
+    crate::nn::act::bias_act_copy(src, dst, bias.unwrap_or(0.0), act == Activation::Silu)
+}
+
+/// A row length for an accumulator of rows of `n` values: whole `nr`-blocks, and rows not a
+/// multiple of 4 KB apart (rows that are map a block's loads and stores to one L1 set).
+fn acc_stride(n: usize, nr: usize) -> usize {
+    let s = n.div_ceil(nr) * nr;
+    if (s * 4) % 4096 == 0 {
+        s + nr
+    } else {
+        s
+    }
+}
+
 /// The conv over a batch; returns the NCHW output.
 fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, act: Activation) -> Vec<f32> {
     let hw_in = g.h * g.w;
@@ -702,6 +909,348 @@ fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, a
     // image span 0..hw, for all c_out rows) and each GEMM wrote its whole tile.
     unsafe { out.set_len(len) };
     out
+}
+
+/// [`run_packed_shifted`] for the convs it runs ([`packed_shifted`]), [`run_packed`] for the
+/// rest; `a` comes from [`pack_weights`].
+fn run_packed_any(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+    if packed_shifted(g) {
+        run_packed_shifted(g, batch, x, a, bias, act, kern)
+    } else {
+        run_packed(g, batch, x, a, bias, act, kern)
+    }
+}
+
+/// Packed columns per task and K block, in floats (128 KB): the block stays in L2 beside the
+/// weights' panels while each `[kc, nr]` panel of it is reused from L1 by every output
+/// channel block.
+const PACKED_B_FLOATS: usize = 32 * 1024;
+
+/// How [`run_packed`] cuts a conv into tasks: (image, tile of `nc` output pixels, chunk of
+/// output-channel panels), and K into blocks of `kc`.
+#[derive(Clone, Copy, Debug)]
+struct PackedBlocking {
+    kc: usize,
+    kblocks: usize,
+    nc: usize,
+    tiles: usize,
+    co_chunks: usize,
+}
+
+impl PackedBlocking {
+    fn new(g: &Geometry, batch: usize, kern: &Kernel) -> Self {
+        let k = g.k();
+        let hw = g.oh * g.ow;
+        // A `[kc, nr]` panel of the packed columns stays in L1 (16 KB).
+        let kc_max = (4096 / kern.nr).max(32);
+        let kblocks = k.div_ceil(kc_max);
+        let kc = k.div_ceil(kblocks);
+        let round = |n: usize| n.div_ceil(kern.nr) * kern.nr;
+        let mut nc = round((PACKED_B_FLOATS / kc).clamp(kern.nr, 2048)).min(round(hw));
+        // Enough tasks for every thread to take several (the last tiles are shorter), but
+        // tiles of at least 4 panels; below that, output channels are split too.
+        let threads = rayon::current_num_threads().max(1);
+        let min_tasks = 4 * threads;
+        if batch * hw.div_ceil(nc) < min_tasks {
+            nc = round(hw.div_ceil(min_tasks.div_ceil(batch))).max(4 * kern.nr).min(round(hw));
+        }
+        let tiles = hw.div_ceil(nc);
+        let co_panels = g.c_out.div_ceil(kern.mr);
+        let co_chunks = if batch * tiles < min_tasks { min_tasks.div_ceil(batch * tiles).min(co_panels) } else { 1 };
+        Self { kc, kblocks, nc, tiles, co_chunks }
+    }
+}
+
+thread_local! {
+    /// Per-thread packed column block of [`run_packed`] (plus one im2col row), reused across
+    /// tasks and calls.
+    static PACKED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The conv over a batch with our packed micro-kernels ([`gemm_kernel`]) and im2col; returns
+/// the NCHW output.
+///
+/// `a` is the weights packed into `mr`-row panels ([`gemm_kernel::pack_a`]). Each task packs
+/// its tile's im2col columns straight into `nr`-wide panels, one K block at a time (for a 1x1
+/// conv the input rows themselves), and runs the micro-kernel for every (pixel panel, channel
+/// panel): the `mr x nr` block's sums stay in registers for the whole K block, and K blocks
+/// add up in a per-task accumulator of whole blocks (no edge cases: the panels are zero past
+/// the last channel and pixel). Bias and activation are applied as the accumulator's rows
+/// are copied to the output.
+fn run_packed(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let (hw_in, hw, k) = (g.h * g.w, g.oh * g.ow, g.k());
+    assert_eq!(a.len(), g.c_out.div_ceil(mr) * k * mr, "packed weights for {g:?}");
+    let bl = PackedBlocking::new(g, batch, &kern);
+    let co_panels = g.c_out.div_ceil(mr);
+    let per_chunk = co_panels.div_ceil(bl.co_chunks);
+    let len = batch * g.c_out * hw;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+
+    (0..batch * bl.tiles * bl.co_chunks).into_par_iter().for_each(|task| {
+        let dst = dst;
+        let (img, rest) = (task / (bl.tiles * bl.co_chunks), task % (bl.tiles * bl.co_chunks));
+        let (tile, chunk) = (rest / bl.co_chunks, rest % bl.co_chunks);
+        let (cp0, cp1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(co_panels));
+        if cp0 >= cp1 {
+            return;
+        }
+        let p0 = tile * bl.nc;
+        let n = bl.nc.min(hw - p0);
+        let panels = n.div_ceil(nr);
+        let n_acc = acc_stride(n, nr);
+        let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
+        PACKED_B.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let (b_len, acc_len) = (bl.kc * panels * nr, (cp1 - cp0) * mr * n_acc);
+            if buf.len() < b_len + n + acc_len {
+                buf.resize(b_len + n + acc_len, 0.0);
+            }
+            let (bbuf, rest) = buf.split_at_mut(b_len);
+            let (row, acc) = rest.split_at_mut(n);
+            for kb in 0..bl.kblocks {
+                let k0 = kb * bl.kc;
+                let kc = bl.kc.min(k - k0);
+                if nr == 32 {
+                    pack_b::<32>(g, x_img, p0, n, k0, kc, bbuf, row);
+                } else {
+                    assert_eq!(nr, 16, "{kern:?}: no column packing for this width");
+                    pack_b::<16>(g, x_img, p0, n, k0, kc, bbuf, row);
+                }
+                for q in 0..panels {
+                    let bp = bbuf[q * kc * nr..(q + 1) * kc * nr].as_ptr();
+                    for cp in cp0..cp1 {
+                        let ap = a[(cp * k + k0) * mr..(cp * k + k0 + kc) * mr].as_ptr();
+                        let c = acc[(cp - cp0) * mr * n_acc + q * nr..].as_mut_ptr();
+                        // SAFETY: a and b hold kc·mr and kc·nr values (slices above); c is mr
+                        // rows of nr values n_acc apart inside `acc`.
+                        unsafe { kern.run(kc, ap, mr, bp, nr, c, n_acc, kb > 0) };
+                    }
+                }
+            }
+            for co in cp0 * mr..(cp1 * mr).min(g.c_out) {
+                let src = &acc[(co - cp0 * mr) * n_acc..(co - cp0 * mr) * n_acc + n];
+                // SAFETY: pixels p0..p0 + n of channel co of image img: only this task writes
+                // them.
+                let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + p0), n) };
+                epilogue_copy(src, out_row, bias.map(|b| b[co]), act);
+            }
+        });
+    });
+    // SAFETY: the tasks cover every (image, channel, pixel): tiles span 0..hw and chunks span
+    // every channel panel.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Whether [`run_packed_shifted`] runs this conv: a kernel larger than 1x1, the same stride
+/// (1 or 2) both ways, and at least 16 input channels (each tap is a GEMM with `K = C_in`;
+/// below that, im2col's longer K is faster, as for the 3-channel stem).
+fn packed_shifted(g: &Geometry) -> bool {
+    g.sh == g.sw && g.sh <= 2 && g.kh * g.kw > 1 && g.c_in >= 16
+}
+
+/// The weights packed for [`run_packed`] (`[C_out, K]` in `mr`-row panels) or, for a conv that
+/// [`run_packed_shifted`] runs, one `[C_out, C_in]` matrix per kernel tap, each in `mr`-row
+/// panels (tap `t`'s panel `p` at `(t·panels + p)·C_in·mr`).
+fn pack_weights(g: &Geometry, w: &[f32], mr: usize) -> Vec<f32> {
+    if !packed_shifted(g) {
+        return gemm_kernel::pack_a(w, g.c_out, g.k(), mr);
+    }
+    let taps = g.kh * g.kw;
+    let mut out = Vec::with_capacity(taps * g.c_out.div_ceil(mr) * mr * g.c_in);
+    let mut wt = vec![0f32; g.c_out * g.c_in];
+    for t in 0..taps {
+        for (i, v) in wt.iter_mut().enumerate() {
+            *v = w[i * taps + t];
+        }
+        out.extend(gemm_kernel::pack_a(&wt, g.c_out, g.c_in, mr));
+    }
+    out
+}
+
+/// The zero-padded input split into its `s x s` phases: plane `((img·C_in + ci)·s² + a·s + b)`
+/// holds padded rows `a, a + s, …` and columns `b, b + s, …` of channel `ci`, as
+/// `[ceil(Hp / s), ceil(Wp / s)]`, planes `ps` floats apart, with `slack` zeros after the last.
+/// For stride 1 that is the padded input. Returns the buffer, `ps` and the phase width.
+fn phase_planes(g: &Geometry, batch: usize, x: &[f32], slack: usize) -> (Vec<f32>, usize, usize) {
+    let s = g.sh;
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
+    // Planes an odd number of 64-byte lines apart: the C_in rows of a block then fall in
+    // different L1 sets.
+    let mut ps = (hq * wq).div_ceil(16) * 16;
+    if (ps / 16) % 2 == 0 {
+        ps += 16;
+    }
+    let phases = s * s;
+    let planes = batch * g.c_in * phases;
+    let (xp, _) = par_fill(planes * ps + slack, ps, |i, dst| {
+        if i >= planes {
+            return;
+        }
+        let (plane, phase) = (i / phases, i % phases);
+        let (a, b) = (phase / s, phase % s);
+        let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
+        for u in 0..hq {
+            // Padded row u·s + a is input row u·s + a − ph.
+            let Some(y) = (u * s + a).checked_sub(g.ph).filter(|&y| y < g.h) else { continue };
+            let row = &src[y * g.w..(y + 1) * g.w];
+            let drow = &mut dst[u * wq..(u + 1) * wq];
+            if s == 1 {
+                drow[g.pw..g.pw + g.w].copy_from_slice(row);
+            } else {
+                for (v, d) in drow.iter_mut().enumerate() {
+                    if let Some(xx) = (v * s + b).checked_sub(g.pw).filter(|&xx| xx < g.w) {
+                        *d = row[xx];
+                    }
+                }
+            }
+        }
+    });
+    (xp, ps, wq)
+}
+
+thread_local! {
+    /// Per-thread accumulator of [`run_packed_shifted`], reused across tasks and calls.
+    static ACC_PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A stride-1 or stride-2 conv with our micro-kernels and no im2col: the kernel reads the
+/// zero-padded input in place.
+///
+/// The padded input is split into its stride phases ([`phase_planes`]; for stride 1, just
+/// the padded planes), so that tap `(ky, kx)` reads phase `(ky mod s, kx mod s)` at offset
+/// `(ky / s, kx / s)` with stride 1. Output pixel `(oy, ox)` is numbered `q = oy·Wq + ox` over
+/// "wide" rows of the phase width `Wq` (the first `ow` columns real), so for `nr` consecutive
+/// wide pixels a tap reads a `[C_in, nr]` block whose rows are a fixed distance apart, and
+/// the micro-kernel reads it as it is (`ldb`). The conv is `Σ_tap W_tap · X_tap` with
+/// `K = C_in` per tap, summed in registers per tap and in a per-task `[C_out, n]`
+/// accumulator across taps; bias and activation are applied as its real columns are copied
+/// to the output. The input is copied once (padding and phases) instead of `kh·kw / s²`
+/// times (im2col).
+fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let s = g.sh;
+    let phases = s * s;
+    let taps = g.kh * g.kw;
+    let hw = g.oh * g.ow;
+    let co_panels = g.c_out.div_ceil(mr);
+    assert_eq!(a.len(), taps * co_panels * g.c_in * mr, "packed weights for {g:?}");
+    // A block's last columns may run up to 2·nr past the last real pixel (whole blocks, and
+    // the accumulator's stride padding).
+    let (xp, ps, wq) = phase_planes(g, batch, x, 2 * nr + 16);
+    let ldb = phases * ps;
+    // Where tap t starts, from its image's first plane.
+    let tap_off: Vec<usize> = (0..taps)
+        .map(|t| {
+            let (ky, kx) = (t / g.kw, t % g.kw);
+            ((ky % s) * s + kx % s) * ps + (ky / s) * wq + kx / s
+        })
+        .collect();
+    let far_tap = tap_off.iter().copied().max().unwrap_or(0);
+
+    // Output rows per task: the accumulator stays around ACC_FLOATS; enough tasks for every
+    // thread to take several, splitting output channels when the rows run out.
+    let threads = rayon::current_num_threads().max(1);
+    let min_tasks = 4 * threads;
+    let mut rows = (ACC_FLOATS / (co_panels * mr * wq)).clamp(1, g.oh);
+    if batch * g.oh.div_ceil(rows) < min_tasks {
+        rows = g.oh.div_ceil(min_tasks.div_ceil(batch)).max(1);
+    }
+    let row_tiles = g.oh.div_ceil(rows);
+    let co_chunks = if batch * row_tiles < min_tasks { min_tasks.div_ceil(batch * row_tiles).min(co_panels) } else { 1 };
+    let per_chunk = co_panels.div_ceil(co_chunks);
+
+    let len = batch * g.c_out * hw;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..batch * row_tiles * co_chunks).into_par_iter().for_each(|task| {
+        let dst = dst;
+        let (img, rest) = (task / (row_tiles * co_chunks), task % (row_tiles * co_chunks));
+        let (tile, chunk) = (rest / co_chunks, rest % co_chunks);
+        let (cp0, cp1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(co_panels));
+        if cp0 >= cp1 {
+            return;
+        }
+        let oy0 = tile * rows;
+        let nrows = rows.min(g.oh - oy0);
+        // Wide columns of this task, and the accumulator's row length (whole blocks).
+        let n = (nrows - 1) * wq + g.ow;
+        let n_acc = acc_stride(n, nr);
+        let x_img = &xp[img * g.c_in * ldb..];
+        // The farthest value a block reads: last channel, farthest tap, last block's end.
+        let far = (g.c_in - 1) * ldb + far_tap + oy0 * wq + n.div_ceil(nr) * nr;
+        assert!(far <= x_img.len(), "phase planes too short for {g:?}");
+        ACC_PACKED.with(|acc| {
+            let mut acc = acc.borrow_mut();
+            let acc_len = (cp1 - cp0) * mr * n_acc;
+            if acc.len() < acc_len {
+                acc.resize(acc_len, 0.0);
+            }
+            let acc = &mut acc[..acc_len];
+            for q in (0..n).step_by(nr) {
+                for (t, &off) in tap_off.iter().enumerate() {
+                    let bp = x_img[off + oy0 * wq + q..].as_ptr();
+                    for cp in cp0..cp1 {
+                        let ap = a[(t * co_panels + cp) * g.c_in * mr..(t * co_panels + cp + 1) * g.c_in * mr].as_ptr();
+                        let c = acc[(cp - cp0) * mr * n_acc + q..].as_mut_ptr();
+                        // SAFETY: a holds c_in·mr values (slice above); b is c_in rows of nr
+                        // values ldb apart, the last ending at or before `far` (checked); c
+                        // is mr rows of nr values n_acc apart inside `acc`.
+                        unsafe { kern.run(g.c_in, ap, mr, bp, ldb, c, n_acc, t > 0) };
+                    }
+                }
+            }
+            for co in cp0 * mr..(cp1 * mr).min(g.c_out) {
+                let row = &acc[(co - cp0 * mr) * n_acc..(co - cp0 * mr) * n_acc + n];
+                for r in 0..nrows {
+                    // SAFETY: row oy0 + r of channel co of image img: ow values that only this
+                    // task writes.
+                    let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + (oy0 + r) * g.ow), g.ow) };
+                    epilogue_copy(&row[r * wq..r * wq + g.ow], out_row, bias.map(|b| b[co]), act);
+                }
+            }
+        });
+    });
+    // SAFETY: the tasks cover every output row of every channel and image.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Packs rows `k0..k0 + kc` of the `[K, n]` im2col column block of output pixels
+/// `p0..p0 + n` of one image into `NR`-wide panels: panel `q` is `[kc, NR]` at
+/// `buf[q·kc·NR..]` and holds pixels `p0 + q·NR..`, zero past `n`. A 1x1 stride-1 conv reads
+/// its input rows directly; other convs gather each row into `row` first ([`im2col_row`]).
+///
+/// # Shapes
+/// - `x`: `[C_in, H, W]`, flat; `buf`: at least `n.div_ceil(NR) · kc · NR`; `row`: `[n]`
+#[allow(clippy::too_many_arguments)]
+fn pack_b<const NR: usize>(g: &Geometry, x: &[f32], p0: usize, n: usize, k0: usize, kc: usize, buf: &mut [f32], row: &mut [f32]) {
+    let (hw_in, khw) = (g.h * g.w, g.kh * g.kw);
+    let full = n / NR;
+    for r in 0..kc {
+        let kk = k0 + r;
+        let src: &[f32] = if g.is_pointwise() {
+            &x[kk * hw_in + p0..kk * hw_in + p0 + n]
+        } else {
+            let (ci, t) = (kk / khw, kk % khw);
+            im2col_row(g, &x[ci * hw_in..(ci + 1) * hw_in], t / g.kw, t % g.kw, p0, row);
+            row
+        };
+        for q in 0..full {
+            let d: &mut [f32; NR] = (&mut buf[(q * kc + r) * NR..(q * kc + r + 1) * NR]).try_into().expect("NR values");
+            let s: &[f32; NR] = src[q * NR..(q + 1) * NR].try_into().expect("NR values");
+            *d = *s;
+        }
+        if full * NR < n {
+            let d = &mut buf[(full * kc + r) * NR..(full * kc + r + 1) * NR];
+            let tail = n - full * NR;
+            d[..tail].copy_from_slice(&src[full * NR..]);
+            d[tail..].fill(0.0);
+        }
+    }
 }
 
 thread_local! {
@@ -837,30 +1386,34 @@ fn with_columns(g: &Geometry, x_img: &[f32], p0: usize, n: usize, f: impl FnOnce
 /// # Shapes
 /// - `x`: `[C_in, H, W]`, flat; `cols`: `[K, n]`, flat
 fn im2col(g: &Geometry, x: &[f32], p0: usize, n: usize, cols: &mut [f32]) {
-    let mut row_idx = 0;
-    for ci in 0..g.c_in {
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = &mut cols[row_idx * n..(row_idx + 1) * n];
-                row_idx += 1;
-                let (mut j, mut p) = (0, p0);
-                while j < n {
-                    let (oy, ox0) = (p / g.ow, p % g.ow);
-                    let len = (g.ow - ox0).min(n - j);
-                    let seg = &mut row[j..j + len];
-                    let iy = (oy * g.sh + ky) as isize - g.ph as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        seg.fill(0.0);
-                    } else {
-                        let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        gather_row(src, seg, ox0, kx, g.sw, g.pw);
-                    }
-                    j += len;
-                    p += len;
-                }
-            }
+    let hw_in = g.h * g.w;
+    for (r, row) in cols.chunks_exact_mut(n).enumerate() {
+        let (ci, t) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
+        im2col_row(g, &x[ci * hw_in..(ci + 1) * hw_in], t / g.kw, t % g.kw, p0, row);
+    }
+}
+
+/// One row of the column block: `row[j] = plane[oy·sh + ky − ph, ox·sw + kx − pw]` for output
+/// pixel `p0 + j = oy·ow + ox`, zero in the padding.
+///
+/// # Shapes
+/// - `plane`: `[H, W]` (one input channel), flat; `row`: `[n]`
+fn im2col_row(g: &Geometry, plane: &[f32], ky: usize, kx: usize, p0: usize, row: &mut [f32]) {
+    let n = row.len();
+    let (mut j, mut p) = (0, p0);
+    while j < n {
+        let (oy, ox0) = (p / g.ow, p % g.ow);
+        let len = (g.ow - ox0).min(n - j);
+        let seg = &mut row[j..j + len];
+        let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+        if iy < 0 || iy >= g.h as isize {
+            seg.fill(0.0);
+        } else {
+            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+            gather_row(src, seg, ox0, kx, g.sw, g.pw);
         }
+        j += len;
+        p += len;
     }
 }
 
@@ -921,8 +1474,27 @@ mod tests {
         let want_dims = want.dims();
         let want: Vec<f32> = want.into_data().try_to_vec().unwrap();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+        // The packed path with every kernel: the portable ones check the AVX-512 blocking
+        // (12 x 32) on machines without AVX-512.
+        let g = Geometry::new([c_in, c_out], [h, w], [k, k], [s, s], [p, p]);
+        let xs: Vec<f32> = x.clone().into_data().try_to_vec().unwrap();
+        let ws: Vec<f32> = conv.weight.val().into_data().try_to_vec().unwrap();
+        let bs: Option<Vec<f32>> = conv.bias.as_ref().map(|b| b.val().into_data().try_to_vec().unwrap());
+        for kern in gemm_kernel::portable_kernels().into_iter().chain(gemm_kernel::kernel()) {
+            // Both packed paths where the shifted one applies.
+            let im2col = gemm_kernel::pack_a(&ws, c_out, g.k(), kern.mr);
+            let mut runs = vec![("im2col", run_packed(&g, b, &xs, &im2col, bs.as_deref(), act, kern))];
+            if packed_shifted(&g) {
+                runs.push(("shifted", run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr), bs.as_deref(), act, kern)));
+            }
+            for (path, got) in runs {
+                for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((a - e).abs() <= 1e-5 * scale, "{kern:?} {path} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
+                }
+            }
+        }
         for method in [Method::Auto, Method::Im2col, Method::Shifted] {
-            let got = conv2d_with(x.clone(), &conv, act, method).unwrap_or_else(|_| panic!("fast path refused"));
+            let got = conv2d_with(x.clone(), &conv, act, method, None).unwrap_or_else(|_| panic!("fast path refused"));
             assert_eq!(got.dims(), want_dims);
             let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
             for (i, (a, e)) in got.iter().zip(&want).enumerate() {
@@ -955,6 +1527,16 @@ mod tests {
         // Shifted GEMMs by default (C_in >= 64), several tiles, a one-row image.
         check(2, 64, 24, 12, 10, 3, 1, 1, true, Silu);
         check(1, 96, 8, 1, 17, 3, 1, 1, true, Silu);
+        // Packed path: K in several blocks (K = 576 and 1152), channels not a multiple of any
+        // kernel's rows, pixel tiles not a multiple of its columns.
+        check(1, 64, 20, 21, 19, 3, 1, 1, true, Silu);
+        check(2, 128, 13, 9, 11, 3, 2, 1, true, Identity);
+        check(1, 300, 7, 5, 7, 1, 1, 0, false, Silu);
+        // Shifted packed path at stride 2 (phase planes): odd and even sides, no padding,
+        // 5x5 at stride 1 with padding 2.
+        check(1, 16, 20, 10, 13, 3, 2, 1, true, Silu);
+        check(1, 32, 8, 9, 9, 3, 2, 0, true, Identity);
+        check(2, 16, 7, 11, 13, 5, 1, 2, true, Silu);
     }
 
     /// The per-tap dW (`Method::Shifted`) against the im2col one (which `conv_op`'s tests hold
@@ -972,6 +1554,36 @@ mod tests {
             let im2col = grad_weight_with(&g, b, &x, &dy, Method::Im2col);
             for (i, (a, e)) in shifted.iter().zip(&im2col).enumerate() {
                 assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{b}x{c_in}->{c_out} {h}x{w} k{k} p{p}: [{i}] {a} vs {e}");
+            }
+        }
+    }
+
+    /// The micro-kernel dW (every kernel; the portable ones check the AVX-512 blocking) against
+    /// the im2col one (which `conv_op`'s tests hold to Burn's gradient): strides 1 and 2, 1x1,
+    /// channels that are not multiples of the blocks, several pixel tiles and images.
+    #[test]
+    fn packed_weight_gradient_matches_im2col() {
+        let shapes = [
+            (2, 5, 40, 9, 11, 3, 1, 1),
+            (1, 20, 7, 30, 21, 3, 2, 1),
+            (2, 17, 33, 24, 24, 1, 1, 0),
+            (1, 3, 16, 33, 40, 3, 2, 1),
+            (3, 4, 6, 12, 10, 5, 1, 1),
+            (1, 8, 9, 9, 9, 3, 2, 0),
+        ];
+        for &(b, c_in, c_out, h, w, k, st, p) in &shapes {
+            let g = Geometry::new([c_in, c_out], [h, w], [k, k], [st, st], [p, p]);
+            let [oh, ow] = g.out_hw();
+            let vals = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i + seed) * 7919) % 997) as f32 / 500.0 - 1.0).collect() };
+            let x = vals(b * c_in * h * w, 1);
+            let dy = vals(b * c_out * oh * ow, 2);
+            let im2col = grad_weight_with(&g, b, &x, &dy, Method::Im2col);
+            for kern in gemm_kernel::portable_kernels().into_iter().chain(gemm_kernel::kernel()) {
+                let packed = grad_weight_packed(&g, b, &x, &dy, kern);
+                assert_eq!(packed.len(), im2col.len());
+                for (i, (a, e)) in packed.iter().zip(&im2col).enumerate() {
+                    assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{kern:?} {b}x{c_in}->{c_out} {h}x{w} k{k} s{st} p{p}: [{i}] {a} vs {e}");
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod conv_op;
 pub mod cpu_conv;
 pub mod cpu_pool;
 pub mod dfl_op;
+pub mod gemm_kernel;
 pub mod head;
 pub mod upsample_op;
 

@@ -1,0 +1,248 @@
+//! Packed f32 GEMM micro-kernels for the CPU convolution (`nn::cpu_conv`).
+//!
+//! A micro-kernel computes one `MR x NR` block of `C = A · B` from two packed panels:
+//! `a` holds `kc` columns of `MR` rows (`a[k·MR + i] = A[i, k]`), `b` holds `kc` rows of `NR`
+//! columns (`b[k·NR + j] = B[k, j]`), and the block is written to (or added into) `c` with row
+//! stride `ldc`. For a convolution, rows are output channels (the weights, packed once per
+//! call) and columns are output pixels, contiguous in the NCHW output: the im2col gather
+//! writes straight into `b`'s panels, so the input is copied once, not twice (im2col, then
+//! the GEMM's own packing), and each block's `MR · NR` sums stay in registers for all of `kc`.
+//!
+//! Kernels: AVX2 + FMA (`6 x 16`: 12 accumulators of 8 lanes) and AVX-512F (`12 x 32`: 24
+//! accumulators of 16 lanes), picked at run time. Both are one macro instantiated with the
+//! ISA's intrinsics; a portable instantiation of the same macro (plain arrays) checks the
+//! macro's logic at both shapes in the tests, so that a machine without AVX-512 still tests
+//! the `12 x 32` blocking. Other CPUs keep the `gemm` crate (see [`kernel`]).
+
+/// A micro-kernel and its block shape.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    /// Rows of the block (output channels).
+    pub mr: usize,
+    /// Columns of the block (output pixels).
+    pub nr: usize,
+    /// What it runs on, for reports.
+    pub name: &'static str,
+    f: unsafe fn(usize, *const f32, usize, *const f32, usize, *mut f32, usize, bool),
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kernel({} {}x{})", self.name, self.mr, self.nr)
+    }
+}
+
+impl Kernel {
+    /// `c[i·ldc + j] (+)= Σ_k a[k·lda + i] · b[k·ldb + j]` for `i < mr`, `j < nr`; adds into
+    /// `c` with `accumulate`, overwrites it otherwise. `lda = mr` and `ldb = nr` read packed
+    /// panels; larger strides read `mr` (`nr`) columns of a row-major matrix in place.
+    ///
+    /// # Safety
+    /// `a` must address `kc` rows of `mr` values `lda` apart, `b` `kc` rows of `nr` values `ldb`
+    /// apart, and `c` `mr` rows of `nr` writable values `ldc` apart, not overlapping `a` or `b`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run(&self, kc: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool) {
+        // SAFETY: forwarded to the caller; `f` was chosen for this CPU by `kernel`.
+        unsafe { (self.f)(kc, a, lda, b, ldb, c, ldc, accumulate) }
+    }
+}
+
+/// The widest kernel this CPU runs (AVX-512F, then AVX2 + FMA), detected once; `None` on
+/// other CPUs, where `cpu_conv` uses the `gemm` crate.
+pub fn kernel() -> Option<Kernel> {
+    static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(detect)
+}
+
+fn detect() -> Option<Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(Kernel { mr: 12, nr: 32, name: "avx512", f: x86::avx512_12x32 });
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Some(Kernel { mr: 6, nr: 16, name: "avx2", f: x86::avx2_6x16 });
+        }
+    }
+    None
+}
+
+/// The portable instantiations (plain arrays, no intrinsics) at the AVX2 and AVX-512 block
+/// shapes: the same macro as the SIMD kernels, for the tests.
+pub fn portable_kernels() -> [Kernel; 2] {
+    [
+        Kernel { mr: 6, nr: 16, name: "portable", f: portable::p_6x16 },
+        Kernel { mr: 12, nr: 32, name: "portable", f: portable::p_12x32 },
+    ]
+}
+
+/// Defines `unsafe fn $name(kc, a, lda, b, ldb, c, ldc, accumulate)`: an `$mr x ($nv·$w)` block with
+/// `$mr · $nv` accumulators of vector type `$v` (`$w` lanes), from the given vector ops.
+macro_rules! micro_kernel {
+    ($(#[$attr:meta])* $name:ident: $v:ty, lanes $w:expr, rows $mr:expr, vectors $nv:expr,
+     zero $zero:expr, load $load:expr, store $store:expr, splat $splat:expr, fma $fma:expr, add $add:expr) => {
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn $name(kc: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool) {
+            const MR: usize = $mr;
+            const NV: usize = $nv;
+            const W: usize = $w;
+            // SAFETY (whole body): the caller guarantees `a` addresses kc rows of MR values lda
+            // apart, `b` kc rows of NV·W values ldb apart, and `c` MR rows of NV·W values ldc
+            // apart.
+            unsafe {
+                let mut acc: [[$v; NV]; MR] = [[$zero(); NV]; MR];
+                let (mut a, mut b) = (a, b);
+                for _ in 0..kc {
+                    let mut bv: [$v; NV] = [$zero(); NV];
+                    for j in 0..NV {
+                        bv[j] = $load(b.add(j * W));
+                    }
+                    for i in 0..MR {
+                        let av = $splat(*a.add(i));
+                        for j in 0..NV {
+                            acc[i][j] = $fma(av, bv[j], acc[i][j]);
+                        }
+                    }
+                    a = a.add(lda);
+                    b = b.add(ldb);
+                }
+                for i in 0..MR {
+                    for j in 0..NV {
+                        let p = c.add(i * ldc + j * W);
+                        let v = if accumulate { $add($load(p), acc[i][j]) } else { acc[i][j] };
+                        $store(p, v);
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    micro_kernel! {
+        #[target_feature(enable = "avx2,fma")]
+        avx2_6x16: __m256, lanes 8, rows 6, vectors 2,
+        zero _mm256_setzero_ps, load _mm256_loadu_ps, store _mm256_storeu_ps,
+        splat _mm256_set1_ps, fma _mm256_fmadd_ps, add _mm256_add_ps
+    }
+
+    micro_kernel! {
+        #[target_feature(enable = "avx512f")]
+        avx512_12x32: __m512, lanes 16, rows 12, vectors 2,
+        zero _mm512_setzero_ps, load _mm512_loadu_ps, store _mm512_storeu_ps,
+        splat _mm512_set1_ps, fma _mm512_fmadd_ps, add _mm512_add_ps
+    }
+}
+
+mod portable {
+    type V8 = [f32; 8];
+    type V16 = [f32; 16];
+
+    fn zero<const W: usize>() -> [f32; W] {
+        [0.0; W]
+    }
+    /// # Safety
+    /// `p` addresses `W` readable values.
+    unsafe fn load<const W: usize>(p: *const f32) -> [f32; W] {
+        // SAFETY: forwarded to the caller.
+        unsafe { std::ptr::read_unaligned(p as *const [f32; W]) }
+    }
+    /// # Safety
+    /// `p` addresses `W` writable values.
+    unsafe fn store<const W: usize>(p: *mut f32, v: [f32; W]) {
+        // SAFETY: forwarded to the caller.
+        unsafe { std::ptr::write_unaligned(p as *mut [f32; W], v) }
+    }
+    fn splat<const W: usize>(x: f32) -> [f32; W] {
+        [x; W]
+    }
+    fn fma<const W: usize>(a: [f32; W], b: [f32; W], c: [f32; W]) -> [f32; W] {
+        std::array::from_fn(|l| a[l].mul_add(b[l], c[l]))
+    }
+    fn add<const W: usize>(a: [f32; W], b: [f32; W]) -> [f32; W] {
+        std::array::from_fn(|l| a[l] + b[l])
+    }
+
+    micro_kernel! {
+        p_6x16: V8, lanes 8, rows 6, vectors 2,
+        zero zero::<8>, load load::<8>, store store::<8>, splat splat::<8>, fma fma::<8>, add add::<8>
+    }
+    micro_kernel! {
+        p_12x32: V16, lanes 16, rows 12, vectors 2,
+        zero zero::<16>, load load::<16>, store store::<16>, splat splat::<16>, fma fma::<16>, add add::<16>
+    }
+}
+
+/// `A [m, k]` (row-major) packed into `m.div_ceil(mr)` panels of `[k, mr]`, zero rows past
+/// `m`: panel `p`'s columns `k0..` start at `(p·k + k0)·mr`.
+pub fn pack_a(a: &[f32], m: usize, k: usize, mr: usize) -> Vec<f32> {
+    assert_eq!(a.len(), m * k, "pack_a: {} values for [{m}, {k}]", a.len());
+    let panels = m.div_ceil(mr);
+    let mut out = vec![0f32; panels * k * mr];
+    for (p, panel) in out.chunks_exact_mut(k * mr).enumerate() {
+        for i in 0..mr.min(m - p * mr) {
+            let row = &a[(p * mr + i) * k..(p * mr + i + 1) * k];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[kk * mr + i] = v;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel this CPU has and the portable ones, against a plain triple loop, with and
+    /// without accumulation, on a `c` wider than the block (row stride > nr).
+    #[test]
+    fn kernels_match_reference() {
+        let mut kernels = portable_kernels().to_vec();
+        kernels.extend(kernel());
+        for kern in kernels {
+            let (mr, nr) = (kern.mr, kern.nr);
+            for (kc, lda, ldb) in [(1, mr, nr), (7, mr, nr), (64, mr, nr), (9, mr + 2, nr + 3)] {
+                let a: Vec<f32> = (0..kc * lda).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+                let b: Vec<f32> = (0..kc * ldb).map(|i| ((i * 53) % 97) as f32 / 40.0 - 1.2).collect();
+                let ldc = nr + 5;
+                let init: Vec<f32> = (0..mr * ldc).map(|i| i as f32 * 0.01).collect();
+                for accumulate in [false, true] {
+                    let mut c = init.clone();
+                    // SAFETY: sizes as the contract asks.
+                    unsafe { kern.run(kc, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, accumulate) };
+                    for i in 0..mr {
+                        for j in 0..ldc {
+                            let got = c[i * ldc + j];
+                            if j >= nr {
+                                assert_eq!(got, init[i * ldc + j], "{kern:?} wrote outside its block");
+                                continue;
+                            }
+                            let mut want = if accumulate { init[i * ldc + j] as f64 } else { 0.0 };
+                            for k in 0..kc {
+                                want += a[k * lda + i] as f64 * b[k * ldb + j] as f64;
+                            }
+                            assert!((got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{kern:?} kc {kc} [{i}, {j}]: {got} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packs_panels_with_zero_rows() {
+        let a: Vec<f32> = (0..5 * 3).map(|i| i as f32).collect();
+        let p = pack_a(&a, 5, 3, 4);
+        assert_eq!(p.len(), 2 * 3 * 4);
+        // Panel 0, column 1: rows 0..4 of column 1.
+        assert_eq!(&p[4..8], &[1.0, 4.0, 7.0, 10.0]);
+        // Panel 1, column 2: row 4, then zeros.
+        assert_eq!(&p[12 + 8..12 + 12], &[14.0, 0.0, 0.0, 0.0]);
+    }
+}
