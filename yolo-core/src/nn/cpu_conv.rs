@@ -1051,23 +1051,43 @@ fn packed_shifted(g: &Geometry) -> bool {
     g.sh == g.sw && g.sh <= 2 && g.kh * g.kw > 1 && g.c_in >= 16
 }
 
+/// Packed weights of the channel panels that [`run_packed_shifted`] runs over one pixel block
+/// after another, in floats (256 KB, half of a 512 KB L2).
+const A_GROUP_FLOATS: usize = 64 * 1024;
+
+/// Input channels per micro-kernel call of [`run_packed_shifted`]: one call sums all taps of a
+/// block of channels, whose rows (three kernel rows of them for a 3x3) stay in L1.
+const CI_BLOCK: usize = 32;
+
+/// `(blocks, channels per block)` of the input channels for [`run_packed_shifted`].
+fn ci_blocks(c_in: usize) -> (usize, usize) {
+    let nb = c_in.div_ceil(CI_BLOCK).max(1);
+    (nb, c_in.div_ceil(nb))
+}
+
 /// The weights packed for [`run_packed`] (`[C_out, K]` in `mr`-row panels) or, for a conv that
-/// [`run_packed_shifted`] runs, one `[C_out, C_in]` matrix per kernel tap, each in `mr`-row
-/// panels (tap `t`'s panel `p` at `(t·panels + p)·C_in·mr`).
+/// [`run_packed_shifted`] runs, the same with K reordered as (channel block, tap, channel):
+/// each call's weights, all taps of one block of channels, are then contiguous, at
+/// `(panel·K + ci0·taps)·mr` for the block starting at channel `ci0`.
 fn pack_weights(g: &Geometry, w: &[f32], mr: usize) -> Vec<f32> {
     if !packed_shifted(g) {
         return gemm_kernel::pack_a(w, g.c_out, g.k(), mr);
     }
-    let taps = g.kh * g.kw;
-    let mut out = Vec::with_capacity(taps * g.c_out.div_ceil(mr) * mr * g.c_in);
-    let mut wt = vec![0f32; g.c_out * g.c_in];
-    for t in 0..taps {
-        for (i, v) in wt.iter_mut().enumerate() {
-            *v = w[i * taps + t];
+    let (taps, k) = (g.kh * g.kw, g.k());
+    let (nb, cb) = ci_blocks(g.c_in);
+    let mut wr = vec![0f32; g.c_out * k];
+    for (co, row) in wr.chunks_exact_mut(k).enumerate() {
+        let mut i = 0;
+        for blk in 0..nb {
+            for t in 0..taps {
+                for ci in blk * cb..((blk + 1) * cb).min(g.c_in) {
+                    row[i] = w[(co * g.c_in + ci) * taps + t];
+                    i += 1;
+                }
+            }
         }
-        out.extend(gemm_kernel::pack_a(&wt, g.c_out, g.c_in, mr));
     }
-    out
+    gemm_kernel::pack_a(&wr, g.c_out, k, mr)
 }
 
 /// The zero-padded input split into its `s x s` phases: plane `((img·C_in + ci)·s² + a·s + b)`
@@ -1101,9 +1121,13 @@ fn phase_planes(g: &Geometry, batch: usize, x: &[f32], slack: usize) -> (Vec<f32
             if s == 1 {
                 drow[g.pw..g.pw + g.w].copy_from_slice(row);
             } else {
-                for (v, d) in drow.iter_mut().enumerate() {
-                    if let Some(xx) = (v * s + b).checked_sub(g.pw).filter(|&xx| xx < g.w) {
-                        *d = row[xx];
+                // Padded column v·s + b is input column v·s + b − pw: valid for v in v0..v1.
+                let v0 = g.pw.saturating_sub(b).div_ceil(s);
+                let v1 = (g.w + g.pw - b).div_ceil(s).min(wq);
+                if v0 < v1 {
+                    let first = v0 * s + b - g.pw;
+                    for (d, &x) in drow[v0..v1].iter_mut().zip(row[first..].iter().step_by(s)) {
+                        *d = x;
                     }
                 }
             }
@@ -1125,11 +1149,12 @@ thread_local! {
 /// `(ky / s, kx / s)` with stride 1. Output pixel `(oy, ox)` is numbered `q = oy·Wq + ox` over
 /// "wide" rows of the phase width `Wq` (the first `ow` columns real), so for `nr` consecutive
 /// wide pixels a tap reads a `[C_in, nr]` block whose rows are a fixed distance apart, and
-/// the micro-kernel reads it as it is (`ldb`). The conv is `Σ_tap W_tap · X_tap` with
-/// `K = C_in` per tap, summed in registers per tap and in a per-task `[C_out, n]`
-/// accumulator across taps; bias and activation are applied as its real columns are copied
-/// to the output. The input is copied once (padding and phases) instead of `kh·kw / s²`
-/// times (im2col).
+/// the micro-kernel reads it as it is (`ldb`). The conv is `Σ_tap W_tap · X_tap`, summed in a
+/// per-task `[C_out, n]`
+/// accumulator; bias and activation are applied as its real columns are copied to the
+/// output. One micro-kernel call sums all taps of a block of input channels in registers
+/// (the taps are its segments). The input is copied once (padding and phases) instead of
+/// `kh·kw / s²` times (im2col).
 fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
     let (mr, nr) = (kern.mr, kern.nr);
     let s = g.sh;
@@ -1137,7 +1162,9 @@ fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Op
     let taps = g.kh * g.kw;
     let hw = g.oh * g.ow;
     let co_panels = g.c_out.div_ceil(mr);
-    assert_eq!(a.len(), taps * co_panels * g.c_in * mr, "packed weights for {g:?}");
+    let k = g.k();
+    assert_eq!(a.len(), co_panels * k * mr, "packed weights for {g:?}");
+    let (nb, cb) = ci_blocks(g.c_in);
     // A block's last columns may run up to 2·nr past the last real pixel (whole blocks, and
     // the accumulator's stride padding).
     let (xp, ps, wq) = phase_planes(g, batch, x, 2 * nr + 16);
@@ -1190,16 +1217,20 @@ fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Op
                 acc.resize(acc_len, 0.0);
             }
             let acc = &mut acc[..acc_len];
-            for q in (0..n).step_by(nr) {
-                for (t, &off) in tap_off.iter().enumerate() {
-                    let bp = x_img[off + oy0 * wq + q..].as_ptr();
-                    for cp in cp0..cp1 {
-                        let ap = a[(t * co_panels + cp) * g.c_in * mr..(t * co_panels + cp + 1) * g.c_in * mr].as_ptr();
+            // Channel panels in groups whose weights stay in L2 while the pixels go by.
+            let group = (A_GROUP_FLOATS / (k * mr)).max(1);
+            for (g0, q) in (cp0..cp1).step_by(group).flat_map(|g0| (0..n).step_by(nr).map(move |q| (g0, q))) {
+                for blk in 0..nb {
+                    let ci0 = blk * cb;
+                    let cbn = cb.min(g.c_in - ci0);
+                    let bp = x_img[ci0 * ldb + oy0 * wq + q..].as_ptr();
+                    for cp in g0..(g0 + group).min(cp1) {
+                        let ap = a[(cp * k + ci0 * taps) * mr..(cp * k + (ci0 + cbn) * taps) * mr].as_ptr();
                         let c = acc[(cp - cp0) * mr * n_acc + q..].as_mut_ptr();
-                        // SAFETY: a holds c_in·mr values (slice above); b is c_in rows of nr
-                        // values ldb apart, the last ending at or before `far` (checked); c
-                        // is mr rows of nr values n_acc apart inside `acc`.
-                        unsafe { kern.run(g.c_in, ap, mr, bp, ldb, c, n_acc, t > 0) };
+                        // SAFETY: a holds taps·cbn rows of mr values (slice above); each tap's
+                        // b is cbn rows of nr values ldb apart, the last ending at or before
+                        // `far` (checked); c is mr rows of nr values n_acc apart inside `acc`.
+                        unsafe { kern.run_segments(&tap_off, cbn, ap, mr, bp, ldb, c, n_acc, blk > 0) };
                     }
                 }
             }

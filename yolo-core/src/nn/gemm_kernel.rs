@@ -23,7 +23,7 @@ pub struct Kernel {
     pub nr: usize,
     /// What it runs on, for reports.
     pub name: &'static str,
-    f: unsafe fn(usize, *const f32, usize, *const f32, usize, *mut f32, usize, bool),
+    f: unsafe fn(*const usize, usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize, bool),
 }
 
 impl std::fmt::Debug for Kernel {
@@ -43,8 +43,23 @@ impl Kernel {
     #[inline]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn run(&self, kc: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool) {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.run_segments(&[0], kc, a, lda, b, ldb, c, ldc, accumulate) }
+    }
+
+    /// [`run`](Self::run) over a reduction of `segs.len()` segments of `kc` rows: segment `s`
+    /// reads its `b` rows from `b + segs[s]`, while `a` runs on through all of them
+    /// (`segs.len() · kc` rows `lda` apart). A conv's kernel taps are the segments: one call
+    /// sums all of them in registers.
+    ///
+    /// # Safety
+    /// As [`run`](Self::run), with `a` holding `segs.len() · kc` rows and every `b + segs[s]`
+    /// addressing `kc` rows of `nr` values `ldb` apart.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_segments(&self, segs: &[usize], kc: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool) {
         // SAFETY: forwarded to the caller; `f` was chosen for this CPU by `kernel`.
-        unsafe { (self.f)(kc, a, lda, b, ldb, c, ldc, accumulate) }
+        unsafe { (self.f)(segs.as_ptr(), segs.len(), kc, a, lda, b, ldb, c, ldc, accumulate) }
     }
 }
 
@@ -77,36 +92,39 @@ pub fn portable_kernels() -> [Kernel; 2] {
     ]
 }
 
-/// Defines `unsafe fn $name(kc, a, lda, b, ldb, c, ldc, accumulate)`: an `$mr x ($nv·$w)` block with
+/// Defines `unsafe fn $name(segs, nseg, kc, a, lda, b, ldb, c, ldc, accumulate)`: an `$mr x ($nv·$w)` block with
 /// `$mr · $nv` accumulators of vector type `$v` (`$w` lanes), from the given vector ops.
 macro_rules! micro_kernel {
     ($(#[$attr:meta])* $name:ident: $v:ty, lanes $w:expr, rows $mr:expr, vectors $nv:expr,
      zero $zero:expr, load $load:expr, store $store:expr, splat $splat:expr, fma $fma:expr, add $add:expr) => {
         $(#[$attr])*
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn $name(kc: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool) {
+        pub(super) unsafe fn $name(segs: *const usize, nseg: usize, kc: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool) {
             const MR: usize = $mr;
             const NV: usize = $nv;
             const W: usize = $w;
-            // SAFETY (whole body): the caller guarantees `a` addresses kc rows of MR values lda
-            // apart, `b` kc rows of NV·W values ldb apart, and `c` MR rows of NV·W values ldc
-            // apart.
+            // SAFETY (whole body): the caller guarantees that `segs` holds nseg offsets, `a`
+            // addresses nseg·kc rows of MR values lda apart, each `b + segs[s]` kc rows of
+            // NV·W values ldb apart, and `c` MR rows of NV·W values ldc apart.
             unsafe {
                 let mut acc: [[$v; NV]; MR] = [[$zero(); NV]; MR];
-                let (mut a, mut b) = (a, b);
-                for _ in 0..kc {
-                    let mut bv: [$v; NV] = [$zero(); NV];
-                    for j in 0..NV {
-                        bv[j] = $load(b.add(j * W));
-                    }
-                    for i in 0..MR {
-                        let av = $splat(*a.add(i));
+                let mut a = a;
+                for s in 0..nseg {
+                    let mut b = b.add(*segs.add(s));
+                    for _ in 0..kc {
+                        let mut bv: [$v; NV] = [$zero(); NV];
                         for j in 0..NV {
-                            acc[i][j] = $fma(av, bv[j], acc[i][j]);
+                            bv[j] = $load(b.add(j * W));
                         }
+                        for i in 0..MR {
+                            let av = $splat(*a.add(i));
+                            for j in 0..NV {
+                                acc[i][j] = $fma(av, bv[j], acc[i][j]);
+                            }
+                        }
+                        a = a.add(lda);
+                        b = b.add(ldb);
                     }
-                    a = a.add(lda);
-                    b = b.add(ldb);
                 }
                 for i in 0..MR {
                     for j in 0..NV {
@@ -231,6 +249,31 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Segments: the same sums as one call per segment added up.
+    #[test]
+    fn segments_match_separate_calls() {
+        let mut kernels = portable_kernels().to_vec();
+        kernels.extend(kernel());
+        for kern in kernels {
+            let (mr, nr, kc, ldb) = (kern.mr, kern.nr, 5, kern.nr + 7);
+            let segs = [3usize, 0, 40];
+            let a: Vec<f32> = (0..segs.len() * kc * mr).map(|i| ((i * 31) % 89) as f32 / 40.0 - 1.0).collect();
+            let b: Vec<f32> = (0..40 + kc * ldb).map(|i| ((i * 17) % 83) as f32 / 30.0 - 1.3).collect();
+            let mut one = vec![0f32; mr * nr];
+            let mut each = vec![0f32; mr * nr];
+            // SAFETY: a holds 3·kc rows of mr; every segment's kc rows of nr fit in b.
+            unsafe {
+                kern.run_segments(&segs, kc, a.as_ptr(), mr, b.as_ptr(), ldb, one.as_mut_ptr(), nr, false);
+                for (s, &off) in segs.iter().enumerate() {
+                    kern.run(kc, a[s * kc * mr..].as_ptr(), mr, b[off..].as_ptr(), ldb, each.as_mut_ptr(), nr, s > 0);
+                }
+            }
+            for (x, y) in one.iter().zip(&each) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{kern:?}: {x} vs {y}");
             }
         }
     }
