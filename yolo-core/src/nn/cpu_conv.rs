@@ -392,11 +392,6 @@ pub fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32
 /// layer balance badly over the threads) and only level with im2col at 10x10.
 pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], method: Method) -> Vec<f32> {
     g.check(batch, Some(x), None, Some(dy), None);
-    if method == Method::Auto && g.sh == g.sw && g.sh <= 2 {
-        if let Some(kern) = gemm_kernel::kernel() {
-            return grad_weight_packed(g, batch, x, dy, kern);
-        }
-    }
     if method == Method::Shifted && g.sh == 1 && g.sw == 1 && !g.is_pointwise() {
         return grad_weight_shifted(g, batch, x, dy);
     }
@@ -456,125 +451,6 @@ pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], metho
         for p in &rest {
             let n = chunk.len();
             chunk.iter_mut().zip(&p[o..o + n]).for_each(|(a, b)| *a += b);
-        }
-    });
-    dw
-}
-
-/// Pixels per task of [`grad_weight_packed`]: the reduction length of its micro-kernel calls.
-const DW_TILE: usize = 256;
-
-/// `dW` with our micro-kernels, reading both operands in place from pixel-major copies.
-///
-/// With the padded input split into its stride phases as in [`run_packed_shifted`], and both
-/// it and `dY` laid out pixel-major (`[pixel, channel]`, `dY` over the same "wide" pixels
-/// `q = oy·Wq + ox`, zero at the `ox >= ow` columns), tap `(ky, kx)`'s weight gradient is
-/// `dWᵀ_tap[ci, co] = Σ_q Xᵀ[q + off_tap, ci] · dYᵀ[q, co]`: a GEMM over pixels whose two
-/// operands the micro-kernel reads as they are (`mr` consecutive channels of each pixel row,
-/// `nr` consecutive output channels). So the input is transposed once instead of gathered
-/// into `kh·kw` im2col rows and then packed, transposed, by the GEMM. Channel blocks that
-/// run past the last channel read a neighbour pixel's values into rows that are dropped.
-/// Tasks are (image, pixel tile), cut into a fixed number of consecutive groups whose sums
-/// are added in order, so runs are reproducible whatever thread runs what.
-fn grad_weight_packed(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: Kernel) -> Vec<f32> {
-    let (mr, nr) = (kern.mr, kern.nr);
-    let s = g.sh;
-    let phases = s * s;
-    let taps = g.kh * g.kw;
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
-    let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
-    let plane = hq * wq;
-    let (ci_pad, co_pad) = (g.c_in.div_ceil(mr) * mr, g.c_out.div_ceil(nr) * nr);
-
-    // Xᵀ: [B, phases, hq·wq, C_in], one plane of slack (taps of the dropped wide columns read
-    // up to a row past their plane) plus a channel block.
-    let img_len = phases * plane * g.c_in;
-    let rows = batch * phases * hq;
-    let (xt, _) = par_fill(batch * img_len + plane * g.c_in + ci_pad + 16, wq * g.c_in, |i, dst| {
-        if i >= rows {
-            return;
-        }
-        let (img, rest) = (i / (phases * hq), i % (phases * hq));
-        let (phase, u) = (rest / hq, rest % hq);
-        let (a, b) = (phase / s, phase % s);
-        let Some(y) = (u * s + a).checked_sub(g.ph).filter(|&y| y < g.h) else { return };
-        for ci in 0..g.c_in {
-            let src = &x[((img * g.c_in + ci) * g.h + y) * g.w..][..g.w];
-            for v in 0..wq {
-                if let Some(xx) = (v * s + b).checked_sub(g.pw).filter(|&xx| xx < g.w) {
-                    dst[v * g.c_in + ci] = src[xx];
-                }
-            }
-        }
-    });
-    // dYᵀ: [B, oh·wq, C_out] over wide pixels, zero at the dropped columns, plus a block of
-    // slack.
-    let wide = g.oh * wq;
-    let (dyt, _) = par_fill(batch * wide * g.c_out + co_pad + 16, wq * g.c_out, |i, dst| {
-        if i >= batch * g.oh {
-            return;
-        }
-        let (img, oy) = (i / g.oh, i % g.oh);
-        for co in 0..g.c_out {
-            let src = &dy[((img * g.c_out + co) * g.oh + oy) * g.ow..][..g.ow];
-            for (ox, &v) in src.iter().enumerate() {
-                dst[ox * g.c_out + co] = v;
-            }
-        }
-    });
-    let tap_off: Vec<usize> = (0..taps)
-        .map(|t| {
-            let (ky, kx) = (t / g.kw, t % g.kw);
-            ((ky % s) * s + kx % s) * plane + (ky / s) * wq + kx / s
-        })
-        .collect();
-
-    let tiles = wide.div_ceil(DW_TILE);
-    let tasks = batch * tiles;
-    let groups = tasks.min(16);
-    let per_group = tasks.div_ceil(groups);
-    let size = taps * ci_pad * co_pad;
-    let partials: Vec<Vec<f32>> = (0..groups)
-        .into_par_iter()
-        .map(|grp| {
-            let mut acc = vec![0f32; size];
-            for task in grp * per_group..((grp + 1) * per_group).min(tasks) {
-                let (img, tile) = (task / tiles, task % tiles);
-                let q0 = tile * DW_TILE;
-                let kc = DW_TILE.min(wide - q0);
-                let x_img = &xt[img * img_len..];
-                let dy_tile = &dyt[(img * wide + q0) * g.c_out..];
-                for (t, &off) in tap_off.iter().enumerate() {
-                    let x_tile = &x_img[(off + q0) * g.c_in..];
-                    assert!((kc - 1) * g.c_in + ci_pad <= x_tile.len(), "input copy too short for {g:?}");
-                    assert!((kc - 1) * g.c_out + co_pad <= dy_tile.len(), "gradient copy too short for {g:?}");
-                    for ci0 in (0..g.c_in).step_by(mr) {
-                        for co0 in (0..g.c_out).step_by(nr) {
-                            let c = acc[(t * ci_pad + ci0) * co_pad + co0..].as_mut_ptr();
-                            // SAFETY: a is kc rows of mr values c_in apart from channel ci0 and
-                            // b kc rows of nr values c_out apart from channel co0, in bounds
-                            // (checked above); c is mr rows of nr values co_pad apart inside
-                            // `acc`.
-                            unsafe {
-                                kern.run(kc, x_tile[ci0..].as_ptr(), g.c_in, dy_tile[co0..].as_ptr(), g.c_out, c, co_pad, true)
-                            };
-                        }
-                    }
-                }
-            }
-            acc
-        })
-        .collect();
-    // dW[co, ci, t] = Σ_groups acc[t, ci, co], in group order.
-    let k = g.k();
-    let mut dw = vec![0f32; g.c_out * k];
-    dw.par_chunks_mut(k).enumerate().for_each(|(co, row)| {
-        for p in &partials {
-            for ci in 0..g.c_in {
-                for t in 0..taps {
-                    row[ci * taps + t] += p[(t * ci_pad + ci) * co_pad + co];
-                }
-            }
         }
     });
     dw
@@ -1585,36 +1461,6 @@ mod tests {
             let im2col = grad_weight_with(&g, b, &x, &dy, Method::Im2col);
             for (i, (a, e)) in shifted.iter().zip(&im2col).enumerate() {
                 assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{b}x{c_in}->{c_out} {h}x{w} k{k} p{p}: [{i}] {a} vs {e}");
-            }
-        }
-    }
-
-    /// The micro-kernel dW (every kernel; the portable ones check the AVX-512 blocking) against
-    /// the im2col one (which `conv_op`'s tests hold to Burn's gradient): strides 1 and 2, 1x1,
-    /// channels that are not multiples of the blocks, several pixel tiles and images.
-    #[test]
-    fn packed_weight_gradient_matches_im2col() {
-        let shapes = [
-            (2, 5, 40, 9, 11, 3, 1, 1),
-            (1, 20, 7, 30, 21, 3, 2, 1),
-            (2, 17, 33, 24, 24, 1, 1, 0),
-            (1, 3, 16, 33, 40, 3, 2, 1),
-            (3, 4, 6, 12, 10, 5, 1, 1),
-            (1, 8, 9, 9, 9, 3, 2, 0),
-        ];
-        for &(b, c_in, c_out, h, w, k, st, p) in &shapes {
-            let g = Geometry::new([c_in, c_out], [h, w], [k, k], [st, st], [p, p]);
-            let [oh, ow] = g.out_hw();
-            let vals = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i + seed) * 7919) % 997) as f32 / 500.0 - 1.0).collect() };
-            let x = vals(b * c_in * h * w, 1);
-            let dy = vals(b * c_out * oh * ow, 2);
-            let im2col = grad_weight_with(&g, b, &x, &dy, Method::Im2col);
-            for kern in gemm_kernel::portable_kernels().into_iter().chain(gemm_kernel::kernel()) {
-                let packed = grad_weight_packed(&g, b, &x, &dy, kern);
-                assert_eq!(packed.len(), im2col.len());
-                for (i, (a, e)) in packed.iter().zip(&im2col).enumerate() {
-                    assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{kern:?} {b}x{c_in}->{c_out} {h}x{w} k{k} s{st} p{p}: [{i}] {a} vs {e}");
-                }
             }
         }
     }
