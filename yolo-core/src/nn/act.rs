@@ -385,6 +385,22 @@ pub fn bias_slice(v: &mut [f32], bias: f32) {
 }
 
 multiversion! {
+    /// `Σ a[i] · b[i]` over 8 partial sums (so that the loop vectorises).
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "dot: lengths differ");
+        let mut s = [0f32; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in ca.zip(cb) {
+            for l in 0..8 {
+                s[l] += x[l] * y[l];
+            }
+        }
+        s.iter().sum::<f32>() + tail
+    }
+}
+
+multiversion! {
     /// `dst[i] = silu(src[i] + bias)` (or `src[i] + bias` without `silu`): the epilogue of a
     /// conv whose sums are in an accumulator, written to the output in the same pass.
     pub fn bias_act_copy(src: &[f32], dst: &mut [f32], bias: f32, silu: bool) {

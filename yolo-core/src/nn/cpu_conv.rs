@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 use crate::nn::act::{bias_silu_slice, bias_slice, silu_slice};
-use crate::nn::gemm_kernel::{self, Kernel};
+use crate::nn::gemm_kernel::{self, DotKernel, Kernel};
 
 /// What is applied to each output after the bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -392,6 +392,15 @@ pub fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32
 /// layer balance badly over the threads) and only level with im2col at 10x10.
 pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], method: Method) -> Vec<f32> {
     g.check(batch, Some(x), None, Some(dy), None);
+    // The dot-product kernels where they were measured faster (`conv-layers --backward`,
+    // yolov8n at 320, batch 8): convs larger than 1x1 whose output has at least 16x16 pixels
+    // (10-20% less time). On 1x1 convs and small maps the gemm crate's packed GEMM was up to 2x
+    // faster: short dot products pay their final reductions too often.
+    if method == Method::Auto && !g.is_pointwise() && g.oh * g.ow >= 256 {
+        if let Some(kern) = gemm_kernel::dot_kernel() {
+            return grad_weight_dot(g, batch, x, dy, kern);
+        }
+    }
     if method == Method::Shifted && g.sh == 1 && g.sw == 1 && !g.is_pointwise() {
         return grad_weight_shifted(g, batch, x, dy);
     }
@@ -442,7 +451,87 @@ pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], metho
             acc
         })
         .collect();
-    // Element-wise sum of the blocks, in block order, over chunks of dW in parallel.
+    sum_partials(partials, size)
+}
+
+/// Pixels per task of [`grad_weight_dot`]: the length of its dot products.
+const DOT_TILE: usize = 512;
+
+/// `dW = Σ dY · im2col(X)ᵀ` with the dot-product micro-kernels ([`DotKernel`]): both operands
+/// run along the pixels, contiguous (rows of `dY` and im2col rows, or the input's own rows for
+/// a 1x1 conv), so neither is transposed or packed. The rows of `X`'s side are taken two
+/// blocks (`2·nr`) at a time, which stay in L1 while every block of output channels runs
+/// over them (the `dY` rows stream from L2); im2col gathers just those rows. Tasks are (image, pixel tile), cut into a fixed number of
+/// consecutive groups whose sums are added in order, so runs are reproducible whatever
+/// thread runs what.
+fn grad_weight_dot(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: DotKernel) -> Vec<f32> {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let (hw_in, hw, k) = (g.h * g.w, g.oh * g.ow, g.k());
+    let tiles = hw.div_ceil(DOT_TILE);
+    // Whole vectors in every tile but the last.
+    let n_tile = (hw.div_ceil(tiles).div_ceil(16) * 16).min(hw);
+    let tiles = hw.div_ceil(n_tile);
+    let size = g.c_out * k;
+    let tasks = batch * tiles;
+    let groups = tasks.min(16);
+    let per_group = tasks.div_ceil(groups);
+    let partials: Vec<Vec<f32>> = (0..groups)
+        .into_par_iter()
+        .map(|grp| {
+            let mut acc = vec![0f32; size];
+            let chunk = 2 * nr;
+            let mut cols = if g.is_pointwise() { Vec::new() } else { vec![0f32; chunk * n_tile] };
+            for task in grp * per_group..((grp + 1) * per_group).min(tasks) {
+                let (img, tile) = (task / tiles, task % tiles);
+                let p0 = tile * n_tile;
+                let n = n_tile.min(hw - p0);
+                let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
+                let dy_img = &dy[img * g.c_out * hw..(img + 1) * g.c_out * hw];
+                // acc[co, kk0 + j] += Σ_p dy[co, p0 + p] · b[j·ldb + p] for the rows of `b`.
+                let mut block = |kk0: usize, rows: usize, b: &[f32], ldb: usize| {
+                    for co0 in (0..g.c_out).step_by(mr) {
+                        let m = mr.min(g.c_out - co0);
+                        let a = dy_img[co0 * hw + p0..].as_ptr();
+                        for j0 in (0..rows).step_by(nr) {
+                            let nn = nr.min(rows - j0);
+                            let (bp, c) = (b[j0 * ldb..].as_ptr(), acc[co0 * k + kk0 + j0..].as_mut_ptr());
+                            // SAFETY: a is m rows of n values hw apart inside dy_img (p0 + n <=
+                            // hw); b is nn rows of n values ldb apart inside `b`; c is m rows of
+                            // nn values k apart inside `acc`.
+                            unsafe {
+                                if m == mr && nn == nr {
+                                    kern.run(n, a, hw, bp, ldb, c, k);
+                                } else {
+                                    gemm_kernel::dot_edge(n, a, hw, bp, ldb, c, k, m, nn);
+                                }
+                            }
+                        }
+                    }
+                };
+                if g.is_pointwise() {
+                    for kk0 in (0..k).step_by(chunk) {
+                        block(kk0, chunk.min(k - kk0), &x_img[kk0 * hw_in + p0..], hw_in);
+                    }
+                    continue;
+                }
+                let khw = g.kh * g.kw;
+                for kk0 in (0..k).step_by(chunk) {
+                    let rows = chunk.min(k - kk0);
+                    for (r, row) in cols.chunks_exact_mut(n_tile).take(rows).enumerate() {
+                        let (ci, t) = ((kk0 + r) / khw, (kk0 + r) % khw);
+                        im2col_row(g, &x_img[ci * hw_in..(ci + 1) * hw_in], t / g.kw, t % g.kw, p0, &mut row[..n]);
+                    }
+                    block(kk0, rows, &cols, n_tile);
+                }
+            }
+            acc
+        })
+        .collect();
+    sum_partials(partials, size)
+}
+
+/// The element-wise sum of per-group blocks, in group order, over chunks in parallel.
+fn sum_partials(partials: Vec<Vec<f32>>, size: usize) -> Vec<f32> {
     let mut partials = partials.into_iter();
     let mut dw = partials.next().unwrap_or_else(|| vec![0f32; size]);
     let rest: Vec<Vec<f32>> = partials.collect();
@@ -1461,6 +1550,35 @@ mod tests {
             let im2col = grad_weight_with(&g, b, &x, &dy, Method::Im2col);
             for (i, (a, e)) in shifted.iter().zip(&im2col).enumerate() {
                 assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{b}x{c_in}->{c_out} {h}x{w} k{k} p{p}: [{i}] {a} vs {e}");
+            }
+        }
+    }
+
+    /// The dot-product dW (every kernel; the portable ones check the AVX-512 blocking) against
+    /// the im2col GEMM one (which `conv_op`'s tests hold to Burn's gradient): strides 1 and 2,
+    /// 1x1, channel counts that are not multiples of the blocks, several pixel tiles, images
+    /// and im2col row chunks.
+    #[test]
+    fn dot_weight_gradient_matches_im2col() {
+        let shapes = [
+            (2, 5, 40, 9, 11, 3, 1, 1),
+            (1, 20, 7, 50, 41, 3, 2, 1),
+            (2, 17, 33, 24, 24, 1, 1, 0),
+            (1, 3, 16, 33, 40, 3, 2, 1),
+            (3, 4, 6, 12, 10, 5, 1, 1),
+        ];
+        for &(b, c_in, c_out, h, w, k, st, p) in &shapes {
+            let g = Geometry::new([c_in, c_out], [h, w], [k, k], [st, st], [p, p]);
+            let [oh, ow] = g.out_hw();
+            let vals = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i + seed) * 7919) % 997) as f32 / 500.0 - 1.0).collect() };
+            let x = vals(b * c_in * h * w, 1);
+            let dy = vals(b * c_out * oh * ow, 2);
+            let im2col = grad_weight_with(&g, b, &x, &dy, Method::Im2col);
+            for kern in gemm_kernel::portable_dot_kernels().into_iter().chain(gemm_kernel::dot_kernel()) {
+                let got = grad_weight_dot(&g, b, &x, &dy, kern);
+                for (i, (a, e)) in got.iter().zip(&im2col).enumerate() {
+                    assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{kern:?} {b}x{c_in}->{c_out} {h}x{w} k{k} s{st} p{p}: [{i}] {a} vs {e}");
+                }
             }
         }
     }

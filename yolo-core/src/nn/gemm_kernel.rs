@@ -138,6 +138,50 @@ macro_rules! micro_kernel {
     };
 }
 
+/// Defines `unsafe fn $name(n, a, lda, b, ldb, c, ldc)`: an `$mr x $nr` block of dot products
+/// with one accumulator of vector type `$v` (`$w` lanes) each, reduced by `$hsum` at the end;
+/// the last `n mod $w` products are summed one by one.
+macro_rules! dot_kernel {
+    ($(#[$attr:meta])* $name:ident: $v:ty, lanes $w:expr, rows $mr:expr, cols $nr:expr,
+     zero $zero:expr, load $load:expr, fma $fma:expr, hsum $hsum:expr) => {
+        $(#[$attr])*
+        pub(super) unsafe fn $name(n: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+            const MR: usize = $mr;
+            const NR: usize = $nr;
+            const W: usize = $w;
+            // SAFETY (whole body): the caller guarantees `a` addresses MR rows of n values lda
+            // apart, `b` NR rows of n values ldb apart, and `c` MR rows of NR values ldc apart.
+            unsafe {
+                let mut acc: [[$v; NR]; MR] = [[$zero(); NR]; MR];
+                let whole = n / W * W;
+                let mut p = 0;
+                while p < whole {
+                    let mut av: [$v; MR] = [$zero(); MR];
+                    for i in 0..MR {
+                        av[i] = $load(a.add(i * lda + p));
+                    }
+                    for j in 0..NR {
+                        let bv = $load(b.add(j * ldb + p));
+                        for i in 0..MR {
+                            acc[i][j] = $fma(av[i], bv, acc[i][j]);
+                        }
+                    }
+                    p += W;
+                }
+                for i in 0..MR {
+                    for j in 0..NR {
+                        let mut s = $hsum(acc[i][j]);
+                        for q in whole..n {
+                            s += *a.add(i * lda + q) * *b.add(j * ldb + q);
+                        }
+                        *c.add(i * ldc + j) += s;
+                    }
+                }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -154,6 +198,27 @@ mod x86 {
         avx512_12x32: __m512, lanes 16, rows 12, vectors 2,
         zero _mm512_setzero_ps, load _mm512_loadu_ps, store _mm512_storeu_ps,
         splat _mm512_set1_ps, fma _mm512_fmadd_ps, add _mm512_add_ps
+    }
+
+    /// The lanes of `v` summed.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    dot_kernel! {
+        #[target_feature(enable = "avx2,fma")]
+        dot_avx2_3x4: __m256, lanes 8, rows 3, cols 4,
+        zero _mm256_setzero_ps, load _mm256_loadu_ps, fma _mm256_fmadd_ps, hsum hsum256
+    }
+
+    dot_kernel! {
+        #[target_feature(enable = "avx512f")]
+        dot_avx512_4x6: __m512, lanes 16, rows 4, cols 6,
+        zero _mm512_setzero_ps, load _mm512_loadu_ps, fma _mm512_fmadd_ps, hsum _mm512_reduce_add_ps
     }
 }
 
@@ -194,6 +259,99 @@ mod portable {
         p_12x32: V16, lanes 16, rows 12, vectors 2,
         zero zero::<16>, load load::<16>, store store::<16>, splat splat::<16>, fma fma::<16>, add add::<16>
     }
+
+    fn hsum<const W: usize>(v: [f32; W]) -> f32 {
+        v.iter().sum()
+    }
+
+    dot_kernel! {
+        dot_3x4: V8, lanes 8, rows 3, cols 4,
+        zero zero::<8>, load load::<8>, fma fma::<8>, hsum hsum::<8>
+    }
+    dot_kernel! {
+        dot_4x6: V16, lanes 16, rows 4, cols 6,
+        zero zero::<16>, load load::<16>, fma fma::<16>, hsum hsum::<16>
+    }
+}
+
+/// A dot-product micro-kernel: an `mr x nr` block of `C += A · Bᵀ` where both `A` (`mr` rows)
+/// and `B` (`nr` rows) run along the reduction, contiguous. A conv's weight gradient is such
+/// a product (`dW = dY · im2col(X)ᵀ`, both over pixels): with vectors along the pixels
+/// neither operand is transposed or packed, and each of the `mr · nr` sums is reduced across
+/// its lanes once at the end.
+#[derive(Clone, Copy)]
+pub struct DotKernel {
+    /// Rows of `A` per block.
+    pub mr: usize,
+    /// Rows of `B` per block.
+    pub nr: usize,
+    /// What it runs on, for reports.
+    pub name: &'static str,
+    f: unsafe fn(usize, *const f32, usize, *const f32, usize, *mut f32, usize),
+}
+
+impl std::fmt::Debug for DotKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DotKernel({} {}x{})", self.name, self.mr, self.nr)
+    }
+}
+
+impl DotKernel {
+    /// `c[i·ldc + j] += Σ_{p < n} a[i·lda + p] · b[j·ldb + p]` for `i < mr`, `j < nr`.
+    ///
+    /// # Safety
+    /// `a` must address `mr` rows of `n` values `lda` apart, `b` `nr` rows of `n` values `ldb`
+    /// apart, and `c` `mr` rows of `nr` writable values `ldc` apart, not overlapping `a`, `b`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run(&self, n: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+        // SAFETY: forwarded to the caller; `f` was chosen for this CPU by `dot_kernel`.
+        unsafe { (self.f)(n, a, lda, b, ldb, c, ldc) }
+    }
+}
+
+/// `c[i·ldc + j] += Σ_p a[i·lda + p] · b[j·ldb + p]` for any `rows x cols` block (the edges
+/// that [`DotKernel`]'s whole blocks leave), with 8 partial sums per dot product.
+///
+/// # Safety
+/// As [`DotKernel::run`] with `rows` and `cols` for `mr` and `nr`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dot_edge(n: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize) {
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: rows i of a and j of b hold n values; c[i·ldc + j] is writable.
+            unsafe {
+                let (ra, rb) = (std::slice::from_raw_parts(a.add(i * lda), n), std::slice::from_raw_parts(b.add(j * ldb), n));
+                *c.add(i * ldc + j) += crate::nn::act::dot(ra, rb);
+            }
+        }
+    }
+}
+
+/// The widest dot-product kernel this CPU runs (AVX-512F `4 x 6`, AVX2 + FMA `3 x 4`),
+/// detected once; `None` on other CPUs, where `cpu_conv` uses the `gemm` crate.
+pub fn dot_kernel() -> Option<DotKernel> {
+    static KERNEL: std::sync::OnceLock<Option<DotKernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Some(DotKernel { mr: 4, nr: 6, name: "avx512", f: x86::dot_avx512_4x6 });
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Some(DotKernel { mr: 3, nr: 4, name: "avx2", f: x86::dot_avx2_3x4 });
+            }
+        }
+        None
+    })
+}
+
+/// The portable dot-product kernels at the AVX2 and AVX-512 block shapes, for the tests.
+pub fn portable_dot_kernels() -> [DotKernel; 2] {
+    [
+        DotKernel { mr: 3, nr: 4, name: "portable", f: portable::dot_3x4 },
+        DotKernel { mr: 4, nr: 6, name: "portable", f: portable::dot_4x6 },
+    ]
 }
 
 /// `A [m, k]` (row-major) packed into `m.div_ceil(mr)` panels of `[k, mr]`, zero rows past
@@ -274,6 +432,42 @@ mod tests {
             }
             for (x, y) in one.iter().zip(&each) {
                 assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{kern:?}: {x} vs {y}");
+            }
+        }
+    }
+
+    /// Every dot-product kernel this CPU has and the portable ones, against a plain loop,
+    /// with a tail (n not a multiple of the lanes), and the edge function on a partial block.
+    #[test]
+    fn dot_kernels_match_reference() {
+        let mut kernels = portable_dot_kernels().to_vec();
+        kernels.extend(dot_kernel());
+        for kern in kernels {
+            let (mr, nr) = (kern.mr, kern.nr);
+            for n in [5, 16, 77] {
+                let (lda, ldb, ldc) = (n + 3, n + 1, nr + 2);
+                let a: Vec<f32> = (0..mr * lda).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+                let b: Vec<f32> = (0..nr * ldb).map(|i| ((i * 53) % 97) as f32 / 40.0 - 1.2).collect();
+                let init: Vec<f32> = (0..mr * ldc).map(|i| i as f32 * 0.01).collect();
+                let want = |i: usize, j: usize| init[i * ldc + j] as f64 + (0..n).map(|p| a[i * lda + p] as f64 * b[j * ldb + p] as f64).sum::<f64>();
+                let mut c = init.clone();
+                // SAFETY: sizes as the contract asks.
+                unsafe { kern.run(n, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc) };
+                let mut e = init.clone();
+                // SAFETY: a partial block inside the same buffers.
+                unsafe { dot_edge(n, a.as_ptr(), lda, b.as_ptr(), ldb, e.as_mut_ptr(), ldc, mr - 1, nr - 1) };
+                for i in 0..mr {
+                    for j in 0..ldc {
+                        if j >= nr {
+                            assert_eq!(c[i * ldc + j], init[i * ldc + j], "{kern:?} wrote outside its block");
+                            continue;
+                        }
+                        let w = want(i, j);
+                        assert!((c[i * ldc + j] as f64 - w).abs() < 1e-4 * (1.0 + w.abs()), "{kern:?} n {n} [{i}, {j}]");
+                        let w_edge = if i < mr - 1 && j < nr - 1 { w } else { init[i * ldc + j] as f64 };
+                        assert!((e[i * ldc + j] as f64 - w_edge).abs() < 1e-4 * (1.0 + w_edge.abs()), "dot_edge n {n} [{i}, {j}]");
+                    }
+                }
             }
         }
     }
