@@ -5,19 +5,23 @@
 //! scatter that into the output, then add the bias in another pass; the SiLU is one pass
 //! more. Its 3-channel stem takes a scalar path (see `docs/cpu-conv-notes.md`).
 //!
-//! [`conv2d`] does the same arithmetic in one pass per output tile:
-//! - the weights `[C_out, C_in, kh, kw]` are already the row-major `[C_out, K]` GEMM operand
-//!   (`K = C_in·kh·kw`); they are read in place;
-//! - the input is read in place (NCHW, any contiguous view: C2f's channel splits are not
-//!   copied); a 1x1 stride-1 conv multiplies it directly, other convs gather a `[K, n]`
-//!   column block of `n` output pixels straight from NCHW (row copies for stride 1);
-//! - a packed GEMM (the `gemm` crate, which `flex` itself uses) writes the tile straight into
-//!   the NCHW output;
-//! - bias and SiLU are applied to the tile while it is still in cache.
+//! [`conv2d`] does the same arithmetic with our own GEMM micro-kernels
+//! ([`gemm_kernel`], AVX2 + FMA or AVX-512F, picked at run time):
+//! - the weights are packed once into the kernel's row panels and kept by the module that
+//!   owns the conv ([`PackCache`]);
+//! - convs larger than 1x1 with stride 1 or 2 and at least 16 input channels read the
+//!   zero-padded input, split into its stride phases, in place: one kernel call sums all
+//!   taps of a block of channels in registers ([`run_packed_shifted`]); the others (1x1,
+//!   the 3-channel stem) pack their im2col columns straight into the kernel's panels
+//!   ([`run_packed`]);
+//! - sums go to a per-task accumulator, and bias + SiLU are applied as it is copied to the
+//!   NCHW output.
 //!
-//! Tiles of all images run in parallel on rayon's pool, each GEMM single-threaded, so both
-//! cores stay busy without nested parallelism. Only for plain (non-autodiff) f32 tensors on
-//! `flex`; everything else, training included, keeps Burn's conv.
+//! CPUs without AVX2 keep the `gemm` crate (which `flex` itself uses) with im2col or shifted
+//! GEMMs ([`Method::Im2col`], [`Method::Shifted`]). Tasks of all images run in parallel on
+//! rayon's pool, each kernel single-threaded, so both cores stay busy without nested
+//! parallelism. Only for plain (non-autodiff) f32 tensors on `flex`; training reaches the
+//! same kernels through `nn::conv_op`.
 
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
@@ -115,9 +119,9 @@ impl Geometry {
     fn k(&self) -> usize {
         self.c_in * self.kh * self.kw
     }
-    /// Shifted GEMMs ([`run_shifted`]) for stride-1 convs with at least 64 input channels:
-    /// measured per layer (`conv-layers`), they beat im2col there and lose below, where each
-    /// tap's GEMM is too thin (K = C_in).
+    /// Shifted `gemm`-crate GEMMs ([`run_shifted`]) for stride-1 convs with at least 64 input
+    /// channels, on CPUs without our micro-kernels: measured per layer (`conv-layers`), they
+    /// beat im2col there and lose below, where each tap's GEMM is too thin (K = C_in).
     fn uses_shifted(&self) -> bool {
         self.sh == 1 && self.sw == 1 && !self.is_pointwise() && self.c_in >= 64
     }
@@ -159,7 +163,7 @@ pub fn conv2d_cached(x: Tensor<4>, conv: &Conv2d, act: Activation, cache: &PackC
     conv2d_with(x, conv, act, Method::Auto, Some(cache))
 }
 
-/// Weights packed for the micro-kernels ([`gemm_kernel::pack_a`]), kept between calls by the
+/// Weights packed for the micro-kernels ([`pack_weights`]), kept between calls by the
 /// module that owns the conv: packing yolov8n's 3.2M weights on every forward would cost a
 /// few milliseconds on one thread.
 ///
@@ -376,8 +380,9 @@ pub fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> Vec<f32>
 }
 
 /// Gradient of the conv's weight, `dW[co, (ci, ky, kx)] = Σ_images Σ_pixels dY · im2col(X)`:
-/// one GEMM per (image, pixel tile) accumulating into a per-task `[C_out, K]` block, the blocks
-/// summed at the end.
+/// dot-product micro-kernels over `dY` rows and im2col rows ([`grad_weight_dot`]) for convs
+/// larger than 1x1 with at least 16x16 output pixels, else one `gemm`-crate GEMM per (image,
+/// pixel tile) accumulating into a per-task `[C_out, K]` block, the blocks summed at the end.
 ///
 /// # Shapes
 /// - `x`: `[B, C_in, H, W]`, `dy`: `[B, C_out, oh, ow]`; output `[C_out, C_in, kh, kw]`
@@ -385,13 +390,16 @@ pub fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32
     grad_weight_with(g, batch, x, dy, Method::Auto)
 }
 
-/// [`grad_weight`] with an explicit [`Method`]: `Shifted` runs one GEMM per kernel tap over
-/// the zero-padded input for stride-1 convs that are not 1x1; `Auto` and `Im2col` one GEMM
-/// per pixel tile. Measured per layer (`conv-layers --backward`, yolov8n at 320, batch 8, both
+/// [`grad_weight`] with an explicit [`Method`]: `Auto` as [`grad_weight`]; `Shifted` runs one
+/// GEMM per kernel tap over the zero-padded input for stride-1 convs that are not 1x1;
+/// `Im2col` one GEMM per pixel tile. Measured per layer (`conv-layers --backward`, yolov8n at 320, batch 8, both
 /// cores), the per-tap GEMMs were slower on every layer at 20x20 and above (9 long tasks per
 /// layer balance badly over the threads) and only level with im2col at 10x10.
 pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], method: Method) -> Vec<f32> {
     g.check(batch, Some(x), None, Some(dy), None);
+    if batch * g.c_out * g.oh * g.ow == 0 {
+        return vec![0.0; g.c_out * g.k()];
+    }
     // The dot-product kernels where they were measured faster (`conv-layers --backward`,
     // yolov8n at 320, batch 8): convs larger than 1x1 whose output has at least 16x16 pixels
     // (10-20% less time). On 1x1 convs and small maps the gemm crate's packed GEMM was up to 2x
@@ -879,6 +887,9 @@ fn run(g: &Geometry, batch: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, a
 /// [`run_packed_shifted`] for the convs it runs ([`packed_shifted`]), [`run_packed`] for the
 /// rest; `a` comes from [`pack_weights`].
 fn run_packed_any(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+    if batch * g.c_out * g.oh * g.ow == 0 {
+        return Vec::new();
+    }
     if packed_shifted(g) {
         run_packed_shifted(g, batch, x, a, bias, act, kern)
     } else {
@@ -1063,8 +1074,8 @@ fn phase_planes(g: &Geometry, batch: usize, x: &[f32], slack: usize) -> (Vec<f32
     let s = g.sh;
     let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
     let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
-    // Planes an odd number of 64-byte lines apart: the C_in rows of a block then fall in
-    // different L1 sets.
+    // Planes an odd number of 64-byte lines apart: at stride 1 the C_in rows of a block then
+    // fall in different L1 sets (at stride 2 they are s² planes apart).
     let mut ps = (hq * wq).div_ceil(16) * 16;
     if (ps / 16) % 2 == 0 {
         ps += 16;
@@ -1130,8 +1141,8 @@ fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Op
     let k = g.k();
     assert_eq!(a.len(), co_panels * k * mr, "packed weights for {g:?}");
     let (nb, cb) = ci_blocks(g.c_in);
-    // A block's last columns may run up to 2·nr past the last real pixel (whole blocks, and
-    // the accumulator's stride padding).
+    // A block's last columns may run up to nr past the last real pixel (whole blocks); the
+    // slack is generous.
     let (xp, ps, wq) = phase_planes(g, batch, x, 2 * nr + 16);
     let ldb = phases * ps;
     // Where tap t starts, from its image's first plane.
@@ -1254,7 +1265,7 @@ thread_local! {
     static ACC: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Accumulator size of a [`run_shifted`] tile, in floats (128 KB).
+/// Accumulator size of a [`run_shifted`] or [`run_packed_shifted`] tile, in floats (128 KB).
 const ACC_FLOATS: usize = 32 * 1024;
 
 /// A stride-1 conv without im2col: one GEMM per kernel tap, reading the zero-padded input in

@@ -3,10 +3,11 @@
 //! A micro-kernel computes one `MR x NR` block of `C = A · B` from two packed panels:
 //! `a` holds `kc` columns of `MR` rows (`a[k·MR + i] = A[i, k]`), `b` holds `kc` rows of `NR`
 //! columns (`b[k·NR + j] = B[k, j]`), and the block is written to (or added into) `c` with row
-//! stride `ldc`. For a convolution, rows are output channels (the weights, packed once per
-//! call) and columns are output pixels, contiguous in the NCHW output: the im2col gather
-//! writes straight into `b`'s panels, so the input is copied once, not twice (im2col, then
-//! the GEMM's own packing), and each block's `MR · NR` sums stay in registers for all of `kc`.
+//! stride `ldc`. For a convolution, rows are output channels (the weights, packed once and
+//! cached by the module) and columns are output pixels, contiguous in NCHW: `b` is either a
+//! panel the im2col gather writes straight into, or (`ldb`, segments) rows of the padded
+//! input read in place, one segment per kernel tap; each block's `MR · NR` sums stay in
+//! registers for the whole reduction. [`DotKernel`]s serve the weight gradient.
 //!
 //! Kernels: AVX2 + FMA (`6 x 16`: 12 accumulators of 8 lanes) and AVX-512F (`12 x 32`: 24
 //! accumulators of 16 lanes), picked at run time. Both are one macro instantiated with the
@@ -122,8 +123,9 @@ macro_rules! micro_kernel {
                                 acc[i][j] = $fma(av, bv[j], acc[i][j]);
                             }
                         }
-                        a = a.add(lda);
-                        b = b.add(ldb);
+                        // Wrapping: after a segment's last row these point past what is read.
+                        a = a.wrapping_add(lda);
+                        b = b.wrapping_add(ldb);
                     }
                 }
                 for i in 0..MR {
