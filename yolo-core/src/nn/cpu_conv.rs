@@ -1211,12 +1211,16 @@ fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Op
                 }
             }
             for co in cp0 * mr..(cp1 * mr).min(g.c_out) {
-                let row = &acc[(co - cp0 * mr) * n_acc..(co - cp0 * mr) * n_acc + n];
+                // Bias and activation over the whole accumulator row in place (whole vectors:
+                // n_acc is a multiple of nr), then its real columns out: per output row, a
+                // fused epilogue-and-copy spent a tenth of its time on the rows' scalar tails.
+                let row = &mut acc[(co - cp0 * mr) * n_acc..(co - cp0 * mr) * n_acc + n.div_ceil(nr) * nr];
+                epilogue(row, bias.map(|b| b[co]), act);
                 for r in 0..nrows {
                     // SAFETY: row oy0 + r of channel co of image img: ow values that only this
                     // task writes.
                     let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + (oy0 + r) * g.ow), g.ow) };
-                    epilogue_copy(&row[r * wq..r * wq + g.ow], out_row, bias.map(|b| b[co]), act);
+                    out_row.copy_from_slice(&row[r * wq..r * wq + g.ow]);
                 }
             }
         });
