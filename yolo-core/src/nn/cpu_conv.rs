@@ -416,50 +416,35 @@ pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], metho
     let k = g.k();
     let n_tile = tile_len(g, batch);
     let tiles_per_image = hw.div_ceil(n_tile);
-    let size = g.c_out * k;
-    // Deterministic: the tasks are cut into a fixed number of consecutive groups (whichever
-    // thread runs them), each summed in order into its own block, and the blocks are added in
-    // order, so a seed reproduces a training run bit for bit on a given machine.
-    let tasks = batch * tiles_per_image;
-    let groups = tasks.min(16);
-    let per_group = tasks.div_ceil(groups);
-    let partials: Vec<Vec<f32>> = (0..groups)
-        .into_par_iter()
-        .map(|grp| {
-            let mut acc = vec![0f32; size];
-            for task in grp * per_group..((grp + 1) * per_group).min(tasks) {
-                let (img, tile) = (task / tiles_per_image, task % tiles_per_image);
-                let p0 = tile * n_tile;
-                let n = n_tile.min(hw - p0);
-                let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
-                let lhs = dy[(img * g.c_out) * hw + p0..].as_ptr();
-                let dst = acc.as_mut_ptr();
-                // acc[co, kk] += Σ_j dy[img, co, p0 + j] · rhs[j, kk], rhs[j, kk] = cols[kk, j].
-                let gemm = |rhs: *const f32, rhs_cs: isize| unsafe {
-                    // SAFETY: acc is [c_out, k]; lhs element (co, j) is dy[(img * c_out + co) *
-                    // hw + p0 + j]; rhs element (j, kk) is rhs[kk * rhs_cs + j]; all in bounds.
-                    sgemm(
-                        g.c_out,
-                        k,
-                        n,
-                        dst,
-                        1,
-                        k as isize,
-                        true,
-                        lhs,
-                        1,
-                        hw as isize,
-                        rhs,
-                        rhs_cs,
-                        1,
-                    )
-                };
-                with_columns(g, x_img, p0, n, gemm);
-            }
-            acc
-        })
-        .collect();
-    sum_partials(partials, size)
+    grouped_sum(batch * tiles_per_image, g.c_out * k, || (), |task, _, acc| {
+        let (img, tile) = (task / tiles_per_image, task % tiles_per_image);
+        let p0 = tile * n_tile;
+        let n = n_tile.min(hw - p0);
+        let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
+        let lhs = dy[(img * g.c_out) * hw + p0..].as_ptr();
+        let dst = acc.as_mut_ptr();
+        // acc[co, kk] += Σ_j dy[img, co, p0 + j] · rhs[j, kk], rhs[j, kk] = cols[kk, j].
+        let gemm = |rhs: *const f32, rhs_cs: isize| unsafe {
+            // SAFETY: acc is [c_out, k]; lhs element (co, j) is dy[(img * c_out + co) *
+            // hw + p0 + j]; rhs element (j, kk) is rhs[kk * rhs_cs + j]; all in bounds.
+            sgemm(
+                g.c_out,
+                k,
+                n,
+                dst,
+                1,
+                k as isize,
+                true,
+                lhs,
+                1,
+                hw as isize,
+                rhs,
+                rhs_cs,
+                1,
+            )
+        };
+        with_columns(g, x_img, p0, n, gemm);
+    })
 }
 
 /// Pixels per task of [`grad_weight_dot`]: the length of its dot products.
@@ -469,9 +454,8 @@ const DOT_TILE: usize = 512;
 /// run along the pixels, contiguous (rows of `dY` and im2col rows, or the input's own rows for
 /// a 1x1 conv), so neither is transposed or packed. The rows of `X`'s side are taken two
 /// blocks (`2·nr`) at a time, which stay in L1 while every block of output channels runs
-/// over them (the `dY` rows stream from L2); im2col gathers just those rows. Tasks are (image, pixel tile), cut into a fixed number of
-/// consecutive groups whose sums are added in order, so runs are reproducible whatever
-/// thread runs what.
+/// over them (the `dY` rows stream from L2); im2col gathers just those rows. Tasks are
+/// (image, pixel tile), summed reproducibly by [`grouped_sum`].
 fn grad_weight_dot(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: DotKernel) -> Vec<f32> {
     let (mr, nr) = (kern.mr, kern.nr);
     let (hw_in, hw, k) = (g.h * g.w, g.oh * g.ow, g.k());
@@ -479,67 +463,72 @@ fn grad_weight_dot(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: DotK
     // Whole vectors in every tile but the last.
     let n_tile = (hw.div_ceil(tiles).div_ceil(16) * 16).min(hw);
     let tiles = hw.div_ceil(n_tile);
-    let size = g.c_out * k;
-    let tasks = batch * tiles;
-    let groups = tasks.min(16);
+    let chunk = 2 * nr;
+    let scratch = || if g.is_pointwise() { Vec::new() } else { vec![0f32; chunk * n_tile] };
+    grouped_sum(batch * tiles, g.c_out * k, scratch, |task, cols, acc| {
+        let (img, tile) = (task / tiles, task % tiles);
+        let p0 = tile * n_tile;
+        let n = n_tile.min(hw - p0);
+        let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
+        let dy_img = &dy[img * g.c_out * hw..(img + 1) * g.c_out * hw];
+        // acc[co, kk0 + j] += Σ_p dy[co, p0 + p] · b[j·ldb + p] for the rows of `b`.
+        let mut block = |kk0: usize, rows: usize, b: &[f32], ldb: usize| {
+            for co0 in (0..g.c_out).step_by(mr) {
+                let m = mr.min(g.c_out - co0);
+                let a = dy_img[co0 * hw + p0..].as_ptr();
+                for j0 in (0..rows).step_by(nr) {
+                    let nn = nr.min(rows - j0);
+                    let (bp, c) = (b[j0 * ldb..].as_ptr(), acc[co0 * k + kk0 + j0..].as_mut_ptr());
+                    // SAFETY: a is m rows of n values hw apart inside dy_img (p0 + n <=
+                    // hw); b is nn rows of n values ldb apart inside `b`; c is m rows of
+                    // nn values k apart inside `acc`.
+                    unsafe {
+                        if m == mr && nn == nr {
+                            kern.run(n, a, hw, bp, ldb, c, k);
+                        } else {
+                            gemm_kernel::dot_edge(n, a, hw, bp, ldb, c, k, m, nn);
+                        }
+                    }
+                }
+            }
+        };
+        if g.is_pointwise() {
+            for kk0 in (0..k).step_by(chunk) {
+                block(kk0, chunk.min(k - kk0), &x_img[kk0 * hw_in + p0..], hw_in);
+            }
+            return;
+        }
+        let khw = g.kh * g.kw;
+        for kk0 in (0..k).step_by(chunk) {
+            let rows = chunk.min(k - kk0);
+            for (r, row) in cols.chunks_exact_mut(n_tile).take(rows).enumerate() {
+                let (ci, t) = ((kk0 + r) / khw, (kk0 + r) % khw);
+                im2col_row(g, &x_img[ci * hw_in..(ci + 1) * hw_in], t / g.kw, t % g.kw, p0, &mut row[..n]);
+            }
+            block(kk0, rows, cols, n_tile);
+        }
+    })
+}
+
+/// `Σ_task` of what `f(task, scratch, acc)` adds into a zeroed block of `size` values,
+/// reproducibly: the tasks are cut into a fixed number of consecutive groups (whichever thread
+/// runs them), each summed in order into its own block (with its own `scratch()`), and the
+/// blocks are added in order, so a seed reproduces a training run bit for bit on a given
+/// machine.
+fn grouped_sum<S>(tasks: usize, size: usize, scratch: impl Fn() -> S + Sync, f: impl Fn(usize, &mut S, &mut [f32]) + Sync) -> Vec<f32> {
+    let groups = tasks.clamp(1, 16);
     let per_group = tasks.div_ceil(groups);
     let partials: Vec<Vec<f32>> = (0..groups)
         .into_par_iter()
         .map(|grp| {
             let mut acc = vec![0f32; size];
-            let chunk = 2 * nr;
-            let mut cols = if g.is_pointwise() { Vec::new() } else { vec![0f32; chunk * n_tile] };
+            let mut s = scratch();
             for task in grp * per_group..((grp + 1) * per_group).min(tasks) {
-                let (img, tile) = (task / tiles, task % tiles);
-                let p0 = tile * n_tile;
-                let n = n_tile.min(hw - p0);
-                let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
-                let dy_img = &dy[img * g.c_out * hw..(img + 1) * g.c_out * hw];
-                // acc[co, kk0 + j] += Σ_p dy[co, p0 + p] · b[j·ldb + p] for the rows of `b`.
-                let mut block = |kk0: usize, rows: usize, b: &[f32], ldb: usize| {
-                    for co0 in (0..g.c_out).step_by(mr) {
-                        let m = mr.min(g.c_out - co0);
-                        let a = dy_img[co0 * hw + p0..].as_ptr();
-                        for j0 in (0..rows).step_by(nr) {
-                            let nn = nr.min(rows - j0);
-                            let (bp, c) = (b[j0 * ldb..].as_ptr(), acc[co0 * k + kk0 + j0..].as_mut_ptr());
-                            // SAFETY: a is m rows of n values hw apart inside dy_img (p0 + n <=
-                            // hw); b is nn rows of n values ldb apart inside `b`; c is m rows of
-                            // nn values k apart inside `acc`.
-                            unsafe {
-                                if m == mr && nn == nr {
-                                    kern.run(n, a, hw, bp, ldb, c, k);
-                                } else {
-                                    gemm_kernel::dot_edge(n, a, hw, bp, ldb, c, k, m, nn);
-                                }
-                            }
-                        }
-                    }
-                };
-                if g.is_pointwise() {
-                    for kk0 in (0..k).step_by(chunk) {
-                        block(kk0, chunk.min(k - kk0), &x_img[kk0 * hw_in + p0..], hw_in);
-                    }
-                    continue;
-                }
-                let khw = g.kh * g.kw;
-                for kk0 in (0..k).step_by(chunk) {
-                    let rows = chunk.min(k - kk0);
-                    for (r, row) in cols.chunks_exact_mut(n_tile).take(rows).enumerate() {
-                        let (ci, t) = ((kk0 + r) / khw, (kk0 + r) % khw);
-                        im2col_row(g, &x_img[ci * hw_in..(ci + 1) * hw_in], t / g.kw, t % g.kw, p0, &mut row[..n]);
-                    }
-                    block(kk0, rows, &cols, n_tile);
-                }
+                f(task, &mut s, &mut acc);
             }
             acc
         })
         .collect();
-    sum_partials(partials, size)
-}
-
-/// The element-wise sum of per-group blocks, in group order, over chunks in parallel.
-fn sum_partials(partials: Vec<Vec<f32>>, size: usize) -> Vec<f32> {
     let mut partials = partials.into_iter();
     let mut dw = partials.next().unwrap_or_else(|| vec![0f32; size]);
     let rest: Vec<Vec<f32>> = partials.collect();
