@@ -1,0 +1,506 @@
+//! The conv paths on our own micro-kernels ([`gemm_kernel`]): weights packed once per module
+//! ([`PackCache`]), convs that read the padded input's phase planes in place
+//! ([`run_packed_shifted`]) or pack their im2col columns into the kernel's panels
+//! ([`run_packed`]), and the dot-product weight gradient ([`grad_weight_dot`]). A child of
+//! `cpu_conv`, whose geometry, buffers and epilogues it shares.
+
+use super::*;
+
+/// Weights packed for the micro-kernels ([`pack_weights`]), kept between calls by the
+/// module that owns the conv: packing yolov8n's 3.2M weights on every forward would cost a
+/// few milliseconds on one thread.
+///
+/// An entry holds a clone of the weight tensor it was packed from. While it is held, that
+/// buffer can be neither freed nor changed in place (`flex` writes in place only into buffers
+/// it holds alone), so a weight tensor on the same buffer with the same layout has the same
+/// values, and any other tensor (new weights, a loaded record) is packed afresh. Clones of a
+/// module share the cache.
+#[derive(Clone, Debug, Default)]
+pub struct PackCache(std::sync::Arc<std::sync::Mutex<Option<PackEntry>>>);
+
+#[derive(Debug)]
+struct PackEntry {
+    source: FlexTensor,
+    /// The kernel's rows and whether the weights are packed per tap ([`pack_weights`]).
+    layout: (usize, bool),
+    packed: std::sync::Arc<Vec<f32>>,
+}
+
+impl PackCache {
+    /// `weight` packed for a conv of geometry `g` ([`pack_weights`]), from the cache when it
+    /// holds this very tensor packed the same way.
+    pub(super) fn get(&self, weight: &FlexTensor, g: &Geometry, mr: usize) -> std::sync::Arc<Vec<f32>> {
+        let layout = (mr, packed_shifted(g));
+        let mut entry = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = entry.as_ref() {
+            let same = std::sync::Arc::ptr_eq(&e.source.data_arc(), &weight.data_arc()) && e.source.layout() == weight.layout();
+            if same && e.layout == layout {
+                return e.packed.clone();
+            }
+        }
+        let w = weight.as_slice::<f32>().expect("contiguous f32 weights");
+        let packed = std::sync::Arc::new(pack_weights(g, w, mr));
+        *entry = Some(PackEntry { source: weight.clone(), layout, packed: packed.clone() });
+        packed
+    }
+}
+
+/// Pixels per task of [`grad_weight_dot`]: the length of its dot products.
+const DOT_TILE: usize = 512;
+
+/// `dW = Σ dY · im2col(X)ᵀ` with the dot-product micro-kernels ([`DotKernel`]): both operands
+/// run along the pixels, contiguous (rows of `dY` and im2col rows, or the input's own rows for
+/// a 1x1 conv), so neither is transposed or packed. The rows of `X`'s side are taken two
+/// blocks (`2·nr`) at a time, which stay in L1 while every block of output channels runs
+/// over them (the `dY` rows stream from L2); im2col gathers just those rows. Tasks are
+/// (image, pixel tile), summed reproducibly by [`grouped_sum`].
+pub(super) fn grad_weight_dot(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: DotKernel) -> Vec<f32> {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let (hw_in, hw, k) = (g.h * g.w, g.oh * g.ow, g.k());
+    let tiles = hw.div_ceil(DOT_TILE);
+    // Whole vectors in every tile but the last.
+    let n_tile = (hw.div_ceil(tiles).div_ceil(16) * 16).min(hw);
+    let tiles = hw.div_ceil(n_tile);
+    let chunk = 2 * nr;
+    let scratch = || if g.is_pointwise() { Vec::new() } else { vec![0f32; chunk * n_tile] };
+    grouped_sum(batch * tiles, g.c_out * k, scratch, |task, cols, acc| {
+        let (img, tile) = (task / tiles, task % tiles);
+        let p0 = tile * n_tile;
+        let n = n_tile.min(hw - p0);
+        let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
+        let dy_img = &dy[img * g.c_out * hw..(img + 1) * g.c_out * hw];
+        // acc[co, kk0 + j] += Σ_p dy[co, p0 + p] · b[j·ldb + p] for the rows of `b`.
+        let mut block = |kk0: usize, rows: usize, b: &[f32], ldb: usize| {
+            for co0 in (0..g.c_out).step_by(mr) {
+                let m = mr.min(g.c_out - co0);
+                let a = dy_img[co0 * hw + p0..].as_ptr();
+                for j0 in (0..rows).step_by(nr) {
+                    let nn = nr.min(rows - j0);
+                    let (bp, c) = (b[j0 * ldb..].as_ptr(), acc[co0 * k + kk0 + j0..].as_mut_ptr());
+                    // SAFETY: a is m rows of n values hw apart inside dy_img (p0 + n <=
+                    // hw); b is nn rows of n values ldb apart inside `b`; c is m rows of
+                    // nn values k apart inside `acc`.
+                    unsafe {
+                        if m == mr && nn == nr {
+                            kern.run(n, a, hw, bp, ldb, c, k);
+                        } else {
+                            gemm_kernel::dot_edge(n, a, hw, bp, ldb, c, k, m, nn);
+                        }
+                    }
+                }
+            }
+        };
+        if g.is_pointwise() {
+            for kk0 in (0..k).step_by(chunk) {
+                block(kk0, chunk.min(k - kk0), &x_img[kk0 * hw_in + p0..], hw_in);
+            }
+            return;
+        }
+        let khw = g.kh * g.kw;
+        for kk0 in (0..k).step_by(chunk) {
+            let rows = chunk.min(k - kk0);
+            for (r, row) in cols.chunks_exact_mut(n_tile).take(rows).enumerate() {
+                let (ci, t) = ((kk0 + r) / khw, (kk0 + r) % khw);
+                im2col_row(g, &x_img[ci * hw_in..(ci + 1) * hw_in], t / g.kw, t % g.kw, p0, &mut row[..n]);
+            }
+            block(kk0, rows, cols, n_tile);
+        }
+    })
+}
+
+/// `dst = act(src + bias)`: an accumulator row written to the output with its epilogue.
+#[inline]
+fn epilogue_copy(src: &[f32], dst: &mut [f32], bias: Option<f32>, act: Activation) {
+    crate::nn::act::bias_act_copy(src, dst, bias.unwrap_or(0.0), act == Activation::Silu)
+}
+
+/// A row length for an accumulator of rows of `n` values: whole `nr`-blocks, and rows not a
+/// multiple of 4 KB apart (rows that are map a block's loads and stores to one L1 set).
+fn acc_stride(n: usize, nr: usize) -> usize {
+    let s = n.div_ceil(nr) * nr;
+    if (s * 4) % 4096 == 0 {
+        s + nr
+    } else {
+        s
+    }
+}
+
+/// [`run_packed_shifted`] for the convs it runs ([`packed_shifted`]), [`run_packed`] for the
+/// rest; `a` comes from [`pack_weights`].
+pub(super) fn run_packed_any(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+    if batch * g.c_out * g.oh * g.ow == 0 {
+        return Vec::new();
+    }
+    if packed_shifted(g) {
+        run_packed_shifted(g, batch, x, a, bias, act, kern)
+    } else {
+        run_packed(g, batch, x, a, bias, act, kern)
+    }
+}
+
+/// Packed columns per task and K block, in floats (128 KB): the block stays in L2 beside the
+/// weights' panels while each `[kc, nr]` panel of it is reused from L1 by every output
+/// channel block.
+const PACKED_B_FLOATS: usize = 32 * 1024;
+
+/// How [`run_packed`] cuts a conv into tasks: (image, tile of `nc` output pixels, chunk of
+/// output-channel panels), and K into blocks of `kc`.
+#[derive(Clone, Copy, Debug)]
+struct PackedBlocking {
+    kc: usize,
+    kblocks: usize,
+    nc: usize,
+    tiles: usize,
+    co_chunks: usize,
+}
+
+impl PackedBlocking {
+    fn new(g: &Geometry, batch: usize, kern: &Kernel) -> Self {
+        let k = g.k();
+        let hw = g.oh * g.ow;
+        // A `[kc, nr]` panel of the packed columns stays in L1 (16 KB).
+        let kc_max = (4096 / kern.nr).max(32);
+        let kblocks = k.div_ceil(kc_max);
+        let kc = k.div_ceil(kblocks);
+        let round = |n: usize| n.div_ceil(kern.nr) * kern.nr;
+        let mut nc = round((PACKED_B_FLOATS / kc).clamp(kern.nr, 2048)).min(round(hw));
+        // Enough tasks for every thread to take several (the last tiles are shorter), but
+        // tiles of at least 4 panels; below that, output channels are split too.
+        let threads = rayon::current_num_threads().max(1);
+        let min_tasks = 4 * threads;
+        if batch * hw.div_ceil(nc) < min_tasks {
+            nc = round(hw.div_ceil(min_tasks.div_ceil(batch))).max(4 * kern.nr).min(round(hw));
+        }
+        let tiles = hw.div_ceil(nc);
+        let co_panels = g.c_out.div_ceil(kern.mr);
+        let co_chunks = if batch * tiles < min_tasks { min_tasks.div_ceil(batch * tiles).min(co_panels) } else { 1 };
+        Self { kc, kblocks, nc, tiles, co_chunks }
+    }
+}
+
+thread_local! {
+    /// Per-thread packed column block of [`run_packed`] (plus one im2col row), reused across
+    /// tasks and calls.
+    static PACKED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The conv over a batch with our packed micro-kernels ([`gemm_kernel`]) and im2col; returns
+/// the NCHW output.
+///
+/// `a` is the weights packed into `mr`-row panels ([`gemm_kernel::pack_a`]). Each task packs
+/// its tile's im2col columns straight into `nr`-wide panels, one K block at a time (for a 1x1
+/// conv the input rows themselves), and runs the micro-kernel for every (pixel panel, channel
+/// panel): the `mr x nr` block's sums stay in registers for the whole K block, and K blocks
+/// add up in a per-task accumulator of whole blocks (no edge cases: the panels are zero past
+/// the last channel and pixel). Bias and activation are applied as the accumulator's rows
+/// are copied to the output.
+pub(super) fn run_packed(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let (hw_in, hw, k) = (g.h * g.w, g.oh * g.ow, g.k());
+    assert_eq!(a.len(), g.c_out.div_ceil(mr) * k * mr, "packed weights for {g:?}");
+    let bl = PackedBlocking::new(g, batch, &kern);
+    let co_panels = g.c_out.div_ceil(mr);
+    let per_chunk = co_panels.div_ceil(bl.co_chunks);
+    let len = batch * g.c_out * hw;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+
+    (0..batch * bl.tiles * bl.co_chunks).into_par_iter().for_each(|task| {
+        let dst = dst;
+        let (img, rest) = (task / (bl.tiles * bl.co_chunks), task % (bl.tiles * bl.co_chunks));
+        let (tile, chunk) = (rest / bl.co_chunks, rest % bl.co_chunks);
+        let (cp0, cp1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(co_panels));
+        if cp0 >= cp1 {
+            return;
+        }
+        let p0 = tile * bl.nc;
+        let n = bl.nc.min(hw - p0);
+        let panels = n.div_ceil(nr);
+        let n_acc = acc_stride(n, nr);
+        let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
+        PACKED_B.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let (b_len, acc_len) = (bl.kc * panels * nr, (cp1 - cp0) * mr * n_acc);
+            if buf.len() < b_len + n + acc_len {
+                buf.resize(b_len + n + acc_len, 0.0);
+            }
+            let (bbuf, rest) = buf.split_at_mut(b_len);
+            let (row, acc) = rest.split_at_mut(n);
+            for kb in 0..bl.kblocks {
+                let k0 = kb * bl.kc;
+                let kc = bl.kc.min(k - k0);
+                if nr == 32 {
+                    pack_b::<32>(g, x_img, p0, n, k0, kc, bbuf, row);
+                } else {
+                    assert_eq!(nr, 16, "{kern:?}: no column packing for this width");
+                    pack_b::<16>(g, x_img, p0, n, k0, kc, bbuf, row);
+                }
+                for q in 0..panels {
+                    let bp = bbuf[q * kc * nr..(q + 1) * kc * nr].as_ptr();
+                    for cp in cp0..cp1 {
+                        let ap = a[(cp * k + k0) * mr..(cp * k + k0 + kc) * mr].as_ptr();
+                        let c = acc[(cp - cp0) * mr * n_acc + q * nr..].as_mut_ptr();
+                        // SAFETY: a and b hold kc·mr and kc·nr values (slices above); c is mr
+                        // rows of nr values n_acc apart inside `acc`.
+                        unsafe { kern.run(kc, ap, mr, bp, nr, c, n_acc, kb > 0) };
+                    }
+                }
+            }
+            for co in cp0 * mr..(cp1 * mr).min(g.c_out) {
+                let src = &acc[(co - cp0 * mr) * n_acc..(co - cp0 * mr) * n_acc + n];
+                // SAFETY: pixels p0..p0 + n of channel co of image img: only this task writes
+                // them.
+                let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + p0), n) };
+                epilogue_copy(src, out_row, bias.map(|b| b[co]), act);
+            }
+        });
+    });
+    // SAFETY: the tasks cover every (image, channel, pixel): tiles span 0..hw and chunks span
+    // every channel panel.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Whether [`run_packed_shifted`] runs this conv: a kernel larger than 1x1, the same stride
+/// (1 or 2) both ways, and at least 16 input channels (each tap is a GEMM with `K = C_in`;
+/// below that, im2col's longer K is faster, as for the 3-channel stem).
+pub(super) fn packed_shifted(g: &Geometry) -> bool {
+    g.sh == g.sw && g.sh <= 2 && g.kh * g.kw > 1 && g.c_in >= 16
+}
+
+/// Packed weights of the channel panels that [`run_packed_shifted`] runs over one pixel block
+/// after another, in floats (256 KB, half of a 512 KB L2).
+const A_GROUP_FLOATS: usize = 64 * 1024;
+
+/// Input channels per micro-kernel call of [`run_packed_shifted`]: one call sums all taps of a
+/// block of channels, whose rows (three kernel rows of them for a 3x3) stay in L1.
+const CI_BLOCK: usize = 32;
+
+/// `(blocks, channels per block)` of the input channels for [`run_packed_shifted`].
+fn ci_blocks(c_in: usize) -> (usize, usize) {
+    let nb = c_in.div_ceil(CI_BLOCK).max(1);
+    (nb, c_in.div_ceil(nb))
+}
+
+/// The weights packed for [`run_packed`] (`[C_out, K]` in `mr`-row panels) or, for a conv that
+/// [`run_packed_shifted`] runs, the same with K reordered as (channel block, tap, channel):
+/// each call's weights, all taps of one block of channels, are then contiguous, at
+/// `(panel·K + ci0·taps)·mr` for the block starting at channel `ci0`.
+pub(super) fn pack_weights(g: &Geometry, w: &[f32], mr: usize) -> Vec<f32> {
+    if !packed_shifted(g) {
+        return gemm_kernel::pack_a(w, g.c_out, g.k(), mr);
+    }
+    let (taps, k) = (g.kh * g.kw, g.k());
+    let (nb, cb) = ci_blocks(g.c_in);
+    let mut wr = vec![0f32; g.c_out * k];
+    for (co, row) in wr.chunks_exact_mut(k).enumerate() {
+        let mut i = 0;
+        for blk in 0..nb {
+            for t in 0..taps {
+                for ci in blk * cb..((blk + 1) * cb).min(g.c_in) {
+                    row[i] = w[(co * g.c_in + ci) * taps + t];
+                    i += 1;
+                }
+            }
+        }
+    }
+    gemm_kernel::pack_a(&wr, g.c_out, k, mr)
+}
+
+/// The zero-padded input split into its `s x s` phases: plane `((img·C_in + ci)·s² + a·s + b)`
+/// holds padded rows `a, a + s, …` and columns `b, b + s, …` of channel `ci`, as
+/// `[ceil(Hp / s), ceil(Wp / s)]`, planes `ps` floats apart, with `slack` zeros after the last.
+/// For stride 1 that is the padded input. Returns the buffer, `ps` and the phase width.
+fn phase_planes(g: &Geometry, batch: usize, x: &[f32], slack: usize) -> (Vec<f32>, usize, usize) {
+    let s = g.sh;
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
+    // Planes an odd number of 64-byte lines apart: at stride 1 the C_in rows of a block then
+    // fall in different L1 sets (at stride 2 they are s² planes apart).
+    let mut ps = (hq * wq).div_ceil(16) * 16;
+    if (ps / 16) % 2 == 0 {
+        ps += 16;
+    }
+    let phases = s * s;
+    let planes = batch * g.c_in * phases;
+    let (xp, _) = par_fill(planes * ps + slack, ps, |i, dst| {
+        if i >= planes {
+            return;
+        }
+        let (plane, phase) = (i / phases, i % phases);
+        let (a, b) = (phase / s, phase % s);
+        let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
+        for u in 0..hq {
+            // Padded row u·s + a is input row u·s + a − ph.
+            let Some(y) = (u * s + a).checked_sub(g.ph).filter(|&y| y < g.h) else { continue };
+            let row = &src[y * g.w..(y + 1) * g.w];
+            let drow = &mut dst[u * wq..(u + 1) * wq];
+            if s == 1 {
+                drow[g.pw..g.pw + g.w].copy_from_slice(row);
+            } else {
+                // Padded column v·s + b is input column v·s + b − pw: valid for v in v0..v1.
+                let v0 = g.pw.saturating_sub(b).div_ceil(s);
+                let v1 = (g.w + g.pw - b).div_ceil(s).min(wq);
+                if v0 < v1 {
+                    let first = v0 * s + b - g.pw;
+                    for (d, &x) in drow[v0..v1].iter_mut().zip(row[first..].iter().step_by(s)) {
+                        *d = x;
+                    }
+                }
+            }
+        }
+    });
+    (xp, ps, wq)
+}
+
+thread_local! {
+    /// Per-thread accumulator of [`run_packed_shifted`], reused across tasks and calls.
+    static ACC_PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A stride-1 or stride-2 conv with our micro-kernels and no im2col: the kernel reads the
+/// zero-padded input in place.
+///
+/// The padded input is split into its stride phases ([`phase_planes`]; for stride 1, just
+/// the padded planes), so that tap `(ky, kx)` reads phase `(ky mod s, kx mod s)` at offset
+/// `(ky / s, kx / s)` with stride 1. Output pixel `(oy, ox)` is numbered `q = oy·Wq + ox` over
+/// "wide" rows of the phase width `Wq` (the first `ow` columns real), so for `nr` consecutive
+/// wide pixels a tap reads a `[C_in, nr]` block whose rows are a fixed distance apart, and
+/// the micro-kernel reads it as it is (`ldb`). The conv is `Σ_tap W_tap · X_tap`, summed in a
+/// per-task `[C_out, n]`
+/// accumulator; bias and activation are applied as its real columns are copied to the
+/// output. One micro-kernel call sums all taps of a block of input channels in registers
+/// (the taps are its segments). The input is copied once (padding and phases) instead of
+/// `kh·kw / s²` times (im2col).
+pub(super) fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let s = g.sh;
+    let phases = s * s;
+    let taps = g.kh * g.kw;
+    let hw = g.oh * g.ow;
+    let co_panels = g.c_out.div_ceil(mr);
+    let k = g.k();
+    assert_eq!(a.len(), co_panels * k * mr, "packed weights for {g:?}");
+    let (nb, cb) = ci_blocks(g.c_in);
+    // A block's last columns may run up to nr past the last real pixel (whole blocks); the
+    // slack is generous.
+    let (xp, ps, wq) = phase_planes(g, batch, x, 2 * nr + 16);
+    let ldb = phases * ps;
+    // Where tap t starts, from its image's first plane.
+    let tap_off: Vec<usize> = (0..taps)
+        .map(|t| {
+            let (ky, kx) = (t / g.kw, t % g.kw);
+            ((ky % s) * s + kx % s) * ps + (ky / s) * wq + kx / s
+        })
+        .collect();
+    let far_tap = tap_off.iter().copied().max().unwrap_or(0);
+
+    // Output rows per task: the accumulator stays around ACC_FLOATS; enough tasks for every
+    // thread to take several, splitting output channels when the rows run out.
+    let threads = rayon::current_num_threads().max(1);
+    let min_tasks = 4 * threads;
+    let mut rows = (ACC_FLOATS / (co_panels * mr * wq)).clamp(1, g.oh);
+    if batch * g.oh.div_ceil(rows) < min_tasks {
+        rows = g.oh.div_ceil(min_tasks.div_ceil(batch)).max(1);
+    }
+    let row_tiles = g.oh.div_ceil(rows);
+    let co_chunks = if batch * row_tiles < min_tasks { min_tasks.div_ceil(batch * row_tiles).min(co_panels) } else { 1 };
+    let per_chunk = co_panels.div_ceil(co_chunks);
+
+    let len = batch * g.c_out * hw;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..batch * row_tiles * co_chunks).into_par_iter().for_each(|task| {
+        let dst = dst;
+        let (img, rest) = (task / (row_tiles * co_chunks), task % (row_tiles * co_chunks));
+        let (tile, chunk) = (rest / co_chunks, rest % co_chunks);
+        let (cp0, cp1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(co_panels));
+        if cp0 >= cp1 {
+            return;
+        }
+        let oy0 = tile * rows;
+        let nrows = rows.min(g.oh - oy0);
+        // Wide columns of this task, and the accumulator's row length (whole blocks).
+        let n = (nrows - 1) * wq + g.ow;
+        let n_acc = acc_stride(n, nr);
+        let x_img = &xp[img * g.c_in * ldb..];
+        // The farthest value a block reads: last channel, farthest tap, last block's end.
+        let far = (g.c_in - 1) * ldb + far_tap + oy0 * wq + n.div_ceil(nr) * nr;
+        assert!(far <= x_img.len(), "phase planes too short for {g:?}");
+        ACC_PACKED.with(|acc| {
+            let mut acc = acc.borrow_mut();
+            let acc_len = (cp1 - cp0) * mr * n_acc;
+            if acc.len() < acc_len {
+                acc.resize(acc_len, 0.0);
+            }
+            let acc = &mut acc[..acc_len];
+            // Channel panels in groups whose weights stay in L2 while the pixels go by.
+            let group = (A_GROUP_FLOATS / (k * mr)).max(1);
+            for (g0, q) in (cp0..cp1).step_by(group).flat_map(|g0| (0..n).step_by(nr).map(move |q| (g0, q))) {
+                for blk in 0..nb {
+                    let ci0 = blk * cb;
+                    let cbn = cb.min(g.c_in - ci0);
+                    let bp = x_img[ci0 * ldb + oy0 * wq + q..].as_ptr();
+                    for cp in g0..(g0 + group).min(cp1) {
+                        let ap = a[(cp * k + ci0 * taps) * mr..(cp * k + (ci0 + cbn) * taps) * mr].as_ptr();
+                        let c = acc[(cp - cp0) * mr * n_acc + q..].as_mut_ptr();
+                        // SAFETY: a holds taps·cbn rows of mr values (slice above); each tap's
+                        // b is cbn rows of nr values ldb apart, the last ending at or before
+                        // `far` (checked); c is mr rows of nr values n_acc apart inside `acc`.
+                        unsafe { kern.run_segments(&tap_off, cbn, ap, mr, bp, ldb, c, n_acc, blk > 0) };
+                    }
+                }
+            }
+            for co in cp0 * mr..(cp1 * mr).min(g.c_out) {
+                // Bias and activation over the whole accumulator row in place (whole vectors:
+                // n_acc is a multiple of nr), then its real columns out: per output row, a
+                // fused epilogue-and-copy spent a tenth of its time on the rows' scalar tails.
+                let row = &mut acc[(co - cp0 * mr) * n_acc..(co - cp0 * mr) * n_acc + n.div_ceil(nr) * nr];
+                epilogue(row, bias.map(|b| b[co]), act);
+                for r in 0..nrows {
+                    // SAFETY: row oy0 + r of channel co of image img: ow values that only this
+                    // task writes.
+                    let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + (oy0 + r) * g.ow), g.ow) };
+                    out_row.copy_from_slice(&row[r * wq..r * wq + g.ow]);
+                }
+            }
+        });
+    });
+    // SAFETY: the tasks cover every output row of every channel and image.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Packs rows `k0..k0 + kc` of the `[K, n]` im2col column block of output pixels
+/// `p0..p0 + n` of one image into `NR`-wide panels: panel `q` is `[kc, NR]` at
+/// `buf[q·kc·NR..]` and holds pixels `p0 + q·NR..`, zero past `n`. A 1x1 stride-1 conv reads
+/// its input rows directly; other convs gather each row into `row` first ([`im2col_row`]).
+///
+/// # Shapes
+/// - `x`: `[C_in, H, W]`, flat; `buf`: at least `n.div_ceil(NR) · kc · NR`; `row`: `[n]`
+#[allow(clippy::too_many_arguments)]
+fn pack_b<const NR: usize>(g: &Geometry, x: &[f32], p0: usize, n: usize, k0: usize, kc: usize, buf: &mut [f32], row: &mut [f32]) {
+    let (hw_in, khw) = (g.h * g.w, g.kh * g.kw);
+    let full = n / NR;
+    for r in 0..kc {
+        let kk = k0 + r;
+        let src: &[f32] = if g.is_pointwise() {
+            &x[kk * hw_in + p0..kk * hw_in + p0 + n]
+        } else {
+            let (ci, t) = (kk / khw, kk % khw);
+            im2col_row(g, &x[ci * hw_in..(ci + 1) * hw_in], t / g.kw, t % g.kw, p0, row);
+            row
+        };
+        for q in 0..full {
+            let d: &mut [f32; NR] = (&mut buf[(q * kc + r) * NR..(q * kc + r + 1) * NR]).try_into().expect("NR values");
+            let s: &[f32; NR] = src[q * NR..(q + 1) * NR].try_into().expect("NR values");
+            *d = *s;
+        }
+        if full * NR < n {
+            let d = &mut buf[(full * kc + r) * NR..(full * kc + r + 1) * NR];
+            let tail = n - full * NR;
+            d[..tail].copy_from_slice(&src[full * NR..]);
+            d[tail..].fill(0.0);
+        }
+    }
+}
