@@ -220,14 +220,11 @@ pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method,
         unreachable!("flex_f32 returns contiguous f32 tensors")
     };
     let bs = bias.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
-    let out = match (method, gemm_kernel::kernel()) {
-        (Method::Auto, Some(kern)) => {
+    // With a cache, the packed weights come from it; `forward` packs them itself otherwise.
+    let out = match (method, cache, gemm_kernel::kernel()) {
+        (Method::Auto, Some(cache), Some(kern)) => {
             g.check(b, Some(xs), Some(ws), None, bs);
-            let packed = match cache {
-                Some(cache) => cache.get(&weight, &g, kern.mr),
-                None => std::sync::Arc::new(pack_weights(&g, ws, kern.mr)),
-            };
-            run_packed_any(&g, b, xs, &packed, bs, act, kern)
+            run_packed_any(&g, b, xs, &cache.get(&weight, &g, kern.mr), bs, act, kern)
         }
         _ => forward(&g, b, xs, ws, bs, act, method),
     };

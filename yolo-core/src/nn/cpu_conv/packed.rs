@@ -138,6 +138,42 @@ pub(super) fn run_packed_any(g: &Geometry, batch: usize, x: &[f32], a: &[f32], b
     }
 }
 
+/// Tasks of a packed conv: (image, tile, chunk of output-channel panels). Channels are split
+/// only when images x tiles give fewer than `min_tasks` (enough for every thread to take
+/// several).
+#[derive(Clone, Copy, Debug)]
+struct TaskGrid {
+    tiles: usize,
+    co_chunks: usize,
+    per_chunk: usize,
+    co_panels: usize,
+}
+
+impl TaskGrid {
+    fn new(batch: usize, tiles: usize, co_panels: usize, min_tasks: usize) -> Self {
+        let co_chunks = if batch * tiles < min_tasks { min_tasks.div_ceil(batch * tiles).min(co_panels) } else { 1 };
+        Self { tiles, co_chunks, per_chunk: co_panels.div_ceil(co_chunks), co_panels }
+    }
+
+    fn len(&self, batch: usize) -> usize {
+        batch * self.tiles * self.co_chunks
+    }
+
+    /// `(image, tile, first panel, end panel)` of `task`, or `None` for a chunk past the last
+    /// panel.
+    fn task(&self, task: usize) -> Option<(usize, usize, usize, usize)> {
+        let (img, rest) = (task / (self.tiles * self.co_chunks), task % (self.tiles * self.co_chunks));
+        let (tile, chunk) = (rest / self.co_chunks, rest % self.co_chunks);
+        let (cp0, cp1) = (chunk * self.per_chunk, ((chunk + 1) * self.per_chunk).min(self.co_panels));
+        (cp0 < cp1).then_some((img, tile, cp0, cp1))
+    }
+}
+
+/// Enough tasks for every thread to take several.
+fn min_tasks() -> usize {
+    4 * rayon::current_num_threads().max(1)
+}
+
 /// Packed columns per task and K block, in floats (128 KB): the block stays in L2 beside the
 /// weights' panels while each `[kc, nr]` panel of it is reused from L1 by every output
 /// channel block.
@@ -150,8 +186,7 @@ struct PackedBlocking {
     kc: usize,
     kblocks: usize,
     nc: usize,
-    tiles: usize,
-    co_chunks: usize,
+    grid: TaskGrid,
 }
 
 impl PackedBlocking {
@@ -166,15 +201,12 @@ impl PackedBlocking {
         let mut nc = round((PACKED_B_FLOATS / kc).clamp(kern.nr, 2048)).min(round(hw));
         // Enough tasks for every thread to take several (the last tiles are shorter), but
         // tiles of at least 4 panels; below that, output channels are split too.
-        let threads = rayon::current_num_threads().max(1);
-        let min_tasks = 4 * threads;
+        let min_tasks = min_tasks();
         if batch * hw.div_ceil(nc) < min_tasks {
             nc = round(hw.div_ceil(min_tasks.div_ceil(batch))).max(4 * kern.nr).min(round(hw));
         }
-        let tiles = hw.div_ceil(nc);
-        let co_panels = g.c_out.div_ceil(kern.mr);
-        let co_chunks = if batch * tiles < min_tasks { min_tasks.div_ceil(batch * tiles).min(co_panels) } else { 1 };
-        Self { kc, kblocks, nc, tiles, co_chunks }
+        let grid = TaskGrid::new(batch, hw.div_ceil(nc), g.c_out.div_ceil(kern.mr), min_tasks);
+        Self { kc, kblocks, nc, grid }
     }
 }
 
@@ -199,20 +231,13 @@ pub(super) fn run_packed(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias:
     let (hw_in, hw, k) = (g.h * g.w, g.oh * g.ow, g.k());
     assert_eq!(a.len(), g.c_out.div_ceil(mr) * k * mr, "packed weights for {g:?}");
     let bl = PackedBlocking::new(g, batch, &kern);
-    let co_panels = g.c_out.div_ceil(mr);
-    let per_chunk = co_panels.div_ceil(bl.co_chunks);
     let len = batch * g.c_out * hw;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = OutPtr(out.as_mut_ptr());
 
-    (0..batch * bl.tiles * bl.co_chunks).into_par_iter().for_each(|task| {
+    (0..bl.grid.len(batch)).into_par_iter().for_each(|task| {
         let dst = dst;
-        let (img, rest) = (task / (bl.tiles * bl.co_chunks), task % (bl.tiles * bl.co_chunks));
-        let (tile, chunk) = (rest / bl.co_chunks, rest % bl.co_chunks);
-        let (cp0, cp1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(co_panels));
-        if cp0 >= cp1 {
-            return;
-        }
+        let Some((img, tile, cp0, cp1)) = bl.grid.task(task) else { return };
         let p0 = tile * bl.nc;
         let n = bl.nc.min(hw - p0);
         let panels = n.div_ceil(nr);
@@ -397,27 +422,19 @@ pub(super) fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32
 
     // Output rows per task: the accumulator stays around ACC_FLOATS; enough tasks for every
     // thread to take several, splitting output channels when the rows run out.
-    let threads = rayon::current_num_threads().max(1);
-    let min_tasks = 4 * threads;
+    let min_tasks = min_tasks();
     let mut rows = (ACC_FLOATS / (co_panels * mr * wq)).clamp(1, g.oh);
     if batch * g.oh.div_ceil(rows) < min_tasks {
         rows = g.oh.div_ceil(min_tasks.div_ceil(batch)).max(1);
     }
-    let row_tiles = g.oh.div_ceil(rows);
-    let co_chunks = if batch * row_tiles < min_tasks { min_tasks.div_ceil(batch * row_tiles).min(co_panels) } else { 1 };
-    let per_chunk = co_panels.div_ceil(co_chunks);
+    let grid = TaskGrid::new(batch, g.oh.div_ceil(rows), co_panels, min_tasks);
 
     let len = batch * g.c_out * hw;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = OutPtr(out.as_mut_ptr());
-    (0..batch * row_tiles * co_chunks).into_par_iter().for_each(|task| {
+    (0..grid.len(batch)).into_par_iter().for_each(|task| {
         let dst = dst;
-        let (img, rest) = (task / (row_tiles * co_chunks), task % (row_tiles * co_chunks));
-        let (tile, chunk) = (rest / co_chunks, rest % co_chunks);
-        let (cp0, cp1) = (chunk * per_chunk, ((chunk + 1) * per_chunk).min(co_panels));
-        if cp0 >= cp1 {
-            return;
-        }
+        let Some((img, tile, cp0, cp1)) = grid.task(task) else { return };
         let oy0 = tile * rows;
         let nrows = rows.min(g.oh - oy0);
         // Wide columns of this task, and the accumulator's row length (whole blocks).
