@@ -1,6 +1,7 @@
 //! Times every convolution of yolov8n's forward pass on its own (same shapes, random weights):
-//! the project's fused CPU conv (`nn::cpu_conv`, conv + bias + SiLU) beside Burn's conv
-//! followed by SiLU, with GFLOP/s. This is the per-layer profile that guides the CPU work.
+//! the project's fused CPU conv (`nn::cpu_conv`, conv + bias + SiLU; `direct`: the same
+//! without Winograd), the `gemm`-crate paths (im2col, shifted) and Burn's conv followed by
+//! SiLU, with GFLOP/s (direct-conv FLOPs, also for Winograd). This is the per-layer profile that guides the CPU work.
 //!
 //! ```sh
 //! cargo run --release -p yolo-benches --bin conv-layers -- --imgsz 640
@@ -220,10 +221,10 @@ fn main() {
     }
     let device = yolo_core::backend::cpu_device();
     println!("yolov8n convolutions at {0}x{0}, batch {1}, {3} of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters, if a.min { "minimum" } else { "median" });
-    println!("| layer | c_in→c_out | k/s | in | ours | im2col | shifted | burn + silu | ours GFLOP/s |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| layer | c_in→c_out | k/s | in | ours | direct | im2col | shifted | burn + silu | ours GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let (mut total_ours, mut total_burn, mut total_flop) = (0.0, 0.0, 0.0);
-    let mut totals = [0.0; 2];
+    let mut totals = [0.0; 3];
     for &(name, c_in, c_out, k, s, div, count) in LAYERS.iter().filter(|l| a.only.as_ref().is_none_or(|o| l.0.contains(o.as_str()))) {
         let side = a.imgsz / div;
         let conv = Conv2dConfig::new([c_in, c_out], [k, k])
@@ -237,6 +238,15 @@ fn main() {
             let y = cpu_conv::conv2d_cached(x.clone(), &conv, Activation::Silu, &cache).unwrap_or_else(|_| panic!("refused"));
             std::hint::black_box(y);
         }), ());
+        let direct_cache = cpu_conv::PackCache::default();
+        let direct = if a.ours_only {
+            0.0
+        } else {
+            measure(a.cpu_time, a.iters, || {
+                let y = cpu_conv::conv2d_with(x.clone(), &conv, Activation::Silu, Method::Direct, Some(&direct_cache)).unwrap_or_else(|_| panic!("refused"));
+                std::hint::black_box(y);
+            })
+        };
         let by = |m: Method| {
             if a.ours_only {
                 return 0.0;
@@ -258,14 +268,15 @@ fn main() {
         let flop = 2.0 * (a.batch * c_out * out * out * c_in * k * k) as f64;
         let n = count as f64;
         total_ours += ours * n;
-        for (t, v) in totals.iter_mut().zip([i2c, taps]) {
+        for (t, v) in totals.iter_mut().zip([direct, i2c, taps]) {
             *t += v * n;
         }
         total_burn += burn * n;
         total_flop += flop * n;
         println!(
-            "| {name} | {c_in}→{c_out} | {k}/{s} | {side} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+            "| {name} | {c_in}→{c_out} | {k}/{s} | {side} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
             ours * n,
+            direct * n,
             i2c * n,
             taps * n,
             burn * n,
@@ -273,9 +284,10 @@ fn main() {
         );
     }
     println!(
-        "| total | | | | {total_ours:.1} | {:.1} | {:.1} | {total_burn:.1} | {:.0} |",
+        "| total | | | | {total_ours:.1} | {:.1} | {:.1} | {:.1} | {total_burn:.1} | {:.0} |",
         totals[0],
         totals[1],
+        totals[2],
         total_flop / total_ours / 1e6
     );
 }

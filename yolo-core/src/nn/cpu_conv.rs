@@ -35,7 +35,7 @@ use crate::nn::gemm_kernel::{self, DotKernel, Kernel};
 
 mod packed;
 pub use packed::PackCache;
-use packed::{grad_weight_dot, pack_weights, run_packed_any};
+use packed::{grad_weight_dot, pack_weights, run_packed_any, Plan};
 
 /// What is applied to each output after the bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,10 +170,15 @@ pub fn conv2d_cached(x: Tensor<4>, conv: &Conv2d, act: Activation, cache: &PackC
 /// How [`conv2d_with`] lays out the work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
-    /// What [`conv2d`] does: our packed micro-kernels ([`gemm_kernel`]) with im2col fused
-    /// into the packing where the CPU has AVX2 + FMA or AVX-512F; elsewhere the `gemm`
-    /// crate with shifted GEMMs for stride-1 convs and im2col for the rest.
+    /// What [`conv2d`] does: our packed micro-kernels ([`gemm_kernel`]) where the CPU has
+    /// AVX2 + FMA or AVX-512F (Winograd `F(2x2, 3x3)` for 3x3 stride-1 convs, the padded
+    /// input read in place for other convs larger than 1x1, im2col fused into the packing for
+    /// the rest); elsewhere the `gemm` crate with shifted GEMMs for stride-1 convs and im2col
+    /// for the rest.
     Auto,
+    /// [`Method::Auto`] without Winograd: every conv by direct summation (what the Winograd
+    /// path is measured and tested against).
+    Direct,
     /// im2col + one `gemm`-crate GEMM for every conv.
     Im2col,
     /// Shifted `gemm`-crate GEMMs for every stride-1 conv that is not 1x1, im2col for the rest.
@@ -222,9 +227,10 @@ pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method,
     let bs = bias.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
     // With a cache, the packed weights come from it; `forward` packs them itself otherwise.
     let out = match (method, cache, gemm_kernel::kernel()) {
-        (Method::Auto, Some(cache), Some(kern)) => {
+        (Method::Auto | Method::Direct, Some(cache), Some(kern)) => {
             g.check(b, Some(xs), Some(ws), None, bs);
-            run_packed_any(&g, b, xs, &cache.get(&weight, &g, kern.mr), bs, act, kern)
+            let plan = Plan::of(&g, method == Method::Auto);
+            run_packed_any(&g, b, xs, &cache.get(&weight, &g, kern.mr, plan), bs, act, kern, plan)
         }
         _ => forward(&g, b, xs, ws, bs, act, method),
     };
@@ -243,13 +249,14 @@ pub fn forward(
 ) -> Vec<f32> {
     g.check(batch, Some(x), Some(w), None, bias);
     let shifted = match method {
-        Method::Auto => g.uses_shifted(),
+        Method::Auto | Method::Direct => g.uses_shifted(),
         Method::Im2col => false,
         Method::Shifted => g.sh == 1 && g.sw == 1 && !g.is_pointwise(),
     };
-    if method == Method::Auto {
+    if matches!(method, Method::Auto | Method::Direct) {
         if let Some(kern) = gemm_kernel::kernel() {
-            return run_packed_any(g, batch, x, &pack_weights(g, w, kern.mr), bias, act, kern);
+            let plan = Plan::of(g, method == Method::Auto);
+            return run_packed_any(g, batch, x, &pack_weights(g, w, kern.mr, plan), bias, act, kern, plan);
         }
     }
     if shifted {
@@ -954,7 +961,7 @@ fn gather_row(src: &[f32], seg: &mut [f32], ox0: usize, kx: usize, s: usize, pad
 
 #[cfg(test)]
 mod tests {
-    use super::packed::{packed_shifted, run_packed, run_packed_shifted};
+    use super::packed::{packed_shifted, run_packed, run_packed_any, run_packed_shifted};
     use super::*;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::Distribution;
@@ -988,7 +995,11 @@ mod tests {
             let im2col = gemm_kernel::pack_a(&ws, c_out, g.k(), kern.mr);
             let mut runs = vec![("im2col", run_packed(&g, b, &xs, &im2col, bs.as_deref(), act, kern))];
             if packed_shifted(&g) {
-                runs.push(("shifted", run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr), bs.as_deref(), act, kern)));
+                runs.push(("shifted", run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr, Plan::Shifted), bs.as_deref(), act, kern)));
+            }
+            if Plan::of(&g, true) == Plan::Winograd {
+                let a = pack_weights(&g, &ws, kern.mr, Plan::Winograd);
+                runs.push(("winograd", run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, Plan::Winograd)));
             }
             for (path, got) in runs {
                 for (i, (a, e)) in got.iter().zip(&want).enumerate() {
@@ -996,7 +1007,7 @@ mod tests {
                 }
             }
         }
-        for method in [Method::Auto, Method::Im2col, Method::Shifted] {
+        for method in [Method::Auto, Method::Direct, Method::Im2col, Method::Shifted] {
             let got = conv2d_with(x.clone(), &conv, act, method, None).unwrap_or_else(|_| panic!("fast path refused"));
             assert_eq!(got.dims(), want_dims);
             let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
@@ -1040,6 +1051,16 @@ mod tests {
         check(1, 16, 20, 10, 13, 3, 2, 1, true, Silu);
         check(1, 32, 8, 9, 9, 3, 2, 0, true, Identity);
         check(2, 16, 7, 11, 13, 5, 1, 2, true, Silu);
+        // Wide rows at stride 2 (the vector phase split), odd and even widths.
+        check(1, 16, 8, 6, 71, 3, 2, 1, true, Silu);
+        check(1, 16, 8, 5, 64, 3, 2, 1, false, Identity);
+        // Winograd (3x3, stride 1, padding 1, >= 32 channels): odd sides (the last tile half
+        // outside), tasks of tiles spanning tile rows, K in blocks (300 channels), a one-column
+        // image, channel counts not a multiple of the kernel's rows.
+        check(2, 32, 40, 33, 35, 3, 1, 1, true, Silu);
+        check(1, 32, 70, 64, 48, 3, 1, 1, true, Identity);
+        check(1, 300, 37, 9, 8, 3, 1, 1, false, Silu);
+        check(3, 32, 33, 7, 1, 3, 1, 1, true, Silu);
     }
 
     /// The per-tap dW (`Method::Shifted`) against the im2col one (which `conv_op`'s tests hold

@@ -6,6 +6,33 @@
 
 use super::*;
 
+mod winograd;
+
+/// How the packed micro-kernel paths run a conv, and so how its weights are packed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Plan {
+    /// im2col columns packed into the kernel's panels ([`run_packed`]).
+    Im2col,
+    /// The padded input's phase planes read in place, one segment per tap
+    /// ([`run_packed_shifted`]).
+    Shifted,
+    /// Winograd `F(2x2, 3x3)` ([`winograd::run`]).
+    Winograd,
+}
+
+impl Plan {
+    /// The fastest path for `g` (Winograd only with `winograd`).
+    pub(super) fn of(g: &Geometry, winograd: bool) -> Self {
+        if winograd && winograd::applies(g) {
+            Plan::Winograd
+        } else if packed_shifted(g) {
+            Plan::Shifted
+        } else {
+            Plan::Im2col
+        }
+    }
+}
+
 /// Weights packed for the micro-kernels ([`pack_weights`]), kept between calls by the
 /// module that owns the conv: packing yolov8n's 3.2M weights on every forward would cost a
 /// few milliseconds on one thread.
@@ -21,16 +48,16 @@ pub struct PackCache(std::sync::Arc<std::sync::Mutex<Option<PackEntry>>>);
 #[derive(Debug)]
 struct PackEntry {
     source: FlexTensor,
-    /// The kernel's rows and whether the weights are packed per tap ([`pack_weights`]).
-    layout: (usize, bool),
+    /// The kernel's rows and the plan the weights are packed for ([`pack_weights`]).
+    layout: (usize, Plan),
     packed: std::sync::Arc<Vec<f32>>,
 }
 
 impl PackCache {
     /// `weight` packed for a conv of geometry `g` ([`pack_weights`]), from the cache when it
     /// holds this very tensor packed the same way.
-    pub(super) fn get(&self, weight: &FlexTensor, g: &Geometry, mr: usize) -> std::sync::Arc<Vec<f32>> {
-        let layout = (mr, packed_shifted(g));
+    pub(super) fn get(&self, weight: &FlexTensor, g: &Geometry, mr: usize, plan: Plan) -> std::sync::Arc<Vec<f32>> {
+        let layout = (mr, plan);
         let mut entry = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = entry.as_ref() {
             let same = std::sync::Arc::ptr_eq(&e.source.data_arc(), &weight.data_arc()) && e.source.layout() == weight.layout();
@@ -39,7 +66,7 @@ impl PackCache {
             }
         }
         let w = weight.as_slice::<f32>().expect("contiguous f32 weights");
-        let packed = std::sync::Arc::new(pack_weights(g, w, mr));
+        let packed = std::sync::Arc::new(pack_weights(g, w, mr, plan));
         *entry = Some(PackEntry { source: weight.clone(), layout, packed: packed.clone() });
         packed
     }
@@ -125,16 +152,16 @@ fn acc_stride(n: usize, nr: usize) -> usize {
     }
 }
 
-/// [`run_packed_shifted`] for the convs it runs ([`packed_shifted`]), [`run_packed`] for the
-/// rest; `a` comes from [`pack_weights`].
-pub(super) fn run_packed_any(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+/// The conv by `plan`; `a` comes from [`pack_weights`] for the same plan.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_packed_any(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel, plan: Plan) -> Vec<f32> {
     if batch * g.c_out * g.oh * g.ow == 0 {
         return Vec::new();
     }
-    if packed_shifted(g) {
-        run_packed_shifted(g, batch, x, a, bias, act, kern)
-    } else {
-        run_packed(g, batch, x, a, bias, act, kern)
+    match plan {
+        Plan::Winograd => winograd::run(g, batch, x, a, bias, act, kern),
+        Plan::Shifted => run_packed_shifted(g, batch, x, a, bias, act, kern),
+        Plan::Im2col => run_packed(g, batch, x, a, bias, act, kern),
     }
 }
 
@@ -311,9 +338,11 @@ fn ci_blocks(c_in: usize) -> (usize, usize) {
 /// [`run_packed_shifted`] runs, the same with K reordered as (channel block, tap, channel):
 /// each call's weights, all taps of one block of channels, are then contiguous, at
 /// `(panel·K + ci0·taps)·mr` for the block starting at channel `ci0`.
-pub(super) fn pack_weights(g: &Geometry, w: &[f32], mr: usize) -> Vec<f32> {
-    if !packed_shifted(g) {
-        return gemm_kernel::pack_a(w, g.c_out, g.k(), mr);
+pub(super) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, plan: Plan) -> Vec<f32> {
+    match plan {
+        Plan::Im2col => return gemm_kernel::pack_a(w, g.c_out, g.k(), mr),
+        Plan::Winograd => return winograd::pack_weights(g, w, mr),
+        Plan::Shifted => assert!(packed_shifted(g), "shifted weights for {g:?}"),
     }
     let (taps, k) = (g.kh * g.kw, g.k());
     let (nb, cb) = ci_blocks(g.c_in);
@@ -335,9 +364,8 @@ pub(super) fn pack_weights(g: &Geometry, w: &[f32], mr: usize) -> Vec<f32> {
 /// The zero-padded input split into its `s x s` phases: plane `((img·C_in + ci)·s² + a·s + b)`
 /// holds padded rows `a, a + s, …` and columns `b, b + s, …` of channel `ci`, as
 /// `[ceil(Hp / s), ceil(Wp / s)]`, planes `ps` floats apart, with `slack` zeros after the last.
-/// For stride 1 that is the padded input. Returns the buffer, `ps` and the phase width.
-fn phase_planes(g: &Geometry, batch: usize, x: &[f32], slack: usize) -> (Vec<f32>, usize, usize) {
-    let s = g.sh;
+/// For `s = 1` that is the padded input. Returns the buffer, `ps` and the phase width.
+fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], slack: usize) -> (Vec<f32>, usize, usize) {
     let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
     let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
     // Planes an odd number of 64-byte lines apart: at stride 1 the C_in rows of a block then
@@ -368,14 +396,55 @@ fn phase_planes(g: &Geometry, batch: usize, x: &[f32], slack: usize) -> (Vec<f32
                 let v1 = (g.w + g.pw - b).div_ceil(s).min(wq);
                 if v0 < v1 {
                     let first = v0 * s + b - g.pw;
-                    for (d, &x) in drow[v0..v1].iter_mut().zip(row[first..].iter().step_by(s)) {
-                        *d = x;
+                    if s == 2 {
+                        every_other(&row[first..], &mut drow[v0..v1]);
+                    } else {
+                        for (d, &x) in drow[v0..v1].iter_mut().zip(row[first..].iter().step_by(s)) {
+                            *d = x;
+                        }
                     }
                 }
             }
         }
     });
     (xp, ps, wq)
+}
+
+/// `dst[i] = src[2i]` (a row's even or odd columns), 8 at a time with AVX2: the phase split
+/// of every stride-2 and Winograd conv's input (scalar, it was a tenth of a Winograd conv).
+fn every_other(src: &[f32], dst: &mut [f32]) {
+    assert!(dst.is_empty() || 2 * dst.len() - 1 <= src.len(), "every_other: {} values for {}", src.len(), dst.len());
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Whole steps read src[2i..2i + 16].
+        let steps = (src.len() / 2).min(dst.len()) / 8;
+        // SAFETY: AVX2 is present; step k reads src[16k..16k + 16] and writes dst[8k..8k + 8],
+        // in bounds for k < steps.
+        unsafe { x86_every_other(src.as_ptr(), dst.as_mut_ptr(), steps) };
+        i = 8 * steps;
+    }
+    for (d, &x) in dst[i..].iter_mut().zip(src[2 * i..].iter().step_by(2)) {
+        *d = x;
+    }
+}
+
+/// # Safety
+/// AVX2; `src` readable for `16·steps` floats, `dst` writable for `8·steps`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn x86_every_other(src: *const f32, dst: *mut f32, steps: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): in bounds by the caller's guarantee.
+    unsafe {
+        for k in 0..steps {
+            let (a, b) = (_mm256_loadu_ps(src.add(16 * k)), _mm256_loadu_ps(src.add(16 * k + 8)));
+            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs in order.
+            let e = _mm256_shuffle_ps(a, b, 0b10_00_10_00);
+            let e = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0b11_01_10_00));
+            _mm256_storeu_ps(dst.add(8 * k), e);
+        }
+    }
 }
 
 thread_local! {
@@ -409,7 +478,7 @@ pub(super) fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32
     let (nb, cb) = ci_blocks(g.c_in);
     // A block's last columns may run up to nr past the last real pixel (whole blocks); the
     // slack is generous.
-    let (xp, ps, wq) = phase_planes(g, batch, x, 2 * nr + 16);
+    let (xp, ps, wq) = phase_planes(g, s, batch, x, 2 * nr + 16);
     let ldb = phases * ps;
     // Where tap t starts, from its image's first plane.
     let tap_off: Vec<usize> = (0..taps)
