@@ -94,10 +94,46 @@ pub(in crate::nn::cpu_conv) fn run(g: &Geometry, batch: usize, x: &[f32], a: &[f
     // Vector loads run up to 7 floats past a tile row's last tile.
     let (xp, ps, wq) = phase_planes(g, 2, batch, x, 16);
     let tc = tiles_per_task(g, batch, tiles, co_panels * mr, nr);
-    let grid = TaskGrid::new(batch, tiles.div_ceil(tc), co_panels, min_tasks());
+    let chunks = tiles.div_ceil(tc);
+    let grid = TaskGrid::new(batch, chunks, co_panels, min_tasks());
     // Rows of V and M: whole kernel blocks, room for the vector stores' overrun (up to 7
-    // floats past the last tile), never 4 KB apart.
-    let ld = acc_stride(tc + 8, nr);
+    // floats past the last tile), never 4 KB apart (nor V's channel blocks, 16 rows).
+    let mut ld = acc_stride(tc + 8, nr);
+    if ld % 64 == 0 {
+        ld += nr;
+    }
+    // V of one run of tiles is [C_in][16][ld]: the kernel reads V_ξ's rows 16·ld apart.
+    let v_len = c_in * 16 * ld;
+    // The tile rows of the run `chunk`'s tiles: (tile row, first tile column, tiles, index).
+    let segments = move |chunk: usize| {
+        let t0 = chunk * tc;
+        let end = tiles.min(t0 + tc);
+        let mut t = t0;
+        std::iter::from_fn(move || {
+            (t < end).then(|| {
+                let (ty, tx) = (t / tw, t % tw);
+                let len = (tw - tx).min(end - t);
+                t += len;
+                (ty, tx, len, t - len - t0)
+            })
+        })
+    };
+    // V = Bᵀ d B for every tile of one run and channel (`v`: the channel's 16 rows).
+    let transform = |img: usize, chunk: usize, ci: usize, v: &mut [f32]| {
+        let plane = &xp[(img * c_in + ci) * 4 * ps..];
+        for (ty, tx, len, at) in segments(chunk) {
+            input_tiles(&plane[ty * wq + tx..], ps, wq, len, &mut v[at..], ld);
+        }
+    };
+    // With output channels split between tasks, the input transform runs first, once, on
+    // its own tasks (otherwise every task would repeat it for its run of tiles).
+    let shared: Option<Vec<f32>> = (grid.co_chunks > 1).then(|| {
+        par_fill(batch * chunks * v_len, 16 * ld, |i, v| {
+            let (run, ci) = (i / c_in, i % c_in);
+            transform(run / chunks, run % chunks, ci, v)
+        })
+        .0
+    });
 
     let len = batch * g.c_out * hw;
     let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -105,50 +141,40 @@ pub(in crate::nn::cpu_conv) fn run(g: &Geometry, batch: usize, x: &[f32], a: &[f
     (0..grid.len(batch)).into_par_iter().for_each(|task| {
         let dst = dst;
         let Some((img, chunk, cp0, cp1)) = grid.task(task) else { return };
-        let t0 = chunk * tc;
-        let n = tc.min(tiles - t0);
+        let n = tc.min(tiles - chunk * tc);
         let rows = (cp1 - cp0) * mr;
-        let planes = &xp[img * c_in * 4 * ps..];
-        // The tile rows this task's tiles lie in: (tile row, first tile column, tiles, index).
-        let segments = || {
-            let mut t = t0;
-            std::iter::from_fn(move || {
-                (t < t0 + n).then(|| {
-                    let (ty, tx) = (t / tw, t % tw);
-                    let len = (tw - tx).min(t0 + n - t);
-                    t += len;
-                    (ty, tx, len, t - len - t0)
-                })
-            })
-        };
         WINO.with(|buf| {
             let mut buf = buf.borrow_mut();
-            let (v_len, m_len, y_len) = (16 * c_in * ld, 16 * rows * ld, 2 * 2 * (tw + 8));
-            if buf.len() < v_len + m_len + y_len {
-                buf.resize(v_len + m_len + y_len, 0.0);
+            let own_v = if shared.is_some() { 0 } else { v_len };
+            let (m_len, y_len) = (16 * rows * ld, 2 * 2 * (tw + 8));
+            if buf.len() < own_v + m_len + y_len {
+                buf.resize(own_v + m_len + y_len, 0.0);
             }
-            let (v, rest) = buf.split_at_mut(v_len);
+            let (v, rest) = buf.split_at_mut(own_v);
             let (m, y) = rest.split_at_mut(m_len);
-            // V = Bᵀ d B for every tile and input channel.
-            for ci in 0..c_in {
-                for (ty, tx, len, at) in segments() {
-                    let p = &planes[ci * 4 * ps + ty * wq + tx..];
-                    input_tiles(p, ps, wq, len, &mut v[ci * ld + at..], c_in * ld);
+            let v: &[f32] = match &shared {
+                Some(sv) => &sv[(img * chunks + chunk) * v_len..(img * chunks + chunk + 1) * v_len],
+                None => {
+                    for (ci, vc) in v.chunks_exact_mut(16 * ld).enumerate() {
+                        transform(img, chunk, ci, vc);
+                    }
+                    v
                 }
-            }
+            };
             // M_ξ = U_ξ · V_ξ.
             for xi in 0..16 {
-                let (u, vx) = (&a[xi * per_xi..(xi + 1) * per_xi], &v[xi * c_in * ld..(xi + 1) * c_in * ld]);
+                let u = &a[xi * per_xi..(xi + 1) * per_xi];
                 for q in (0..n).step_by(nr) {
                     for cp in cp0..cp1 {
                         for k0 in (0..c_in).step_by(KC_MAX) {
                             let kc = KC_MAX.min(c_in - k0);
                             let ap = u[(cp * c_in + k0) * mr..(cp * c_in + k0 + kc) * mr].as_ptr();
-                            let bp = vx[k0 * ld + q..(k0 + kc - 1) * ld + q + nr].as_ptr();
+                            let bp = v[(k0 * 16 + xi) * ld + q..((k0 + kc - 1) * 16 + xi) * ld + q + nr].as_ptr();
                             let c = m[(xi * rows + (cp - cp0) * mr) * ld + q..(xi * rows + (cp - cp0 + 1) * mr - 1) * ld + q + nr].as_mut_ptr();
-                            // SAFETY: a is kc rows of mr values, b kc rows of nr values ld apart,
-                            // c mr rows of nr values ld apart (the slices above hold them).
-                            unsafe { kern.run(kc, ap, mr, bp, ld, c, ld, k0 > 0) };
+                            // SAFETY: a is kc rows of mr values, b kc rows of nr values 16·ld
+                            // apart, c mr rows of nr values ld apart (the slices above hold
+                            // them).
+                            unsafe { kern.run(kc, ap, mr, bp, 16 * ld, c, ld, k0 > 0) };
                         }
                     }
                 }
@@ -157,7 +183,7 @@ pub(in crate::nn::cpu_conv) fn run(g: &Geometry, batch: usize, x: &[f32], a: &[f
             let (y0, y1) = y.split_at_mut(2 * (tw + 8));
             for co in cp0 * mr..(cp1 * mr).min(g.c_out) {
                 let mrow = &m[(co - cp0 * mr) * ld..];
-                for (ty, tx, len, at) in segments() {
+                for (ty, tx, len, at) in segments(chunk) {
                     output_tiles(&mrow[at..], rows * ld, len, y0, y1);
                     let cols = (2 * len).min(g.ow - 2 * tx);
                     for (r, yr) in [(2 * ty, &mut *y0), (2 * ty + 1, &mut *y1)] {
