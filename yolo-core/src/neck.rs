@@ -76,16 +76,16 @@ impl Neck {
     pub fn forward(&self, f: Features) -> Vec<Tensor<4>> {
         let t4 = self
             .top_p4
-            .forward(Tensor::cat(vec![upsample2x(f.p5.clone()), f.p4], 1));
+            .forward_cat(vec![upsample2x(f.p5.clone()), f.p4]);
         let o3 = self
             .top_p3
-            .forward(Tensor::cat(vec![upsample2x(t4.clone()), f.p3], 1));
+            .forward_cat(vec![upsample2x(t4.clone()), f.p3]);
         let o4 = self
             .out_p4
-            .forward(Tensor::cat(vec![self.down_p3.forward(o3.clone()), t4], 1));
+            .forward_cat(vec![self.down_p3.forward(o3.clone()), t4]);
         let o5 = self
             .out_p5
-            .forward(Tensor::cat(vec![self.down_p4.forward(o4.clone()), f.p5], 1));
+            .forward_cat(vec![self.down_p4.forward(o4.clone()), f.p5]);
         vec![o3, o4, o5]
     }
 }

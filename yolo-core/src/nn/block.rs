@@ -126,7 +126,12 @@ impl C2f {
         // bottlenecks' outputs; the two halves side by side are cv1's output itself, so it
         // goes into the concat whole. Same values, and in training one slice (and its
         // zero-filled gradient and sum) fewer per block.
-        let y = self.cv1.forward(x);
+        self.tail(self.cv1.forward(x))
+    }
+
+    /// The block after `cv1`: bottlenecks on the second half of `y`, then `cv2` over `y` and
+    /// every bottleneck's output.
+    fn tail(&self, y: Tensor<4>) -> Tensor<4> {
         let half = y.dims()[1] / 2;
         let mut last = y.clone().narrow(1, half, half);
         let mut ys = Vec::with_capacity(1 + self.m.len());
@@ -135,7 +140,17 @@ impl C2f {
             last = m.forward(last);
             ys.push(last.clone());
         }
-        self.cv2.forward(Tensor::cat(ys, 1))
+        self.cv2.forward_cat(ys)
+    }
+
+    /// [`forward`](Self::forward) of `xs` concatenated along channels (the neck's inputs),
+    /// without building the concatenation where [`Conv::forward_cat`] can.
+    ///
+    /// # Shapes
+    /// - `xs`: `[B, c_i, H, W]` with `Σ c_i = c1`
+    /// - output: `[B, c2, H, W]`
+    pub fn forward_cat(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
+        self.tail(self.cv1.forward_cat(xs))
     }
 }
 
@@ -207,6 +222,6 @@ impl Sppf {
         let y1 = self.pool(y0.clone());
         let y2 = self.pool(y1.clone());
         let y3 = self.pool(y2.clone());
-        self.cv2.forward(Tensor::cat(vec![y0, y1, y2, y3], 1))
+        self.cv2.forward_cat(vec![y0, y1, y2, y3])
     }
 }

@@ -86,6 +86,25 @@ impl Conv {
         }
     }
 
+    /// [`forward`](Self::forward) of `xs` concatenated along channels. A fused 1x1 block on
+    /// the CPU backend reads the parts in place ([`cpu_conv::conv2d_cat_cached`]); otherwise
+    /// they are concatenated first.
+    ///
+    /// # Shapes
+    /// - `xs`: `[B, c_i, H, W]` with `Σ c_i = c1`
+    /// - output: `[B, c2, H / s, W / s]`
+    pub fn forward_cat(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
+        let xs = if self.is_fused() {
+            match cpu_conv::conv2d_cat_cached(xs, &self.conv, Activation::Silu, &self.packed) {
+                Ok(y) => return y,
+                Err(xs) => xs,
+            }
+        } else {
+            xs
+        };
+        self.forward(Tensor::cat(xs, 1))
+    }
+
     /// Whether the BatchNorm is folded into the conv.
     pub fn is_fused(&self) -> bool {
         self.conv.bias.is_some()

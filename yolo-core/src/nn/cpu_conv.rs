@@ -35,7 +35,7 @@ use crate::nn::gemm_kernel::{self, DotKernel, Kernel};
 
 mod packed;
 pub use packed::PackCache;
-use packed::{grad_weight_dot, pack_weights, run_packed_any, Plan};
+use packed::{grad_weight_dot, pack_weights, run_packed_any, run_packed_parts, Plan};
 
 /// What is applied to each output after the bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +165,51 @@ pub fn conv2d(x: Tensor<4>, conv: &Conv2d, act: Activation) -> Result<Tensor<4>,
 /// As [`conv2d`].
 pub fn conv2d_cached(x: Tensor<4>, conv: &Conv2d, act: Activation, cache: &PackCache) -> Result<Tensor<4>, Tensor<4>> {
     conv2d_with(x, conv, act, Method::Auto, Some(cache))
+}
+
+/// [`conv2d_cached`] of the concatenation of `xs` along channels, for a 1x1 stride-1 conv
+/// (C2f's and SPPF's `cv2`, the neck's C2f `cv1`) on our micro-kernels: the kernel's column
+/// panels are packed straight from each part, so the concatenated tensor is never built (at
+/// 640 that was ~30 MB of copies per yolov8n forward, on one thread).
+///
+/// Returns `Err(xs)` (untouched) where this does not apply: another conv, a CPU without the
+/// micro-kernels, or inputs [`conv2d`] would refuse; the caller then concatenates.
+///
+/// # Shapes
+/// - `xs`: `[B, C_i, H, W]` with `Σ C_i = C_in`; output `[B, C_out, H, W]`
+pub fn conv2d_cat_cached(xs: Vec<Tensor<4>>, conv: &Conv2d, act: Activation, cache: &PackCache) -> Result<Tensor<4>, Vec<Tensor<4>>> {
+    let Some(kern) = gemm_kernel::kernel() else { return Err(xs) };
+    let Some(first) = xs.first() else { return Err(xs) };
+    let [b, _, h, w] = first.dims();
+    let [c_out, c_in, kh, kw] = conv.weight.dims();
+    let pointwise = [kh, kw, conv.stride[0], conv.stride[1]] == [1; 4]
+        && conv.groups == 1
+        && conv.dilation == [1, 1]
+        && matches!(conv.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
+    let fits = xs.iter().all(|x| {
+        let [xb, _, xh, xw] = x.dims();
+        supported_device(&x.device()) && x.dtype() == DType::F32 && [xb, xh, xw] == [b, h, w]
+    });
+    if !pointwise || !fits || xs.iter().map(|x| x.dims()[1]).sum::<usize>() != c_in {
+        return Err(xs);
+    }
+    let g = Geometry::new([c_in, c_out], [h, w], [1, 1], [1, 1], [0, 0]);
+    let Some(weight) = flex_f32(conv.weight.val()) else { return Err(xs) };
+    let bias = match &conv.bias {
+        Some(p) => match flex_f32(p.val()) {
+            Some(t) => Some(t),
+            None => return Err(xs),
+        },
+        None => None,
+    };
+    let channels: Vec<usize> = xs.iter().map(|x| x.dims()[1]).collect();
+    let inputs: Vec<FlexTensor> = xs.into_iter().map(|x| flex_f32(x).expect("flex f32 (checked)")).collect();
+    let parts: Vec<(&[f32], usize)> = inputs.iter().zip(channels).map(|(t, c)| (t.as_slice::<f32>().expect("contiguous f32"), c)).collect();
+    let bs = bias.as_ref().map(|t| t.as_slice::<f32>().expect("contiguous f32"));
+    g.check(b, None, weight.as_slice::<f32>(), None, bs);
+    let a = cache.get(&weight, &g, kern.mr, Plan::Im2col);
+    let out = if b * c_out * h * w == 0 { Vec::new() } else { run_packed_parts(&g, b, &parts, &a, bs, act, kern) };
+    Ok(flex_tensor(out, [b, c_out, h, w]))
 }
 
 /// How [`conv2d_with`] lays out the work.
@@ -1061,6 +1106,41 @@ mod tests {
         check(1, 32, 70, 64, 48, 3, 1, 1, true, Identity);
         check(1, 300, 37, 9, 8, 3, 1, 1, false, Silu);
         check(3, 32, 33, 7, 1, 3, 1, 1, true, Silu);
+    }
+
+    /// A 1x1 conv over parts read in place equals the conv of their concatenation: three
+    /// parts (one a channel view of a batch-2 tensor, so strided), K in several blocks, and
+    /// refusals that hand the parts back.
+    #[test]
+    fn conv_of_parts_matches_conv_of_concatenation() {
+        let device = crate::backend::cpu_device();
+        let conv = Conv2dConfig::new([300, 21], [1, 1]).with_bias(true).init(&device);
+        let whole = Tensor::<4>::random([2, 200, 9, 13], Distribution::Normal(0.0, 1.0), &device);
+        let parts = vec![
+            Tensor::<4>::random([2, 64, 9, 13], Distribution::Normal(0.0, 1.0), &device),
+            whole.narrow(1, 100, 100),
+            Tensor::<4>::random([2, 136, 9, 13], Distribution::Normal(0.0, 1.0), &device),
+        ];
+        let want: Vec<f32> = conv2d_with(Tensor::cat(parts.clone(), 1), &conv, Activation::Silu, Method::Auto, None)
+            .unwrap_or_else(|_| panic!("refused"))
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        match conv2d_cat_cached(parts.clone(), &conv, Activation::Silu, &PackCache::default()) {
+            Ok(got) => {
+                assert_eq!(got.dims(), [2, 21, 9, 13]);
+                let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
+                for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                    assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "[{i}] {a} vs {e}");
+                }
+            }
+            Err(_) => assert!(gemm_kernel::kernel().is_none(), "refused on a CPU with the micro-kernels"),
+        }
+        // Channels that do not add up, and a 3x3 conv: the parts come back.
+        let back = conv2d_cat_cached(parts[..2].to_vec(), &conv, Activation::Silu, &PackCache::default()).unwrap_err();
+        assert_eq!(back.len(), 2);
+        let conv3 = Conv2dConfig::new([300, 4], [3, 3]).init(&device);
+        assert_eq!(conv2d_cat_cached(parts, &conv3, Activation::Silu, &PackCache::default()).unwrap_err().len(), 3);
     }
 
     /// The per-tap dW (`Method::Shifted`) against the im2col one (which `conv_op`'s tests hold

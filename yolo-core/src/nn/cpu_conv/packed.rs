@@ -254,8 +254,43 @@ thread_local! {
 /// the last channel and pixel). Bias and activation are applied as the accumulator's rows
 /// are copied to the output.
 pub(super) fn run_packed(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+    run_packed_parts(g, batch, &[(x, g.c_in)], a, bias, act, kern)
+}
+
+/// An image's input channels as planes: from one NCHW buffer, or from several whose channels
+/// follow each other (the input of a conv over a concatenation that is never built).
+#[derive(Clone, Copy)]
+struct Planes<'a> {
+    /// Each part's NCHW values and channel count.
+    parts: &'a [(&'a [f32], usize)],
+    img: usize,
+    hw: usize,
+}
+
+impl<'a> Planes<'a> {
+    /// Channel `ci`'s `[H, W]` plane.
+    fn plane(&self, ci: usize) -> &'a [f32] {
+        let mut c = ci;
+        for &(data, channels) in self.parts {
+            if c < channels {
+                let at = (self.img * channels + c) * self.hw;
+                return &data[at..at + self.hw];
+            }
+            c -= channels;
+        }
+        panic!("input channel {ci} past the parts' channels")
+    }
+}
+
+/// [`run_packed`] over an input given as `parts` (NCHW buffers with their channel counts,
+/// `C_in` in all) whose channels follow each other, as if concatenated along channels.
+pub(super) fn run_packed_parts(g: &Geometry, batch: usize, parts: &[(&[f32], usize)], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
     let (mr, nr) = (kern.mr, kern.nr);
     let (hw_in, hw, k) = (g.h * g.w, g.oh * g.ow, g.k());
+    assert_eq!(parts.iter().map(|p| p.1).sum::<usize>(), g.c_in, "input channels for {g:?}");
+    for &(data, channels) in parts {
+        assert_eq!(data.len(), batch * channels * hw_in, "conv input part of {channels} channels for {g:?}, batch {batch}");
+    }
     assert_eq!(a.len(), g.c_out.div_ceil(mr) * k * mr, "packed weights for {g:?}");
     let bl = PackedBlocking::new(g, batch, &kern);
     let len = batch * g.c_out * hw;
@@ -269,7 +304,7 @@ pub(super) fn run_packed(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias:
         let n = bl.nc.min(hw - p0);
         let panels = n.div_ceil(nr);
         let n_acc = acc_stride(n, nr);
-        let x_img = &x[img * g.c_in * hw_in..(img + 1) * g.c_in * hw_in];
+        let x_img = Planes { parts, img, hw: hw_in };
         PACKED_B.with(|buf| {
             let mut buf = buf.borrow_mut();
             let (b_len, acc_len) = (bl.kc * panels * nr, (cp1 - cp0) * mr * n_acc);
@@ -563,18 +598,18 @@ pub(super) fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32
 /// its input rows directly; other convs gather each row into `row` first ([`im2col_row`]).
 ///
 /// # Shapes
-/// - `x`: `[C_in, H, W]`, flat; `buf`: at least `n.div_ceil(NR) · kc · NR`; `row`: `[n]`
+/// - `x`: `C_in` planes `[H, W]`; `buf`: at least `n.div_ceil(NR) · kc · NR`; `row`: `[n]`
 #[allow(clippy::too_many_arguments)]
-fn pack_b<const NR: usize>(g: &Geometry, x: &[f32], p0: usize, n: usize, k0: usize, kc: usize, buf: &mut [f32], row: &mut [f32]) {
-    let (hw_in, khw) = (g.h * g.w, g.kh * g.kw);
+fn pack_b<const NR: usize>(g: &Geometry, x: Planes<'_>, p0: usize, n: usize, k0: usize, kc: usize, buf: &mut [f32], row: &mut [f32]) {
+    let khw = g.kh * g.kw;
     let full = n / NR;
     for r in 0..kc {
         let kk = k0 + r;
         let src: &[f32] = if g.is_pointwise() {
-            &x[kk * hw_in + p0..kk * hw_in + p0 + n]
+            &x.plane(kk)[p0..p0 + n]
         } else {
             let (ci, t) = (kk / khw, kk % khw);
-            im2col_row(g, &x[ci * hw_in..(ci + 1) * hw_in], t / g.kw, t % g.kw, p0, row);
+            im2col_row(g, x.plane(ci), t / g.kw, t % g.kw, p0, row);
             row
         };
         for q in 0..full {
