@@ -20,6 +20,24 @@ pub fn cpu_device() -> Device {
     Device::flex()
 }
 
+/// Runs `f` on a thread of rayon's global pool, where the CPU backend's parallel kernels run
+/// (inline when already on one). [`YoloV8::predict`](crate::YoloV8::predict) runs there.
+///
+/// Called from another thread, each parallel region of a conv is handed to the pool and the
+/// caller sleeps until it ends: two thread switches per region, ~100 regions per yolov8n
+/// forward, about 1 ms per forward on the 2-core CI machine (a quarter of a 64x64 forward,
+/// ~5% at 320). On a pool thread the regions run inline, shared with idle workers by work
+/// stealing. `f` must not block on work that itself needs the pool (a worker waiting on a
+/// channel fed by pool jobs would hold one of its threads). The trainer does not use it yet:
+/// with its steps on the pool, a resumed run's validation losses differed from an
+/// uninterrupted run's in the fourth digit (`yolo-train/tests/train.rs`), not yet understood.
+pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() || std::env::var_os("NOPOOL").is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
+}
+
 /// The compiled backends, by name.
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut v = vec!["flex"];

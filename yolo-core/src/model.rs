@@ -131,7 +131,7 @@ impl YoloV8 {
     /// - output: `[B, 4 + nc, A]` with `A = sum(H/s * W/s)`
     pub fn predict(&self, x: Tensor<4>) -> Result<Tensor<3>> {
         check_input(&x.dims())?;
-        Ok(decode(&self.forward(x), &self.head.meta()))
+        Ok(crate::backend::on_cpu_pool(|| decode(&self.forward(x), &self.head.meta())))
     }
 
     /// Number of parameters as PyTorch counts them (`sum(p.numel() for p in m.parameters())`):

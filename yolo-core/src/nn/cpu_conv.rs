@@ -997,6 +997,8 @@ fn gather_row(src: &[f32], seg: &mut [f32], ox0: usize, kx: usize, s: usize, pad
     let start = (first + (t_lo * s) as isize) as usize;
     if s == 1 {
         seg[t_lo..t_hi].copy_from_slice(&src[start..start + (t_hi - t_lo)]);
+    } else if s == 2 {
+        packed::every_other(&src[start..], &mut seg[t_lo..t_hi]);
     } else {
         for (d, i) in seg[t_lo..t_hi].iter_mut().zip((start..).step_by(s)) {
             *d = src[i];

@@ -446,8 +446,9 @@ fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], slack: usize) -
 }
 
 /// `dst[i] = src[2i]` (a row's even or odd columns), 8 at a time with AVX2: the phase split
-/// of every stride-2 and Winograd conv's input (scalar, it was a tenth of a Winograd conv).
-fn every_other(src: &[f32], dst: &mut [f32]) {
+/// of every stride-2 and Winograd conv's input (scalar, it was a tenth of a Winograd conv),
+/// and the stride-2 im2col rows.
+pub(super) fn every_other(src: &[f32], dst: &mut [f32]) {
     assert!(dst.is_empty() || 2 * dst.len() - 1 <= src.len(), "every_other: {} values for {}", src.len(), dst.len());
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
