@@ -600,6 +600,19 @@ pub(crate) fn par_fill<R: Send>(len: usize, chunk: usize, f: impl Fn(usize, &mut
     (v, results)
 }
 
+/// [`par_fill`] without the zeroing, for buffers whose every element `f` writes: `f(i,
+/// chunk)` initialises chunk `i` (of `chunk` values; the last may be shorter).
+///
+/// # Safety
+/// `f` must write every element of each chunk it is given.
+pub(crate) unsafe fn par_init<R: Send>(len: usize, chunk: usize, f: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) -> R + Sync + Send) -> (Vec<f32>, Vec<R>) {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    let results = v.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().map(|(i, c)| f(i, c)).collect();
+    // SAFETY: the chunks cover all `len` elements, and `f` initialised each (the contract).
+    unsafe { v.set_len(len) };
+    (v, results)
+}
+
 /// `len` zeros, written on rayon's pool ([`par_fill`]).
 pub(crate) fn par_zeroed(len: usize) -> Vec<f32> {
     par_fill(len, 1 << 16, |_, _| ()).0
@@ -998,7 +1011,9 @@ fn gather_row(src: &[f32], seg: &mut [f32], ox0: usize, kx: usize, s: usize, pad
     if s == 1 {
         seg[t_lo..t_hi].copy_from_slice(&src[start..start + (t_hi - t_lo)]);
     } else if s == 2 {
-        packed::every_other(&src[start..], &mut seg[t_lo..t_hi]);
+        let dst = &mut seg[t_lo..t_hi];
+        // SAFETY: `[f32]` as `[MaybeUninit<f32>]` (same layout); only f32 values are written.
+        packed::every_other(&src[start..], unsafe { &mut *(dst as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) });
     } else {
         for (d, i) in seg[t_lo..t_hi].iter_mut().zip((start..).step_by(s)) {
             *d = src[i];

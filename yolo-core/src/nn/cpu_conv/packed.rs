@@ -5,6 +5,7 @@
 //! `cpu_conv`, whose geometry, buffers and epilogues it shares.
 
 use super::*;
+use std::mem::MaybeUninit;
 
 mod winograd;
 
@@ -411,44 +412,61 @@ fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], slack: usize) -
     }
     let phases = s * s;
     let planes = batch * g.c_in * phases;
-    let (xp, _) = par_fill(planes * ps + slack, ps, |i, dst| {
-        if i >= planes {
-            return;
-        }
-        let (plane, phase) = (i / phases, i % phases);
-        let (a, b) = (phase / s, phase % s);
-        let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
-        for u in 0..hq {
-            // Padded row u·s + a is input row u·s + a − ph.
-            let Some(y) = (u * s + a).checked_sub(g.ph).filter(|&y| y < g.h) else { continue };
-            let row = &src[y * g.w..(y + 1) * g.w];
-            let drow = &mut dst[u * wq..(u + 1) * wq];
-            if s == 1 {
-                drow[g.pw..g.pw + g.w].copy_from_slice(row);
-            } else {
+    let fill = |d: &mut [MaybeUninit<f32>]| d.iter_mut().for_each(|e| {
+        e.write(0.0);
+    });
+    // SAFETY: every element of each plane is written below: the slack chunk, each row (zeros,
+    // or padding zeros around the copied or split row) and the plane's tail.
+    let (xp, _) = unsafe {
+        par_init(planes * ps + slack, ps, |i, dst| {
+            if i >= planes {
+                return fill(dst);
+            }
+            let (plane, phase) = (i / phases, i % phases);
+            let (a, b) = (phase / s, phase % s);
+            let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
+            let (rows, tail) = dst.split_at_mut(hq * wq);
+            fill(tail);
+            for (u, drow) in rows.chunks_exact_mut(wq).enumerate() {
+                // Padded row u·s + a is input row u·s + a − ph.
+                let Some(y) = (u * s + a).checked_sub(g.ph).filter(|&y| y < g.h) else {
+                    fill(drow);
+                    continue;
+                };
+                let row = &src[y * g.w..(y + 1) * g.w];
+                if s == 1 {
+                    fill(&mut drow[..g.pw]);
+                    drow[g.pw..g.pw + g.w].iter_mut().zip(row).for_each(|(d, &x)| {
+                        d.write(x);
+                    });
+                    fill(&mut drow[g.pw + g.w..]);
+                    continue;
+                }
                 // Padded column v·s + b is input column v·s + b − pw: valid for v in v0..v1.
-                let v0 = g.pw.saturating_sub(b).div_ceil(s);
-                let v1 = (g.w + g.pw - b).div_ceil(s).min(wq);
+                let v0 = g.pw.saturating_sub(b).div_ceil(s).min(wq);
+                let v1 = (g.w + g.pw - b).div_ceil(s).clamp(v0, wq);
+                fill(&mut drow[..v0]);
+                fill(&mut drow[v1..]);
                 if v0 < v1 {
                     let first = v0 * s + b - g.pw;
                     if s == 2 {
                         every_other(&row[first..], &mut drow[v0..v1]);
                     } else {
                         for (d, &x) in drow[v0..v1].iter_mut().zip(row[first..].iter().step_by(s)) {
-                            *d = x;
+                            d.write(x);
                         }
                     }
                 }
             }
-        }
-    });
+        })
+    };
     (xp, ps, wq)
 }
 
 /// `dst[i] = src[2i]` (a row's even or odd columns), 8 at a time with AVX2: the phase split
 /// of every stride-2 and Winograd conv's input (scalar, it was a tenth of a Winograd conv),
 /// and the stride-2 im2col rows.
-pub(super) fn every_other(src: &[f32], dst: &mut [f32]) {
+pub(super) fn every_other(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     assert!(dst.is_empty() || 2 * dst.len() - 1 <= src.len(), "every_other: {} values for {}", src.len(), dst.len());
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
@@ -457,11 +475,11 @@ pub(super) fn every_other(src: &[f32], dst: &mut [f32]) {
         let steps = (src.len() / 2).min(dst.len()) / 8;
         // SAFETY: AVX2 is present; step k reads src[16k..16k + 16] and writes dst[8k..8k + 8],
         // in bounds for k < steps.
-        unsafe { x86_every_other(src.as_ptr(), dst.as_mut_ptr(), steps) };
+        unsafe { x86_every_other(src.as_ptr(), dst.as_mut_ptr().cast::<f32>(), steps) };
         i = 8 * steps;
     }
     for (d, &x) in dst[i..].iter_mut().zip(src[2 * i..].iter().step_by(2)) {
-        *d = x;
+        d.write(x);
     }
 }
 
