@@ -32,7 +32,7 @@ pub fn cpu_device() -> Device {
 /// with its steps on the pool, a resumed run's validation losses differed from an
 /// uninterrupted run's in the fourth digit (`yolo-train/tests/train.rs`), not yet understood.
 pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() || std::env::var_os("NOPOOL").is_some() {
+    if rayon::current_thread_index().is_some() {
         return f();
     }
     rayon::scope(|_| f())
