@@ -195,13 +195,7 @@ pub fn conv2d_cat_cached(xs: Vec<Tensor<4>>, conv: &Conv2d, act: Activation, cac
     }
     let g = Geometry::new([c_in, c_out], [h, w], [1, 1], [1, 1], [0, 0]);
     let Some(weight) = flex_f32(conv.weight.val()) else { return Err(xs) };
-    let bias = match &conv.bias {
-        Some(p) => match flex_f32(p.val()) {
-            Some(t) => Some(t),
-            None => return Err(xs),
-        },
-        None => None,
-    };
+    let Some(bias) = conv_bias(conv) else { return Err(xs) };
     let channels: Vec<usize> = xs.iter().map(|x| x.dims()[1]).collect();
     let inputs: Vec<FlexTensor> = xs.into_iter().map(|x| flex_f32(x).expect("flex f32 (checked)")).collect();
     let parts: Vec<(&[f32], usize)> = inputs.iter().zip(channels).map(|(t, c)| (t.as_slice::<f32>().expect("contiguous f32"), c)).collect();
@@ -210,6 +204,15 @@ pub fn conv2d_cat_cached(xs: Vec<Tensor<4>>, conv: &Conv2d, act: Activation, cac
     let a = cache.get(&weight, &g, kern.mr, Plan::Im2col);
     let out = if b * c_out * h * w == 0 { Vec::new() } else { run_packed_parts(&g, b, &parts, &a, bs, act, kern) };
     Ok(flex_tensor(out, [b, c_out, h, w]))
+}
+
+/// The conv's bias as a contiguous f32 `flex` tensor (`Some(None)` without a bias), or `None`
+/// when it has one that is not on `flex` or not f32.
+fn conv_bias(conv: &Conv2d) -> Option<Option<FlexTensor>> {
+    match &conv.bias {
+        Some(p) => flex_f32(p.val()).map(Some),
+        None => Some(None),
+    }
 }
 
 /// How [`conv2d_with`] lays out the work.
@@ -254,13 +257,7 @@ pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method,
     let Some(weight) = flex_f32(conv.weight.val()) else {
         return Err(x);
     };
-    let bias = match &conv.bias {
-        Some(p) => match flex_f32(p.val()) {
-            Some(t) => Some(t),
-            None => return Err(x),
-        },
-        None => None,
-    };
+    let Some(bias) = conv_bias(conv) else { return Err(x) };
     let Some(input) = flex_f32(x.clone()) else {
         return Err(x);
     };
