@@ -23,28 +23,32 @@ use rayon::prelude::*;
 
 use super::cpu_conv::flex_primitive as flex_from_vec;
 
+/// [`exp_f32`]'s clamp of its argument.
+const EXP_MIN: f32 = -87.3;
+const EXP_MAX: f32 = 88.0;
+/// `ln 2` in two parts for the range reduction.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without `round()` (which
+/// baseline x86-64 has no vector instruction for).
+const ROUND: f32 = 12_582_912.0;
+/// Cephes' degree-5 polynomial for `(exp(r) − 1 − r) / r²`, highest degree first.
+const EXP_POLY: [f32; 6] = [1.987_569_2e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+
 /// `exp(x)` for `x` in `[-87.3, 88]` (clamped outside): range reduction by `ln 2`, Cephes'
 /// degree-5 polynomial, the power of two built from the exponent bits. Branch-free so that a
 /// loop over it vectorises.
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without `round()`
-    // (which baseline x86-64 has no vector instruction for).
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.0);
+    let x = x.clamp(EXP_MIN, EXP_MAX);
     // t = 1.5 * 2^23 + n: n sits in the low mantissa bits of t.
-    let t = x * LOG2E + ROUND;
+    let t = x * std::f32::consts::LOG2_E + ROUND;
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_2e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
     let y = p * r * r + r + 1.0;
     // 2^n from t's bits: the low 9 bits of bits(t) + 127 are n + 127 (in [1, 254] after the
     // clamp), and the shift drops the rest. No float-to-int cast: Rust's `as` saturates, and
@@ -371,6 +375,7 @@ pub fn bias_silu_slice(v: &mut [f32], bias: f32) {
 /// masked, so every element takes the same path.
 #[cfg(target_arch = "x86_64")]
 mod fma {
+    use super::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, ROUND};
     use std::arch::x86_64::*;
 
     /// Whether the CPU has AVX2 and FMA (detected once).
@@ -384,14 +389,14 @@ mod fma {
     unsafe fn exp(x: __m256) -> __m256 {
         // SAFETY: register-only intrinsics; the caller has AVX2 and FMA.
         unsafe {
-            let x = _mm256_min_ps(_mm256_set1_ps(88.0), _mm256_max_ps(_mm256_set1_ps(-87.3), x));
-            let round = _mm256_set1_ps(12_582_912.0);
+            let x = _mm256_min_ps(_mm256_set1_ps(EXP_MAX), _mm256_max_ps(_mm256_set1_ps(EXP_MIN), x));
+            let round = _mm256_set1_ps(ROUND);
             let t = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), round);
             let n = _mm256_sub_ps(t, round);
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-            let mut p = _mm256_set1_ps(1.987_569_2e-4);
-            for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+            let mut p = _mm256_set1_ps(EXP_POLY[0]);
+            for &c in &EXP_POLY[1..] {
                 p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
             }
             let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
