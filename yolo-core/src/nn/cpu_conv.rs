@@ -1060,6 +1060,20 @@ mod tests {
                 let a = pack_weights(&g, &ws, kern.mr, Plan::Winograd);
                 runs.push(("winograd", run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, Plan::Winograd)));
             }
+            // The phase-plane paths again in slabs: bands of 4 rows (a budget of 1 float), and
+            // about one image each.
+            for budget in [1, c_in * (h + 2) * (w + 2)] {
+                super::packed::TEST_SLAB_FLOATS.with(|f| f.set(budget));
+                let label = if budget == 1 { "in bands" } else { "per image" };
+                if packed_shifted(&g) {
+                    runs.push((label, run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr, Plan::Shifted), bs.as_deref(), act, kern)));
+                }
+                if Plan::of(&g, true) == Plan::Winograd {
+                    let a = pack_weights(&g, &ws, kern.mr, Plan::Winograd);
+                    runs.push((label, run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, Plan::Winograd)));
+                }
+                super::packed::TEST_SLAB_FLOATS.with(|f| f.set(super::packed::SLAB_FLOATS));
+            }
             for (path, got) in runs {
                 for (i, (a, e)) in got.iter().zip(&want).enumerate() {
                     assert!((a - e).abs() <= 1e-5 * scale, "{kern:?} {path} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
@@ -1113,6 +1127,8 @@ mod tests {
         // Wide rows at stride 2 (the vector phase split), odd and even widths.
         check(1, 16, 8, 6, 71, 3, 2, 1, true, Silu);
         check(1, 16, 8, 5, 64, 3, 2, 1, false, Identity);
+        // Three images: slabs of one image, or of bands, at stride 2.
+        check(3, 16, 8, 19, 17, 3, 2, 1, true, Silu);
         // Winograd (3x3, stride 1, padding 1, >= 32 channels): odd sides (the last tile half
         // outside), tasks of tiles spanning tile rows, K in blocks (300 channels), a one-column
         // image, channel counts not a multiple of the kernel's rows.

@@ -397,13 +397,14 @@ pub(super) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, plan: Plan) -> Ve
     gemm_kernel::pack_a(&wr, g.c_out, k, mr)
 }
 
-/// The zero-padded input split into its `s x s` phases: plane `((img·C_in + ci)·s² + a·s + b)`
-/// holds padded rows `a, a + s, …` and columns `b, b + s, …` of channel `ci`, as
-/// `[ceil(Hp / s), ceil(Wp / s)]`, planes `ps` floats apart, with `slack` zeros after the last.
-/// For `s = 1` that is the padded input. Returns the buffer, `ps` and the phase width.
-fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], slack: usize) -> (Vec<f32>, usize, usize) {
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
-    let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
+/// The zero-padded input split into its `s x s` phases, phase rows `rows` of them: plane
+/// `((img·C_in + ci)·s² + a·s + b)` holds padded rows `(u0 + u)·s + a` (`u0 = rows.start`)
+/// and columns `b, b + s, …` of channel `ci`, as `[rows.len(), ceil(Wp / s)]` (rows past the
+/// padded input are zeros), planes `ps` floats apart, with `slack` zeros after the last. For
+/// `s = 1` and all rows that is the padded input. Returns the buffer, `ps` and the phase width.
+fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], rows: std::ops::Range<usize>, slack: usize) -> (Vec<f32>, usize, usize) {
+    let wq = (g.w + 2 * g.pw).div_ceil(s);
+    let (u0, hq) = (rows.start, rows.len());
     // Planes an odd number of 64-byte lines apart: at stride 1 the C_in rows of a block then
     // fall in different L1 sets (at stride 2 they are s² planes apart).
     let mut ps = (hq * wq).div_ceil(16) * 16;
@@ -428,8 +429,8 @@ fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], slack: usize) -
             let (rows, tail) = dst.split_at_mut(hq * wq);
             fill(tail);
             for (u, drow) in rows.chunks_exact_mut(wq).enumerate() {
-                // Padded row u·s + a is input row u·s + a − ph.
-                let Some(y) = (u * s + a).checked_sub(g.ph).filter(|&y| y < g.h) else {
+                // Phase row u0 + u is padded row (u0 + u)·s + a, input row (u0 + u)·s + a − ph.
+                let Some(y) = ((u0 + u) * s + a).checked_sub(g.ph).filter(|&y| y < g.h) else {
                     fill(drow);
                     continue;
                 };
@@ -521,6 +522,68 @@ thread_local! {
 /// (the taps are its segments). The input is copied once (padding and phases) instead of
 /// `kh·kw / s²` times (im2col).
 pub(super) fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
+    let co_panels = g.c_out.div_ceil(kern.mr);
+    assert_eq!(a.len(), co_panels * g.k() * kern.mr, "packed weights for {g:?}");
+    let s = g.sh;
+    // Phase rows a block of output rows reads beyond its own: a tap reaches (kh − 1) / s on.
+    let halo = (g.kh - 1) / s;
+    let per_row = g.c_in * s * s * (g.w + 2 * g.pw).div_ceil(s);
+    let len = batch * g.c_out * g.oh * g.ow;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+    let plane = g.c_in * g.h * g.w;
+    for (i0, ni, r0, nrows) in slabs(batch, g.oh, halo, per_row, slab_floats()) {
+        shifted_slab(g, ni, &x[i0 * plane..(i0 + ni) * plane], r0..r0 + nrows, a, bias, act, kern, dst, i0);
+    }
+    // SAFETY: the slabs cover every image and output row, and each writes every channel of its
+    // rows.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Phase-plane floats per slab of the shifted and Winograd convs (1 MB): a slab's planes are
+/// built and read while they are still in cache, instead of a whole batch's planes (13 MB for
+/// yolov8n's second conv at 320, batch 8) going out to memory and back.
+pub(super) const SLAB_FLOATS: usize = 256 * 1024;
+
+/// How a conv whose input is split into phase planes runs in slabs: `(first image, images,
+/// first output row, rows)`. The whole batch when its planes fit in `budget` floats, else
+/// runs of whole images within it; an image whose planes take more than four budgets (640 px
+/// inputs) in bands of rows within one. `per_row` is the plane floats per output row of one
+/// image, `halo` the extra rows each slab reads. (Measured at two threads: bands of an image
+/// whose planes stay in L3, 1.7 MB at 320, cost that conv a tenth more; at 640, a third less.)
+fn slabs(batch: usize, rows: usize, halo: usize, per_row: usize, budget: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let per_img = per_row * (rows + halo);
+    let (imgs, band) = if per_img * batch <= budget {
+        (batch, rows)
+    } else if per_img <= 4 * budget {
+        ((budget / per_img).max(1), rows)
+    } else {
+        // At least 4 rows a band, so the halo stays a small part of the copy.
+        (1, (budget / per_row).saturating_sub(halo).max(4).min(rows))
+    };
+    let (imgs, band) = (imgs.max(1), band.max(1));
+    (0..batch).step_by(imgs).flat_map(move |i0| (0..rows).step_by(band).map(move |r0| (i0, imgs.min(batch - i0), r0, band.min(rows - r0))))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// [`SLAB_FLOATS`] for the tests on this thread: small, to run convs in several slabs.
+    pub(super) static TEST_SLAB_FLOATS: std::cell::Cell<usize> = const { std::cell::Cell::new(SLAB_FLOATS) };
+}
+
+/// The slab budget: [`SLAB_FLOATS`] (in tests, as set for the calling thread).
+fn slab_floats() -> usize {
+    #[cfg(test)]
+    return TEST_SLAB_FLOATS.with(|b| b.get());
+    #[cfg(not(test))]
+    SLAB_FLOATS
+}
+
+/// Output rows `rows` of images `i0..i0 + batch` of a [`run_packed_shifted`] conv (`x` holds
+/// just those images), written to their places in `dst` (the whole output).
+#[allow(clippy::too_many_arguments)]
+fn shifted_slab(g: &Geometry, batch: usize, x: &[f32], rows_out: std::ops::Range<usize>, a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel, dst: OutPtr, i0: usize) {
     let (mr, nr) = (kern.mr, kern.nr);
     let s = g.sh;
     let phases = s * s;
@@ -528,11 +591,11 @@ pub(super) fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32
     let hw = g.oh * g.ow;
     let co_panels = g.c_out.div_ceil(mr);
     let k = g.k();
-    assert_eq!(a.len(), co_panels * k * mr, "packed weights for {g:?}");
     let (nb, cb) = ci_blocks(g.c_in);
+    let (r0, oh) = (rows_out.start, rows_out.len());
     // A block's last columns may run up to nr past the last real pixel (whole blocks); the
     // slack is generous.
-    let (xp, ps, wq) = phase_planes(g, s, batch, x, 2 * nr + 16);
+    let (xp, ps, wq) = phase_planes(g, s, batch, x, r0..r0 + oh + (g.kh - 1) / s, 2 * nr + 16);
     let ldb = phases * ps;
     // Where tap t starts, from its image's first plane.
     let tap_off: Vec<usize> = (0..taps)
@@ -544,22 +607,23 @@ pub(super) fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32
     let far_tap = tap_off.iter().copied().max().unwrap_or(0);
 
     // Output rows per task: the accumulator stays around ACC_FLOATS; enough tasks for every
-    // thread to take several, splitting output channels when the rows run out.
+    // thread to take several, splitting output channels when the rows run out. A task keeps
+    // at least 8 blocks of wide pixels: on small maps, tasks of one or two rows ran mostly on
+    // the zero columns of their last block (a 10x10 output in 5 tasks used 20 of every 32
+    // columns); output channels split instead, at no cost (nothing is packed per task).
+    // Measured at 320, two threads: the 10x10-output convs a fifth to a third faster.
     let min_tasks = min_tasks();
-    let mut rows = (ACC_FLOATS / (co_panels * mr * wq)).clamp(1, g.oh);
-    if batch * g.oh.div_ceil(rows) < min_tasks {
-        rows = g.oh.div_ceil(min_tasks.div_ceil(batch)).max(1);
+    let mut rows = (ACC_FLOATS / (co_panels * mr * wq)).clamp(1, oh);
+    if batch * oh.div_ceil(rows) < min_tasks {
+        rows = oh.div_ceil(min_tasks.div_ceil(batch)).max((8 * nr).div_ceil(wq)).clamp(1, oh.max(1));
     }
-    let grid = TaskGrid::new(batch, g.oh.div_ceil(rows), co_panels, min_tasks);
+    let grid = TaskGrid::new(batch, oh.div_ceil(rows), co_panels, min_tasks);
 
-    let len = batch * g.c_out * hw;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let dst = OutPtr(out.as_mut_ptr());
     (0..grid.len(batch)).into_par_iter().for_each(|task| {
         let dst = dst;
         let Some((img, tile, cp0, cp1)) = grid.task(task) else { return };
         let oy0 = tile * rows;
-        let nrows = rows.min(g.oh - oy0);
+        let nrows = rows.min(oh - oy0);
         // Wide columns of this task, and the accumulator's row length (whole blocks).
         let n = (nrows - 1) * wq + g.ow;
         let n_acc = acc_stride(n, nr);
@@ -598,17 +662,14 @@ pub(super) fn run_packed_shifted(g: &Geometry, batch: usize, x: &[f32], a: &[f32
                 let row = &mut acc[(co - cp0 * mr) * n_acc..(co - cp0 * mr) * n_acc + n.div_ceil(nr) * nr];
                 epilogue(row, bias.map(|b| b[co]), act);
                 for r in 0..nrows {
-                    // SAFETY: row oy0 + r of channel co of image img: ow values that only this
-                    // task writes.
-                    let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + (oy0 + r) * g.ow), g.ow) };
+                    // SAFETY: row r0 + oy0 + r of channel co of image i0 + img: ow values that
+                    // only this task writes.
+                    let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add(((i0 + img) * g.c_out + co) * hw + (r0 + oy0 + r) * g.ow), g.ow) };
                     out_row.copy_from_slice(&row[r * wq..r * wq + g.ow]);
                 }
             }
         });
     });
-    // SAFETY: the tasks cover every output row of every channel and image.
-    unsafe { out.set_len(len) };
-    out
 }
 
 /// Packs rows `k0..k0 + kc` of the `[K, n]` im2col column block of output pixels

@@ -84,15 +84,34 @@ thread_local! {
 /// [`pack_weights`]. Returns the NCHW output.
 pub(in crate::nn::cpu_conv) fn run(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
     assert!(applies(g), "Winograd conv for {g:?}");
+    assert_eq!(a.len(), 16 * g.c_out.div_ceil(kern.mr) * g.c_in * kern.mr, "Winograd weights for {g:?}");
+    let len = batch * g.c_out * g.oh * g.ow;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = OutPtr(out.as_mut_ptr());
+    let plane = g.c_in * g.h * g.w;
+    // A tile row reads one phase row of the next (its 4x4 tiles overlap by 2 rows).
+    let per_row = g.c_in * 4 * (g.w + 2).div_ceil(2);
+    for (i0, ni, t0, nt) in slabs(batch, g.oh.div_ceil(2), 1, per_row, slab_floats()) {
+        slab(g, ni, &x[i0 * plane..(i0 + ni) * plane], t0..t0 + nt, a, bias, act, kern, dst, i0);
+    }
+    // SAFETY: the slabs cover every image and tile row (so every output pixel), and each
+    // writes every channel of its tiles.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Tile rows `tile_rows` of images `i0..i0 + batch` of a [`run`] conv (`x` holds just those
+/// images), written to their places in `dst` (the whole output).
+#[allow(clippy::too_many_arguments)]
+fn slab(g: &Geometry, batch: usize, x: &[f32], tile_rows: std::ops::Range<usize>, a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel, dst: OutPtr, i0: usize) {
     let (mr, nr) = (kern.mr, kern.nr);
     let (c_in, hw) = (g.c_in, g.oh * g.ow);
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let (t0, th, tw) = (tile_rows.start, tile_rows.len(), g.ow.div_ceil(2));
     let tiles = th * tw;
     let co_panels = g.c_out.div_ceil(mr);
     let per_xi = co_panels * c_in * mr;
-    assert_eq!(a.len(), 16 * per_xi, "Winograd weights for {g:?}");
     // Vector loads run up to 7 floats past a tile row's last tile.
-    let (xp, ps, wq) = phase_planes(g, 2, batch, x, 16);
+    let (xp, ps, wq) = phase_planes(g, 2, batch, x, t0..t0 + th + 1, 16);
     let tc = tiles_per_task(g, batch, tiles, co_panels * mr, nr);
     let chunks = tiles.div_ceil(tc);
     let grid = TaskGrid::new(batch, chunks, co_panels, min_tasks());
@@ -135,9 +154,6 @@ pub(in crate::nn::cpu_conv) fn run(g: &Geometry, batch: usize, x: &[f32], a: &[f
         .0
     });
 
-    let len = batch * g.c_out * hw;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let dst = OutPtr(out.as_mut_ptr());
     (0..grid.len(batch)).into_par_iter().for_each(|task| {
         let dst = dst;
         let Some((img, chunk, cp0, cp1)) = grid.task(task) else { return };
@@ -186,24 +202,21 @@ pub(in crate::nn::cpu_conv) fn run(g: &Geometry, batch: usize, x: &[f32], a: &[f
                 for (ty, tx, len, at) in segments(chunk) {
                     output_tiles(&mrow[at..], rows * ld, len, y0, y1);
                     let cols = (2 * len).min(g.ow - 2 * tx);
-                    for (r, yr) in [(2 * ty, &mut *y0), (2 * ty + 1, &mut *y1)] {
+                    for (r, yr) in [(2 * (t0 + ty), &mut *y0), (2 * (t0 + ty) + 1, &mut *y1)] {
                         if r >= g.oh {
                             continue;
                         }
                         let yr = &mut yr[..cols.div_ceil(8) * 8];
                         epilogue(yr, bias.map(|b| b[co]), act);
-                        // SAFETY: columns 2tx.. of output row r of channel co of image img:
+                        // SAFETY: columns 2tx.. of output row r of channel co of image i0 + img:
                         // only the task holding these tiles writes them.
-                        let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + r * g.ow + 2 * tx), cols) };
+                        let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(((i0 + img) * g.c_out + co) * hw + r * g.ow + 2 * tx), cols) };
                         o.copy_from_slice(&yr[..cols]);
                     }
                 }
             }
         });
     });
-    // SAFETY: the tasks cover every tile (so every output pixel) of every channel and image.
-    unsafe { out.set_len(len) };
-    out
 }
 
 /// `V = Bᵀ d B` for `len` consecutive tiles of one tile row and channel: `p` starts at the
