@@ -1127,6 +1127,8 @@ mod tests {
         // Wide rows at stride 2 (the vector phase split), odd and even widths.
         check(1, 16, 8, 6, 71, 3, 2, 1, true, Silu);
         check(1, 16, 8, 5, 64, 3, 2, 1, false, Identity);
+        // 5x5 at stride 2 with padding 2 (even padding: column phases swap roles).
+        check(2, 16, 8, 11, 13, 5, 2, 2, true, Silu);
         // Three images: slabs of one image, or of bands, at stride 2.
         check(3, 16, 8, 19, 17, 3, 2, 1, true, Silu);
         // Winograd (3x3, stride 1, padding 1, >= 32 channels): odd sides (the last tile half

@@ -413,9 +413,45 @@ fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], rows: std::ops:
     }
     let phases = s * s;
     let planes = batch * g.c_in * phases;
-    let fill = |d: &mut [MaybeUninit<f32>]| d.iter_mut().for_each(|e| {
-        e.write(0.0);
-    });
+    let fill = zero;
+    if s == 2 {
+        // Both column phases of a row phase at once (its two planes are adjacent): each input
+        // row is read once and split into its even and odd columns.
+        let pairs = planes / 2;
+        // Input column 2i goes to phase column `pw mod 2`, at v = i + pw / 2; column 2i + 1 to
+        // the other, at v = i + (pw + 1) / 2.
+        let (ve, vo) = (g.pw / 2, (g.pw + 1) / 2);
+        let (ne, no) = (g.w.div_ceil(2).min(wq.saturating_sub(ve)), (g.w / 2).min(wq.saturating_sub(vo)));
+        // SAFETY: every element of each pair of planes is written below: the slack chunk,
+        // each row (zeros, or padding zeros around the split row) and the planes' tails.
+        let (xp, _) = unsafe {
+            par_init(planes * ps + slack, 2 * ps, |i, dst| {
+                if i >= pairs {
+                    return fill(dst);
+                }
+                let (plane, a) = (i / 2, i % 2);
+                let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
+                let (p0, p1) = dst.split_at_mut(ps);
+                fill(&mut p0[hq * wq..]);
+                fill(&mut p1[hq * wq..]);
+                for u in 0..hq {
+                    let (r0, r1) = (&mut p0[u * wq..(u + 1) * wq], &mut p1[u * wq..(u + 1) * wq]);
+                    let Some(y) = ((u0 + u) * 2 + a).checked_sub(g.ph).filter(|&y| y < g.h) else {
+                        fill(r0);
+                        fill(r1);
+                        continue;
+                    };
+                    let (even, odd) = if g.pw % 2 == 0 { (r0, r1) } else { (r1, r0) };
+                    fill(&mut even[..ve]);
+                    fill(&mut even[ve + ne..]);
+                    fill(&mut odd[..vo]);
+                    fill(&mut odd[vo + no..]);
+                    deinterleave(&src[y * g.w..(y + 1) * g.w], &mut even[ve..ve + ne], &mut odd[vo..vo + no]);
+                }
+            })
+        };
+        return (xp, ps, wq);
+    }
     // SAFETY: every element of each plane is written below: the slack chunk, each row (zeros,
     // or padding zeros around the copied or split row) and the plane's tail.
     let (xp, _) = unsafe {
@@ -450,12 +486,8 @@ fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], rows: std::ops:
                 fill(&mut drow[v1..]);
                 if v0 < v1 {
                     let first = v0 * s + b - g.pw;
-                    if s == 2 {
-                        every_other(&row[first..], &mut drow[v0..v1]);
-                    } else {
-                        for (d, &x) in drow[v0..v1].iter_mut().zip(row[first..].iter().step_by(s)) {
-                            d.write(x);
-                        }
+                    for (d, &x) in drow[v0..v1].iter_mut().zip(row[first..].iter().step_by(s)) {
+                        d.write(x);
                     }
                 }
             }
@@ -464,9 +496,69 @@ fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], rows: std::ops:
     (xp, ps, wq)
 }
 
-/// `dst[i] = src[2i]` (a row's even or odd columns), 8 at a time with AVX2: the phase split
-/// of every stride-2 and Winograd conv's input (scalar, it was a tenth of a Winograd conv),
-/// and the stride-2 im2col rows.
+/// Zeros `d`. The padding columns of phase rows are 0 to 2 floats, a few hundred thousand
+/// times per forward: as `memset` calls they cost about a tenth of the phase split, so runs
+/// of up to 8 are stored one by one (volatile, which keeps the compiler from turning the
+/// loop back into a `memset` call; an AVX2 masked store was slower still on Zen 3).
+#[inline]
+fn zero(d: &mut [MaybeUninit<f32>]) {
+    if d.len() <= 8 {
+        for e in d.iter_mut() {
+            // SAFETY: `e` is a valid, writable f32 slot.
+            unsafe { std::ptr::write_volatile(e.as_mut_ptr(), 0.0) };
+        }
+        return;
+    }
+    d.iter_mut().for_each(|e| {
+        e.write(0.0);
+    });
+}
+
+/// `even[i] = src[2i]` and `odd[i] = src[2i + 1]` (as far as each goes), 8 of each at a time
+/// with AVX2: the phase split of stride-2 and Winograd inputs.
+fn deinterleave(src: &[f32], even: &mut [MaybeUninit<f32>], odd: &mut [MaybeUninit<f32>]) {
+    assert!(even.len() <= src.len().div_ceil(2) && odd.len() <= src.len() / 2, "deinterleave: {} values for {} and {}", src.len(), even.len(), odd.len());
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        let steps = even.len().min(odd.len()).min(src.len() / 16 * 8) / 8;
+        // SAFETY: AVX2 is present; step k reads src[16k..16k + 16] and writes
+        // even/odd[8k..8k + 8], in bounds for k < steps.
+        unsafe { x86_deinterleave(src.as_ptr(), even.as_mut_ptr().cast::<f32>(), odd.as_mut_ptr().cast::<f32>(), steps) };
+        i = 8 * steps;
+    }
+    for (j, d) in even.iter_mut().enumerate().skip(i) {
+        d.write(src[2 * j]);
+    }
+    for (j, d) in odd.iter_mut().enumerate().skip(i) {
+        d.write(src[2 * j + 1]);
+    }
+}
+
+/// # Safety
+/// AVX2; `src` readable for `16·steps` floats, `even` and `odd` writable for `8·steps`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn x86_deinterleave(src: *const f32, even: *mut f32, odd: *mut f32, steps: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): in bounds by the caller's guarantee.
+    unsafe {
+        for k in 0..steps {
+            let (a, b) = (_mm256_loadu_ps(src.add(16 * k)), _mm256_loadu_ps(src.add(16 * k + 8)));
+            // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6 (odd: a1 a3 b1 b3 | …); then the
+            // 64-bit pairs in order.
+            let e = _mm256_shuffle_ps(a, b, 0b10_00_10_00);
+            let o = _mm256_shuffle_ps(a, b, 0b11_01_11_01);
+            let e = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0b11_01_10_00));
+            let o = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0b11_01_10_00));
+            _mm256_storeu_ps(even.add(8 * k), e);
+            _mm256_storeu_ps(odd.add(8 * k), o);
+        }
+    }
+}
+
+/// `dst[i] = src[2i]` (a row's even or odd columns), 8 at a time with AVX2: the stride-2
+/// im2col rows (the stem's gather).
 pub(super) fn every_other(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     assert!(dst.is_empty() || 2 * dst.len() - 1 <= src.len(), "every_other: {} values for {}", src.len(), dst.len());
     let mut i = 0;
