@@ -9,6 +9,7 @@
 //! `BURN_DEVICE=flex|wgpu|cuda` picks one explicitly.
 
 use burn::tensor::Device;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The device chosen by the compiled features and `BURN_DEVICE`.
 pub fn default_device() -> Device {
@@ -31,11 +32,66 @@ pub fn cpu_device() -> Device {
 /// channel fed by pool jobs would hold one of its threads). The trainer does not use it yet:
 /// with its steps on the pool, a resumed run's validation losses differed from an
 /// uninterrupted run's in the fourth digit (`yolo-train/tests/train.rs`), not yet understood.
+///
+/// While `f` runs, the other workers are kept awake (see [`keep_awake`]): between two parallel
+/// regions a sleeping rayon worker has to be woken by a futex, which on a VM with idle vCPUs
+/// takes tens of microseconds per region, about as long as the small regions of a 320 px
+/// forward themselves (onnxruntime's pool spins between ops for the same reason).
 pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
-    rayon::scope(|_| f())
+    // Only the first caller at a time keeps workers awake: two callers' helpers could each
+    // wait, on another's thread, for the other's work to end.
+    static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let first = IN_FLIGHT.fetch_add(1, Ordering::AcqRel) == 0;
+    let _leave = Leave;
+    let done = AtomicBool::new(false);
+    let r = rayon::scope(|s| {
+        let body = rayon::current_thread_index();
+        if first {
+            for _ in 1..rayon::current_num_threads() {
+                let done = &done;
+                s.spawn(move |_| keep_awake(done, body));
+            }
+        }
+        let r = f();
+        done.store(true, Ordering::Release);
+        r
+    });
+    r
+}
+
+/// A helper job of [`on_cpu_pool`]: runs the pool's pending work (rayon's `yield_now`, which
+/// also steals) and spins while there is none, until `done`, or after 2 ms without work (a
+/// long serial stretch: the worker may sleep then), or at once on `body`'s own thread (popped
+/// there beneath the caller's closure, it would wait on itself).
+fn keep_awake(done: &AtomicBool, body: Option<usize>) {
+    if rayon::current_thread_index() == body {
+        return;
+    }
+    let mut idle_since: Option<std::time::Instant> = None;
+    let mut spins = 0u32;
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle_since = None;
+            continue;
+        }
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins % 64 == 0 {
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > std::time::Duration::from_millis(2) {
+                return;
+            }
+        }
+    }
 }
 
 /// The compiled backends, by name.
@@ -48,4 +104,37 @@ pub fn compiled_backends() -> Vec<&'static str> {
         v.push("cuda");
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use rayon::prelude::*;
+
+    /// Callers on several threads at once, each running parallel work (and a nested call) on
+    /// the pool while the first keeps workers awake: every call returns its own result.
+    #[test]
+    fn concurrent_pool_calls_finish() {
+        let handles: Vec<_> = (0..6u64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    (0..20u64)
+                        .map(|round| {
+                            super::on_cpu_pool(|| {
+                                let n = 1000 * (t + 1) + round;
+                                let inner = super::on_cpu_pool(|| (0..n).into_par_iter().map(|i| i % 7).sum::<u64>());
+                                inner + (0..n).into_par_iter().map(|i| i * 2).sum::<u64>()
+                            })
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        for (t, h) in handles.into_iter().enumerate() {
+            for (round, got) in h.join().unwrap().into_iter().enumerate() {
+                let n = 1000 * (t as u64 + 1) + round as u64;
+                let want = (0..n).map(|i| i % 7).sum::<u64>() + n * (n - 1);
+                assert_eq!(got, want, "thread {t}, round {round}");
+            }
+        }
+    }
 }
