@@ -1008,9 +1008,7 @@ fn gather_row(src: &[f32], seg: &mut [f32], ox0: usize, kx: usize, s: usize, pad
     if s == 1 {
         seg[t_lo..t_hi].copy_from_slice(&src[start..start + (t_hi - t_lo)]);
     } else if s == 2 {
-        let dst = &mut seg[t_lo..t_hi];
-        // SAFETY: `[f32]` as `[MaybeUninit<f32>]` (same layout); only f32 values are written.
-        packed::every_other(&src[start..], unsafe { &mut *(dst as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) });
+        packed::every_other(&src[start..], &mut seg[t_lo..t_hi]);
     } else {
         for (d, i) in seg[t_lo..t_hi].iter_mut().zip((start..).step_by(s)) {
             *d = src[i];
@@ -1052,28 +1050,20 @@ mod tests {
         for kern in gemm_kernel::portable_kernels().into_iter().chain(gemm_kernel::kernel()) {
             // Both packed paths where the shifted one applies.
             let im2col = gemm_kernel::pack_a(&ws, c_out, g.k(), kern.mr);
-            let mut runs = vec![("im2col", run_packed(&g, b, &xs, &im2col, bs.as_deref(), act, kern))];
-            if packed_shifted(&g) {
-                runs.push(("shifted", run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr, Plan::Shifted), bs.as_deref(), act, kern)));
-            }
-            if Plan::of(&g, true) == Plan::Winograd {
-                let a = pack_weights(&g, &ws, kern.mr, Plan::Winograd);
-                runs.push(("winograd", run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, Plan::Winograd)));
-            }
-            // The phase-plane paths again in slabs: bands of 4 rows (a budget of 1 float), and
-            // about one image each.
-            for budget in [1, c_in * (h + 2) * (w + 2)] {
+            let mut runs = vec![("im2col".to_string(), run_packed(&g, b, &xs, &im2col, bs.as_deref(), act, kern))];
+            // The phase-plane paths, in one slab (the default budget), in bands of 4 rows (a
+            // budget of 1 float) and in slabs of about one image.
+            for (slabs, budget) in [("", super::packed::SLAB_FLOATS), (" in bands", 1), (" per image", c_in * (h + 2) * (w + 2))] {
                 super::packed::TEST_SLAB_FLOATS.with(|f| f.set(budget));
-                let label = if budget == 1 { "in bands" } else { "per image" };
                 if packed_shifted(&g) {
-                    runs.push((label, run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr, Plan::Shifted), bs.as_deref(), act, kern)));
+                    runs.push((format!("shifted{slabs}"), run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr, Plan::Shifted), bs.as_deref(), act, kern)));
                 }
                 if Plan::of(&g, true) == Plan::Winograd {
                     let a = pack_weights(&g, &ws, kern.mr, Plan::Winograd);
-                    runs.push((label, run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, Plan::Winograd)));
+                    runs.push((format!("winograd{slabs}"), run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, Plan::Winograd)));
                 }
-                super::packed::TEST_SLAB_FLOATS.with(|f| f.set(super::packed::SLAB_FLOATS));
             }
+            super::packed::TEST_SLAB_FLOATS.with(|f| f.set(super::packed::SLAB_FLOATS));
             for (path, got) in runs {
                 for (i, (a, e)) in got.iter().zip(&want).enumerate() {
                     assert!((a - e).abs() <= 1e-5 * scale, "{kern:?} {path} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");

@@ -397,7 +397,8 @@ pub(super) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, plan: Plan) -> Ve
     gemm_kernel::pack_a(&wr, g.c_out, k, mr)
 }
 
-/// The zero-padded input split into its `s x s` phases, phase rows `rows` of them: plane
+/// The zero-padded input split into its `s x s` phases (`s` = 1 or 2), phase rows `rows` of
+/// them: plane
 /// `((img·C_in + ci)·s² + a·s + b)` holds padded rows `(u0 + u)·s + a` (`u0 = rows.start`)
 /// and columns `b, b + s, …` of channel `ci`, as `[rows.len(), ceil(Wp / s)]` (rows past the
 /// padded input are zeros), planes `ps` floats apart, with `slack` zeros after the last. For
@@ -413,7 +414,7 @@ fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], rows: std::ops:
     }
     let phases = s * s;
     let planes = batch * g.c_in * phases;
-    let fill = zero;
+    assert!(s == 1 || s == 2, "phase planes at stride {s}");
     if s == 2 {
         // Both column phases of a row phase at once (its two planes are adjacent): each input
         // row is read once and split into its even and odd columns.
@@ -427,69 +428,53 @@ fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], rows: std::ops:
         let (xp, _) = unsafe {
             par_init(planes * ps + slack, 2 * ps, |i, dst| {
                 if i >= pairs {
-                    return fill(dst);
+                    return zero(dst);
                 }
                 let (plane, a) = (i / 2, i % 2);
                 let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
                 let (p0, p1) = dst.split_at_mut(ps);
-                fill(&mut p0[hq * wq..]);
-                fill(&mut p1[hq * wq..]);
+                zero(&mut p0[hq * wq..]);
+                zero(&mut p1[hq * wq..]);
                 for u in 0..hq {
                     let (r0, r1) = (&mut p0[u * wq..(u + 1) * wq], &mut p1[u * wq..(u + 1) * wq]);
                     let Some(y) = ((u0 + u) * 2 + a).checked_sub(g.ph).filter(|&y| y < g.h) else {
-                        fill(r0);
-                        fill(r1);
+                        zero(r0);
+                        zero(r1);
                         continue;
                     };
                     let (even, odd) = if g.pw % 2 == 0 { (r0, r1) } else { (r1, r0) };
-                    fill(&mut even[..ve]);
-                    fill(&mut even[ve + ne..]);
-                    fill(&mut odd[..vo]);
-                    fill(&mut odd[vo + no..]);
+                    zero(&mut even[..ve]);
+                    zero(&mut even[ve + ne..]);
+                    zero(&mut odd[..vo]);
+                    zero(&mut odd[vo + no..]);
                     deinterleave(&src[y * g.w..(y + 1) * g.w], &mut even[ve..ve + ne], &mut odd[vo..vo + no]);
                 }
             })
         };
         return (xp, ps, wq);
     }
+    // Stride 1: the padded planes.
     // SAFETY: every element of each plane is written below: the slack chunk, each row (zeros,
-    // or padding zeros around the copied or split row) and the plane's tail.
+    // or padding zeros around the copied row) and the plane's tail.
     let (xp, _) = unsafe {
         par_init(planes * ps + slack, ps, |i, dst| {
             if i >= planes {
-                return fill(dst);
+                return zero(dst);
             }
-            let (plane, phase) = (i / phases, i % phases);
-            let (a, b) = (phase / s, phase % s);
-            let src = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
+            let src = &x[i * g.h * g.w..(i + 1) * g.h * g.w];
             let (rows, tail) = dst.split_at_mut(hq * wq);
-            fill(tail);
+            zero(tail);
             for (u, drow) in rows.chunks_exact_mut(wq).enumerate() {
-                // Phase row u0 + u is padded row (u0 + u)·s + a, input row (u0 + u)·s + a − ph.
-                let Some(y) = ((u0 + u) * s + a).checked_sub(g.ph).filter(|&y| y < g.h) else {
-                    fill(drow);
+                // Row u0 + u of the padded plane is input row u0 + u − ph.
+                let Some(y) = (u0 + u).checked_sub(g.ph).filter(|&y| y < g.h) else {
+                    zero(drow);
                     continue;
                 };
-                let row = &src[y * g.w..(y + 1) * g.w];
-                if s == 1 {
-                    fill(&mut drow[..g.pw]);
-                    drow[g.pw..g.pw + g.w].iter_mut().zip(row).for_each(|(d, &x)| {
-                        d.write(x);
-                    });
-                    fill(&mut drow[g.pw + g.w..]);
-                    continue;
-                }
-                // Padded column v·s + b is input column v·s + b − pw: valid for v in v0..v1.
-                let v0 = g.pw.saturating_sub(b).div_ceil(s).min(wq);
-                let v1 = (g.w + g.pw - b).div_ceil(s).clamp(v0, wq);
-                fill(&mut drow[..v0]);
-                fill(&mut drow[v1..]);
-                if v0 < v1 {
-                    let first = v0 * s + b - g.pw;
-                    for (d, &x) in drow[v0..v1].iter_mut().zip(row[first..].iter().step_by(s)) {
-                        d.write(x);
-                    }
-                }
+                zero(&mut drow[..g.pw]);
+                drow[g.pw..g.pw + g.w].iter_mut().zip(&src[y * g.w..(y + 1) * g.w]).for_each(|(d, &x)| {
+                    d.write(x);
+                });
+                zero(&mut drow[g.pw + g.w..]);
             }
         })
     };
@@ -559,7 +544,7 @@ unsafe fn x86_deinterleave(src: *const f32, even: *mut f32, odd: *mut f32, steps
 
 /// `dst[i] = src[2i]` (a row's even or odd columns), 8 at a time with AVX2: the stride-2
 /// im2col rows (the stem's gather).
-pub(super) fn every_other(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+pub(super) fn every_other(src: &[f32], dst: &mut [f32]) {
     assert!(dst.is_empty() || 2 * dst.len() - 1 <= src.len(), "every_other: {} values for {}", src.len(), dst.len());
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
@@ -568,11 +553,11 @@ pub(super) fn every_other(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
         let steps = (src.len() / 2).min(dst.len()) / 8;
         // SAFETY: AVX2 is present; step k reads src[16k..16k + 16] and writes dst[8k..8k + 8],
         // in bounds for k < steps.
-        unsafe { x86_every_other(src.as_ptr(), dst.as_mut_ptr().cast::<f32>(), steps) };
+        unsafe { x86_every_other(src.as_ptr(), dst.as_mut_ptr(), steps) };
         i = 8 * steps;
     }
     for (d, &x) in dst[i..].iter_mut().zip(src[2 * i..].iter().step_by(2)) {
-        d.write(x);
+        *d = x;
     }
 }
 
@@ -649,7 +634,7 @@ fn slabs(batch: usize, rows: usize, halo: usize, per_row: usize, budget: usize) 
     let (imgs, band) = if per_img * batch <= budget {
         (batch, rows)
     } else if per_img <= 4 * budget {
-        ((budget / per_img).max(1), rows)
+        (budget / per_img, rows)
     } else {
         // At least 4 rows a band, so the halo stays a small part of the copy.
         (1, (budget / per_row).saturating_sub(halo).max(4).min(rows))
