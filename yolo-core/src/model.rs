@@ -121,7 +121,21 @@ impl YoloV8 {
     /// - output: per level `l` (strides 8, 16, 32), boxes `[B, 4 * reg_max, H/s, W/s]` and
     ///   class logits `[B, nc, H/s, W/s]`
     pub fn forward(&self, x: Tensor<4>) -> HeadOutput {
-        self.head.forward(self.neck.forward(self.backbone.forward(x)))
+        let f = self.backbone.forward(x);
+        if self.head.cv2.len() == 3 && crate::nn::head::concurrent(std::slice::from_ref(&f.p3)) {
+            // The stride-8 head (the largest) beside the neck's bottom-up path and the other
+            // two levels' heads (see `nn::head::concurrent`).
+            let (o3, t4, p5) = self.neck.top_down(f);
+            let (l3, (l4, l5)) = rayon::join(
+                || self.head.level(0, o3.clone()),
+                || {
+                    let [o4, o5] = self.neck.bottom_up(o3.clone(), t4, p5);
+                    rayon::join(|| self.head.level(1, o4), || self.head.level(2, o5))
+                },
+            );
+            return HeadOutput { levels: vec![l3, l4, l5] };
+        }
+        self.head.forward(self.neck.forward(f))
     }
 
     /// `forward` then `decode`, after checking the input shape.

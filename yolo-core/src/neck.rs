@@ -74,46 +74,27 @@ impl Neck {
     /// - `f`: backbone features at strides 8, 16, 32
     /// - output: three maps with the same spatial sizes as `f`, channels as `new` returned
     pub fn forward(&self, f: Features) -> Vec<Tensor<4>> {
-        let t4 = self
-            .top_p4
-            .forward_cat(vec![upsample2x(f.p5.clone()), f.p4]);
-        let o3 = self
-            .top_p3
-            .forward_cat(vec![upsample2x(t4.clone()), f.p3]);
-        let o4 = self
-            .out_p4
-            .forward_cat(vec![self.down_p3.forward(o3.clone()), t4]);
-        let o5 = self
-            .out_p5
-            .forward_cat(vec![self.down_p4.forward(o4.clone()), f.p5]);
+        let (o3, t4, p5) = self.top_down(f);
+        let [o4, o5] = self.bottom_up(o3.clone(), t4, p5);
         vec![o3, o4, o5]
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use burn::tensor::{Distribution, TensorData};
+    /// The top-down path: the stride-8 output, with what [`bottom_up`](Self::bottom_up) goes
+    /// on from (the stride-16 top-down map and the backbone's stride-32 map).
+    ///
+    /// # Shapes
+    /// - output: `o3` `[B, t3, H/8, W/8]`, `t4` `[B, t4, H/16, W/16]`, `p5` as in `f`
+    pub fn top_down(&self, f: Features) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let t4 = self.top_p4.forward_cat(vec![upsample2x(f.p5.clone()), f.p4]);
+        let o3 = self.top_p3.forward_cat(vec![upsample2x(t4.clone()), f.p3]);
+        (o3, t4, f.p5)
+    }
 
-    #[test]
-    fn upsample_repeats_each_pixel_as_a_2x2_block() {
-        let device = crate::backend::cpu_device();
-        let (b, c, h, w) = (2, 3, 4, 5);
-        let x = Tensor::<4>::random([b, c, h, w], Distribution::Default, &device);
-        let v: Vec<f32> = x.clone().into_data().try_to_vec().unwrap();
-        let mut want = vec![0f32; b * c * 4 * h * w];
-        for p in 0..b * c {
-            for y in 0..2 * h {
-                for xx in 0..2 * w {
-                    want[(p * 2 * h + y) * 2 * w + xx] = v[(p * h + y / 2) * w + xx / 2];
-                }
-            }
-        }
-        let want = TensorData::new(want, [b, c, 2 * h, 2 * w]);
-        // The CPU fast path, and Burn's broadcast on an autodiff tensor (which the fast path
-        // refuses), give the same result.
-        upsample2x(x.clone()).into_data().assert_eq(&want, true);
-        let ad = Tensor::<4>::from_data(x.into_data(), &device.autodiff());
-        upsample2x(ad).into_data().assert_eq(&want, true);
+    /// The bottom-up path from [`top_down`](Self::top_down)'s maps: the stride-16 and
+    /// stride-32 outputs.
+    pub fn bottom_up(&self, o3: Tensor<4>, t4: Tensor<4>, p5: Tensor<4>) -> [Tensor<4>; 2] {
+        let o4 = self.out_p4.forward_cat(vec![self.down_p3.forward(o3), t4]);
+        let o5 = self.out_p5.forward_cat(vec![self.down_p4.forward(o4.clone()), p5]);
+        [o4, o5]
     }
 }

@@ -104,6 +104,24 @@ fn fused_model_matches_ultralytics() {
     assert!(err.to_string().contains("fused"), "{err}");
 }
 
+/// The inference forward with the head's branches and the neck's bottom-up path side by side
+/// (more than one thread) gives the very same output as the sequential forward (a one-thread
+/// pool, where they run one after another).
+#[test]
+fn concurrent_forward_matches_sequential() {
+    let device = backend::cpu_device();
+    let (model, _) = weights::load_model(fixture("tiny_nc3.safetensors"), &device).unwrap();
+    let model = model.fuse();
+    let (xs, x) = &load_io()["batch2.input"];
+    let x = Tensor::<4>::from_data(TensorData::new(x.clone(), xs.clone()), &device);
+    let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+    let run = |n: usize| -> Vec<f32> { pool(n).install(|| model.predict(x.clone()).unwrap().into_data().try_to_vec().unwrap()) };
+    let sequential = run(1);
+    for threads in [2, 3] {
+        assert_eq!(run(threads), sequential, "{threads} threads");
+    }
+}
+
 #[test]
 fn rejects_input_not_multiple_of_32() {
     let device = backend::cpu_device();

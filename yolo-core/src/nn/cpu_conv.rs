@@ -661,6 +661,11 @@ pub(crate) fn flex_tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> 
     Tensor::from_primitive::<Flex>(t)
 }
 
+/// Whether `t` is a plain (not autodiff) f32 tensor on `flex`: what the fast paths here run.
+pub(crate) fn is_plain_flex<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F32 && t.clone().try_into_primitive::<Flex>().is_ok()
+}
+
 /// The tensor's `flex` primitive, contiguous (copied only if it is a strided view), or `None`
 /// when it is not an f32 tensor on `flex`.
 pub(crate) fn flex_f32<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
