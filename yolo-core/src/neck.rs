@@ -98,3 +98,31 @@ impl Neck {
         [o4, o5]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    #[test]
+    fn upsample_repeats_each_pixel_as_a_2x2_block() {
+        let device = crate::backend::cpu_device();
+        let (b, c, h, w) = (2, 3, 4, 5);
+        let x = Tensor::<4>::random([b, c, h, w], Distribution::Default, &device);
+        let v: Vec<f32> = x.clone().into_data().try_to_vec().unwrap();
+        let mut want = vec![0f32; b * c * 4 * h * w];
+        for p in 0..b * c {
+            for y in 0..2 * h {
+                for xx in 0..2 * w {
+                    want[(p * 2 * h + y) * 2 * w + xx] = v[(p * h + y / 2) * w + xx / 2];
+                }
+            }
+        }
+        let want = TensorData::new(want, [b, c, 2 * h, 2 * w]);
+        // The CPU fast path, and Burn's broadcast on an autodiff tensor (which the fast path
+        // refuses), give the same result.
+        upsample2x(x.clone()).into_data().assert_eq(&want, true);
+        let ad = Tensor::<4>::from_data(x.into_data(), &device.autodiff());
+        upsample2x(ad).into_data().assert_eq(&want, true);
+    }
+}
