@@ -53,7 +53,7 @@ pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let first = IN_FLIGHT.fetch_add(1, Ordering::AcqRel) == 0;
     let _leave = Leave;
     let done = AtomicBool::new(false);
-    let r = rayon::scope(|s| {
+    rayon::scope(|s| {
         let body = rayon::current_thread_index();
         if first {
             for _ in 1..rayon::current_num_threads() {
@@ -64,8 +64,7 @@ pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         let r = f();
         done.store(true, Ordering::Release);
         r
-    });
-    r
+    })
 }
 
 /// A helper job of [`on_cpu_pool`]: runs the pool's pending work (rayon's `yield_now`, which
