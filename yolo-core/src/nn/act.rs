@@ -368,15 +368,26 @@ pub fn bias_silu_slice(v: &mut [f32], bias: f32) {
     dispatch!(v, |e: f32| silu_f32(e + bias))
 }
 
-/// SiLU with explicit FMA for AVX2 + FMA CPUs: Rust does not contract `a * b + c`, so the
-/// compiled [`silu_f32`] spends a multiply and an add on each step of its polynomials (it was
-/// about a tenth of a yolov8n forward). Same range reduction and polynomial as [`exp_f32`]; the
-/// fused steps round once where [`exp_f32`] rounds twice, and the last partial vector is
-/// masked, so every element takes the same path.
+/// SiLU with explicit FMA for AVX2 + FMA CPUs, the conv epilogues' activation (about a tenth
+/// of a yolov8n forward). Rust does not contract `a * b + c`, so the compiled [`silu_f32`]
+/// spends a multiply and an add on each polynomial step; and its `exp` (Cephes': a two-step
+/// range reduction, a degree-7 polynomial, then `1 + e` and the division) is more than the
+/// sigmoid needs. Here `exp(−x) = 2ⁿ · p(r)` with a one-step reduction by `ln 2` (the FMA
+/// keeps `n · ln 2` exact but for `ln 2`'s own rounding, `n · 1.9e-9`), a degree-6 minimax
+/// polynomial for `exp(r)` (relative error 3e-9; `tools/fit_exp_poly.py` fits it) in Horner
+/// form, and `x / fma(p, 2ⁿ, 1)`: 17 vector ops where
+/// the Cephes form took 22; 0.54 against 0.86 ns a value on this machine's Zen 3. Against
+/// f64: within 3 ulp for `|x| ≤ 30` and 5 ulp out to 80, where SiLU is below 1e-30 (the
+/// Cephes form: 2 ulp). The last partial vector is masked, so every element takes the same
+/// path.
 #[cfg(target_arch = "x86_64")]
 mod fma {
-    use super::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, ROUND};
+    use super::ROUND;
     use std::arch::x86_64::*;
+
+    /// `exp(r)` for `|r| ≤ ln 2 / 2` is `1 + r + r² · (P[0] + P[1] r + … + P[4] r⁴)`: minimax
+    /// for the relative error (3.1e-9, under a tenth of an ulp).
+    const P: [f32; 5] = [0.499_999_94, 0.166_665_21, 0.041_668_39, 0.008_368_71, 0.001_381_461_3];
 
     /// Whether the CPU has AVX2 and FMA (detected once).
     #[inline]
@@ -386,31 +397,29 @@ mod fma {
     }
 
     #[inline(always)]
-    unsafe fn exp(x: __m256) -> __m256 {
-        // SAFETY: register-only intrinsics; the caller has AVX2 and FMA.
-        unsafe {
-            let x = _mm256_min_ps(_mm256_set1_ps(EXP_MAX), _mm256_max_ps(_mm256_set1_ps(EXP_MIN), x));
-            let round = _mm256_set1_ps(ROUND);
-            let t = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), round);
-            let n = _mm256_sub_ps(t, round);
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-            let mut p = _mm256_set1_ps(EXP_POLY[0]);
-            for &c in &EXP_POLY[1..] {
-                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-            }
-            let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
-            let two_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127)));
-            _mm256_mul_ps(y, _mm256_castsi256_ps(two_n))
-        }
-    }
-
-    #[inline(always)]
     unsafe fn silu(x: __m256) -> __m256 {
         // SAFETY: register-only intrinsics; the caller has AVX2 and FMA.
         unsafe {
-            let e = exp(_mm256_sub_ps(_mm256_setzero_ps(), x));
-            _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+            // −x clamped to [−87.3, 88] (2ⁿ below stays a normal float); beyond, the SiLU is
+            // x or 0 to float precision. A NaN passes the clamp (`max`/`min` return their
+            // second operand when one is NaN) and gives NaN.
+            let xc = _mm256_min_ps(_mm256_set1_ps(87.3), _mm256_max_ps(_mm256_set1_ps(-88.0), x));
+            let round = _mm256_set1_ps(ROUND);
+            // t = 1.5 · 2²³ + n with n = round(−x / ln 2) in its low mantissa bits.
+            let t = _mm256_fnmadd_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E), round);
+            let n = _mm256_sub_ps(t, round);
+            // r = −x − n ln 2, |r| ≤ ln 2 / 2.
+            let r = _mm256_fnmsub_ps(n, _mm256_set1_ps(std::f32::consts::LN_2), xc);
+            let mut p = _mm256_fmadd_ps(_mm256_set1_ps(P[4]), r, _mm256_set1_ps(P[3]));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P[2]));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P[1]));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P[0]));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+            // 2ⁿ from t's bits: the low 9 bits of bits(t) + 127 are n + 127 (in [1, 254]
+            // after the clamp), and the shift drops the rest.
+            let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127))));
+            _mm256_div_ps(x, _mm256_fmadd_ps(p, two_n, _mm256_set1_ps(1.0)))
         }
     }
 
@@ -534,6 +543,26 @@ mod tests {
         assert!(v[2].is_nan());
         assert_eq!(v[3], 200.0);
         assert!(v[4].abs() < 1e-30);
+    }
+
+    /// The AVX2 SiLU in ulp of the f32 nearest the exact value: 3 over `|x| ≤ 30`, 5 out to
+    /// 80 (its one-step range reduction's error grows with `n`; see `fma`).
+    #[test]
+    fn epilogue_silu_is_within_a_few_ulp() {
+        let ulps = |lo: f32, hi: f32| {
+            let xs: Vec<f32> = (0..).map(|i| lo + i as f32 * 0.00731).take_while(|x| *x < hi).collect();
+            let mut v = xs.clone();
+            silu_slice(&mut v);
+            xs.iter().zip(&v).fold(0f64, |worst, (x, y)| {
+                let want = *x as f64 / (1.0 + (-*x as f64).exp());
+                let near = (want as f32).abs().max(f32::MIN_POSITIVE);
+                let ulp = (f32::from_bits(near.to_bits() + 1) - near) as f64;
+                worst.max((*y as f64 - want).abs() / ulp)
+            })
+        };
+        let (inner, outer) = (ulps(-30.0, 30.0), ulps(-80.0, 80.0));
+        assert!(inner <= 3.0, "{inner} ulp over [-30, 30]");
+        assert!(outer <= 5.0, "{outer} ulp over [-80, 80]");
     }
 
     #[test]
