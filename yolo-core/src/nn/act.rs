@@ -351,6 +351,12 @@ macro_rules! dispatch {
     }};
 }
 
+/// Whether the CPU has AVX2 and FMA (detected once), for the hand-written AVX2 + FMA kernels.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    fma::available()
+}
+
 /// SiLU in place over a slice, with the widest vector unit the CPU has (the portable build
 /// targets baseline x86-64, whose 4-wide SSE2 would otherwise be all the loop gets).
 pub fn silu_slice(v: &mut [f32]) {

@@ -1063,9 +1063,13 @@ mod tests {
                 if packed_shifted(&g) {
                     runs.push((format!("shifted{slabs}"), run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr, Plan::Shifted), bs.as_deref(), act, kern)));
                 }
-                if Plan::of(&g, true) == Plan::Winograd {
-                    let a = pack_weights(&g, &ws, kern.mr, Plan::Winograd);
-                    runs.push((format!("winograd{slabs}"), run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, Plan::Winograd)));
+                // Both Winograd tiles wherever Winograd applies.
+                if super::packed::winograd::tile(&g).is_some() {
+                    for tile in [super::packed::winograd::Tile::F2, super::packed::winograd::Tile::F4] {
+                        let plan = Plan::Winograd(tile);
+                        let a = pack_weights(&g, &ws, kern.mr, plan);
+                        runs.push((format!("winograd {tile:?}{slabs}"), run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, plan)));
+                    }
                 }
             }
             super::packed::TEST_SLAB_FLOATS.with(|f| f.set(super::packed::SLAB_FLOATS));
@@ -1126,13 +1130,15 @@ mod tests {
         check(2, 16, 8, 11, 13, 5, 2, 2, true, Silu);
         // Three images: slabs of one image, or of bands, at stride 2.
         check(3, 16, 8, 19, 17, 3, 2, 1, true, Silu);
-        // Winograd (3x3, stride 1, padding 1, >= 32 channels): odd sides (the last tile half
+        // Winograd (3x3, stride 1, padding 1, >= 32 channels; both tiles): odd sides (the last tile half
         // outside), tasks of tiles spanning tile rows, K in blocks (300 channels), a one-column
         // image, channel counts not a multiple of the kernel's rows.
         check(2, 32, 40, 33, 35, 3, 1, 1, true, Silu);
         check(1, 32, 70, 64, 48, 3, 1, 1, true, Identity);
         check(1, 300, 37, 9, 8, 3, 1, 1, false, Silu);
         check(3, 32, 33, 7, 1, 3, 1, 1, true, Silu);
+        // yolov8n's P3 head conv at 320 (64 channels at 40x40: F(4x4) by default).
+        check(1, 64, 64, 40, 40, 3, 1, 1, true, Silu);
     }
 
     /// A 1x1 conv over parts read in place equals the conv of their concatenation: three

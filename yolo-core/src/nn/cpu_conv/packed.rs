@@ -7,7 +7,7 @@
 use super::*;
 use std::mem::MaybeUninit;
 
-mod winograd;
+pub(super) mod winograd;
 
 /// How the packed micro-kernel paths run a conv, and so how its weights are packed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,15 +17,15 @@ pub(super) enum Plan {
     /// The padded input's phase planes read in place, one segment per tap
     /// ([`run_packed_shifted`]).
     Shifted,
-    /// Winograd `F(2x2, 3x3)` ([`winograd::run`]).
-    Winograd,
+    /// Winograd `F(2x2, 3x3)` or `F(4x4, 3x3)` ([`winograd::run`]).
+    Winograd(winograd::Tile),
 }
 
 impl Plan {
     /// The fastest path for `g` (Winograd only with `winograd`).
     pub(super) fn of(g: &Geometry, winograd: bool) -> Self {
-        if winograd && winograd::applies(g) {
-            Plan::Winograd
+        if let Some(tile) = winograd.then(|| winograd::tile(g)).flatten() {
+            Plan::Winograd(tile)
         } else if packed_shifted(g) {
             Plan::Shifted
         } else {
@@ -160,7 +160,7 @@ pub(super) fn run_packed_any(g: &Geometry, batch: usize, x: &[f32], a: &[f32], b
         return Vec::new();
     }
     match plan {
-        Plan::Winograd => winograd::run(g, batch, x, a, bias, act, kern),
+        Plan::Winograd(tile) => winograd::run(g, batch, x, a, bias, act, kern, tile),
         Plan::Shifted => run_packed_shifted(g, batch, x, a, bias, act, kern),
         Plan::Im2col => run_packed(g, batch, x, a, bias, act, kern),
     }
@@ -377,7 +377,7 @@ fn ci_blocks(c_in: usize) -> (usize, usize) {
 pub(super) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, plan: Plan) -> Vec<f32> {
     match plan {
         Plan::Im2col => return gemm_kernel::pack_a(w, g.c_out, g.k(), mr),
-        Plan::Winograd => return winograd::pack_weights(g, w, mr),
+        Plan::Winograd(tile) => return winograd::pack_weights(g, w, mr, tile),
         Plan::Shifted => assert!(packed_shifted(g), "shifted weights for {g:?}"),
     }
     let (taps, k) = (g.kh * g.kw, g.k());
