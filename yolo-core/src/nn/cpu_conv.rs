@@ -1139,6 +1139,8 @@ mod tests {
         check(3, 32, 33, 7, 1, 3, 1, 1, true, Silu);
         // yolov8n's P3 head conv at 320 (64 channels at 40x40: F(4x4) by default).
         check(1, 64, 64, 40, 40, 3, 1, 1, true, Silu);
+        // 16 channels on a map of 32+ (F(4x4) by default; yolov8n's first bottleneck).
+        check(1, 16, 16, 36, 41, 3, 1, 1, true, Silu);
     }
 
     /// A 1x1 conv over parts read in place equals the conv of their concatenation: three

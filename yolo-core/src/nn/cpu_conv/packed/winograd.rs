@@ -51,15 +51,20 @@ impl Tile {
 }
 
 /// The Winograd variant that runs this conv, if any: 3x3, stride 1, padding 1 (output size =
-/// input size), and at least 32 input and output channels. Per tile, the GEMMs cost
-/// `∝ C_in · C_out` and the transforms `∝ C_in + C_out`: at 16 channels (yolov8n's first
-/// bottleneck) the direct conv was faster (`conv-layers`), from 32 Winograd is. `F(4x4)` on
-/// maps of at least [`F4_MIN_SIDE`] (smaller ones waste much of their edge tiles) with
-/// [`F4_MAX_CHANNELS`] or fewer (beyond, a task's buffers leave L2).
+/// input size). Per tile, the GEMMs cost `∝ C_in · C_out` and the transforms
+/// `∝ C_in + C_out`, so few channels favour the direct conv. `F(4x4)` on maps of at least
+/// [`F4_MIN_SIDE`] (smaller ones waste much of their edge tiles) with 16 to
+/// [`F4_MAX_CHANNELS`] channels (beyond, a task's buffers leave L2): yolov8n's 16-channel
+/// bottleneck, 80x80 at 320, took 0.77x the direct conv's time (160x160 at 640: 0.64x;
+/// interleaved A/B, one thread). `F(2x2)` from 32 channels on the smaller maps: at 16 the
+/// direct conv was faster.
 pub(in crate::nn::cpu_conv) fn tile(g: &Geometry) -> Option<Tile> {
-    let f2 = g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1 && g.c_in.min(g.c_out) >= 32;
-    let f4 = g.oh.min(g.ow) >= F4_MIN_SIDE && g.c_in.max(g.c_out) <= F4_MAX_CHANNELS;
-    f2.then_some(if f4 { Tile::F4 } else { Tile::F2 })
+    let k3 = g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1;
+    let f4 = k3 && g.c_in.min(g.c_out) >= 16 && g.oh.min(g.ow) >= F4_MIN_SIDE && g.c_in.max(g.c_out) <= F4_MAX_CHANNELS;
+    if f4 {
+        return Some(Tile::F4);
+    }
+    (k3 && g.c_in.min(g.c_out) >= 32).then_some(Tile::F2)
 }
 
 /// The smallest output side that [`Tile::F4`] runs. Interleaved A/B per layer (`conv-layers`,
