@@ -82,13 +82,15 @@ const TASK_FLOATS: usize = 96 * 1024;
 /// Input channels per micro-kernel call: a `[kc, nr]` block of `V` stays in L1.
 const KC_MAX: usize = 256;
 
-/// `G` applied to a 3-vector: `F(2x2)`'s 4 rows or `F(4x4)`'s 6.
-fn g_rows(tile: Tile, a: f64, b: f64, c: f64) -> Vec<f64> {
+/// `G` applied to a 3-vector: `F(2x2)`'s 4 rows (then zeros) or `F(4x4)`'s 6. An array, not
+/// a `Vec`: the training step packs every conv's weights afresh, and allocations here cost it
+/// ~10% (measured).
+fn g_rows(tile: Tile, a: f64, b: f64, c: f64) -> [f64; 6] {
     match tile {
         // [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]
-        Tile::F2 => vec![a, (a + b + c) / 2.0, (a - b + c) / 2.0, c],
+        Tile::F2 => [a, (a + b + c) / 2.0, (a - b + c) / 2.0, c, 0.0, 0.0],
         // [[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙], [1/24, 1/12, ⅙], [1/24, −1/12, ⅙], [0, 0, 1]]
-        Tile::F4 => vec![a / 4.0, -(a + b + c) / 6.0, -(a - b + c) / 6.0, (a + 2.0 * b + 4.0 * c) / 24.0, (a - 2.0 * b + 4.0 * c) / 24.0, c],
+        Tile::F4 => [a / 4.0, -(a + b + c) / 6.0, -(a - b + c) / 6.0, (a + 2.0 * b + 4.0 * c) / 24.0, (a - 2.0 * b + 4.0 * c) / 24.0, c],
     }
 }
 
@@ -104,9 +106,9 @@ pub(in crate::nn::cpu_conv) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, 
         for i in 0..ci {
             let k = &w[(o * ci + i) * 9..(o * ci + i + 1) * 9];
             // G g: columns of the kernel through G.
-            let cols: Vec<Vec<f64>> = (0..3).map(|c| g_rows(tile, k[c] as f64, k[3 + c] as f64, k[6 + c] as f64)).collect();
+            let cols: [[f64; 6]; 3] = std::array::from_fn(|c| g_rows(tile, k[c] as f64, k[3 + c] as f64, k[6 + c] as f64));
             for r in 0..t {
-                for (j, v) in g_rows(tile, cols[0][r], cols[1][r], cols[2][r]).into_iter().enumerate() {
+                for (j, v) in g_rows(tile, cols[0][r], cols[1][r], cols[2][r]).into_iter().take(t).enumerate() {
                     u[((r * t + j) * co + o) * ci + i] = v as f32;
                 }
             }
