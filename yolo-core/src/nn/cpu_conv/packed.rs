@@ -397,6 +397,18 @@ pub(super) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, plan: Plan) -> Ve
     gemm_kernel::pack_a(&wr, g.c_out, k, mr)
 }
 
+/// The distance in floats between phase planes of `floats` values: whole 64-byte lines, an
+/// odd number of them, so that at stride 1 the C_in rows of a block fall in different L1 sets
+/// (at stride 2 they are s² planes apart).
+fn plane_stride(floats: usize) -> usize {
+    let ps = floats.div_ceil(16) * 16;
+    if (ps / 16) % 2 == 0 {
+        ps + 16
+    } else {
+        ps
+    }
+}
+
 /// The zero-padded input split into its `s x s` phases (`s` = 1 or 2), phase rows `rows` of
 /// them: plane
 /// `((img·C_in + ci)·s² + a·s + b)` holds padded rows `(u0 + u)·s + a` (`u0 = rows.start`)
@@ -406,12 +418,7 @@ pub(super) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, plan: Plan) -> Ve
 fn phase_planes(g: &Geometry, s: usize, batch: usize, x: &[f32], rows: std::ops::Range<usize>, slack: usize) -> (Vec<f32>, usize, usize) {
     let wq = (g.w + 2 * g.pw).div_ceil(s);
     let (u0, hq) = (rows.start, rows.len());
-    // Planes an odd number of 64-byte lines apart: at stride 1 the C_in rows of a block then
-    // fall in different L1 sets (at stride 2 they are s² planes apart).
-    let mut ps = (hq * wq).div_ceil(16) * 16;
-    if (ps / 16) % 2 == 0 {
-        ps += 16;
-    }
+    let ps = plane_stride(hq * wq);
     let phases = s * s;
     let planes = batch * g.c_in * phases;
     assert!(s == 1 || s == 2, "phase planes at stride {s}");
