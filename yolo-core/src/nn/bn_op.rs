@@ -27,7 +27,8 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::act::{multiversion, sigmoid_f32, silu_f32};
-use super::cpu_conv::{flex_primitive, flex_values, par_fill};
+use super::cpu_conv::{flex_primitive, flex_values, par_init};
+use std::mem::MaybeUninit;
 
 /// `(x − mean)·γ/√(var + ε) + β` per channel, where `mean` and `var` are the batch's own
 /// statistics ([`batch_stats`]): the gradient of `x` includes their dependence on `x`.
@@ -126,7 +127,7 @@ multiversion! {
     /// One plane of the backward's first pass through SiLU: `d = dy·silu'(z)` with
     /// `z = (x − mean)·scale + beta` (the BatchNorm output, computed as the forward does),
     /// written to `d`; returns `(Σ d, Σ d·(x − mean))`.
-    fn plane_silu_grad_sums(x: &[f32], dy: &[f32], d: &mut [f32], mean: f32, scale: f32, beta: f32) -> (f64, f64) {
+    fn plane_silu_grad_sums(x: &[f32], dy: &[f32], d: &mut [MaybeUninit<f32>], mean: f32, scale: f32, beta: f32) -> (f64, f64) {
         let grad = |dy: f32, x: f32| {
             let z = (x - mean) * scale + beta;
             let sg = sigmoid_f32(z);
@@ -139,14 +140,14 @@ multiversion! {
             for ((xs, ys), ds) in xb[..full].chunks_exact(16).zip(yb[..full].chunks_exact(16)).zip(db[..full].chunks_exact_mut(16)) {
                 for l in 0..16 {
                     let v = grad(ys[l], xs[l]);
-                    ds[l] = v;
+                    ds[l].write(v);
                     a[l] += v;
                     ax[l] += v * (xs[l] - mean);
                 }
             }
             for i in full..xb.len() {
                 let v = grad(yb[i], xb[i]);
-                db[i] = v;
+                db[i].write(v);
                 a[0] += v;
                 ax[0] += v * (xb[i] - mean);
             }
@@ -158,25 +159,36 @@ multiversion! {
 }
 
 multiversion! {
-    /// `o = (x − mean)·scale + shift`, then SiLU with `silu`.
-    fn apply_plane(o: &mut [f32], x: &[f32], mean: f32, scale: f32, shift: f32, silu: bool) {
+    /// `o = (x − mean)·scale + shift`, then SiLU with `silu` (every element of `o` written).
+    fn apply_plane(o: &mut [MaybeUninit<f32>], x: &[f32], mean: f32, scale: f32, shift: f32, silu: bool) {
         if silu {
-            o.iter_mut().zip(x).for_each(|(o, x)| *o = silu_f32((x - mean) * scale + shift));
+            o.iter_mut().zip(x).for_each(|(o, x)| {
+                o.write(silu_f32((x - mean) * scale + shift));
+            });
         } else {
-            o.iter_mut().zip(x).for_each(|(o, x)| *o = (x - mean) * scale + shift);
+            o.iter_mut().zip(x).for_each(|(o, x)| {
+                o.write((x - mean) * scale + shift);
+            });
         }
     }
 }
 
 multiversion! {
     /// The backward's second pass over one plane: `dX = k·(d − mean_d − x̂·mean_dx̂)` with
-    /// `x̂ = (x − mean)·inv`, `d` read from `dy` or, without it, from `o` (in place).
-    fn dx_plane(o: &mut [f32], x: &[f32], dy: Option<&[f32]>, coef: [f32; 5]) {
+    /// `x̂ = (x − mean)·inv`, `d` read from `o` (in place).
+    fn dx_plane(o: &mut [f32], x: &[f32], coef: [f32; 5]) {
         let [k, mean, inv, mean_d, mean_dx] = coef;
-        match dy {
-            Some(dy) => o.iter_mut().zip(x.iter().zip(dy)).for_each(|(o, (x, d))| *o = k * (d - mean_d - (x - mean) * inv * mean_dx)),
-            None => o.iter_mut().zip(x).for_each(|(o, x)| *o = k * (*o - mean_d - (x - mean) * inv * mean_dx)),
-        }
+        o.iter_mut().zip(x).for_each(|(o, x)| *o = k * (*o - mean_d - (x - mean) * inv * mean_dx));
+    }
+}
+
+multiversion! {
+    /// [`dx_plane`] with `d` read from `dy`, into `o` (every element written).
+    fn dx_plane_from(o: &mut [MaybeUninit<f32>], x: &[f32], dy: &[f32], coef: [f32; 5]) {
+        let [k, mean, inv, mean_d, mean_dx] = coef;
+        o.iter_mut().zip(x.iter().zip(dy)).for_each(|(o, (x, d))| {
+            o.write(k * (d - mean_d - (x - mean) * inv * mean_dx));
+        });
     }
 }
 
@@ -204,10 +216,13 @@ impl BatchNormOps for Flex {
         let (_, c, p) = bcp(&x);
         let (xv, g, bt, m, v) = (flex_values(&x), flex_values(&gamma), flex_values(&beta), flex_values(&mean), flex_values(&var));
         let scale = inv_std_scale(&g, &v, epsilon);
-        let (out, _) = par_fill(xv.len(), p, |plane, o| {
-            let ch = plane % c;
-            apply_plane(o, &xv[plane * p..(plane + 1) * p], m[ch], scale[ch], bt[ch], silu);
-        });
+        // SAFETY: `apply_plane` writes every element of each plane.
+        let (out, _) = unsafe {
+            par_init(xv.len(), p, |plane, o| {
+                let ch = plane % c;
+                apply_plane(o, &xv[plane * p..(plane + 1) * p], m[ch], scale[ch], bt[ch], silu);
+            })
+        };
         flex_primitive(out, x.shape())
     }
 }
@@ -235,7 +250,7 @@ impl BatchNormGrads for Flex {
         // Per plane, in parallel: (Σ d, Σ d·(x − mean)), with d = dY or, with SiLU, the
         // BatchNorm output's gradient dY·silu'(z), written into `dx` (turned into dX in place
         // by the second pass). Planes are summed per channel in image order.
-        let plane_sums = |plane: usize, d: &mut [f32]| {
+        let plane_sums = |plane: usize, d: &mut [MaybeUninit<f32>]| {
             let ch = plane % c;
             let (x, dy) = (&xv[plane * p..(plane + 1) * p], &dyv[plane * p..(plane + 1) * p]);
             if silu {
@@ -245,7 +260,8 @@ impl BatchNormGrads for Flex {
             }
         };
         let (mut dx, per_plane) = if silu {
-            par_fill(xv.len(), p, plane_sums)
+            // SAFETY: `plane_silu_grad_sums` writes every element of each plane.
+            unsafe { par_init(xv.len(), p, plane_sums) }
         } else {
             (Vec::new(), (0..b * c).into_par_iter().map(|plane| plane_sums(plane, &mut [])).collect())
         };
@@ -262,12 +278,15 @@ impl BatchNormGrads for Flex {
             [g[ch] * inv, m[ch], inv, (sums[ch].0 / n) as f32, (sums[ch].1 / n) as f32]
         };
         if silu {
-            dx.par_chunks_mut(p).enumerate().for_each(|(plane, o)| dx_plane(o, &xv[plane * p..(plane + 1) * p], None, coef(plane)));
+            dx.par_chunks_mut(p).enumerate().for_each(|(plane, o)| dx_plane(o, &xv[plane * p..(plane + 1) * p], coef(plane)));
         } else {
-            dx = par_fill(xv.len(), p, |plane, o| {
-                let r = plane * p..(plane + 1) * p;
-                dx_plane(o, &xv[r.clone()], Some(&dyv[r]), coef(plane))
-            })
+            // SAFETY: `dx_plane_from` writes every element of each plane.
+            dx = unsafe {
+                par_init(xv.len(), p, |plane, o| {
+                    let r = plane * p..(plane + 1) * p;
+                    dx_plane_from(o, &xv[r.clone()], &dyv[r], coef(plane))
+                })
+            }
             .0;
         }
         let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();

@@ -1137,6 +1137,9 @@ mod tests {
         check(1, 32, 70, 64, 48, 3, 1, 1, true, Identity);
         check(1, 300, 37, 9, 8, 3, 1, 1, false, Silu);
         check(3, 32, 33, 7, 1, 3, 1, 1, true, Silu);
+        // Runs of tiles that go on from one image to the next (25 or 9 tiles an image).
+        check(5, 32, 24, 10, 10, 3, 1, 1, true, Silu);
+        check(7, 48, 16, 9, 11, 3, 1, 1, false, Identity);
         // yolov8n's P3 head conv at 320 (64 channels at 40x40: F(4x4) by default).
         check(1, 64, 64, 40, 40, 3, 1, 1, true, Silu);
         // 16 channels on a map of 32+ (F(4x4) by default; yolov8n's first bottleneck).

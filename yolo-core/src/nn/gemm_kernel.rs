@@ -362,13 +362,20 @@ pub fn pack_a(a: &[f32], m: usize, k: usize, mr: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * k, "pack_a: {} values for [{m}, {k}]", a.len());
     let panels = m.div_ceil(mr);
     let mut out = vec![0f32; panels * k * mr];
-    for (p, panel) in out.chunks_exact_mut(k * mr).enumerate() {
+    let pack = |(p, panel): (usize, &mut [f32])| {
         for i in 0..mr.min(m - p * mr) {
             let row = &a[(p * mr + i) * k..(p * mr + i + 1) * k];
             for (kk, &v) in row.iter().enumerate() {
                 panel[kk * mr + i] = v;
             }
         }
+    };
+    // The training step packs every conv's weights afresh: large ones in parallel.
+    if m * k >= 1 << 15 && k * mr > 0 {
+        use rayon::prelude::*;
+        out.par_chunks_exact_mut(k * mr).enumerate().for_each(pack);
+    } else if k * mr > 0 {
+        out.chunks_exact_mut(k * mr).enumerate().for_each(pack);
     }
     out
 }

@@ -9,8 +9,8 @@
 //! ±1/2, so the rounding stays that of a direct conv (the tests hold it to the same bound).
 //!
 //! The weights are transformed once (`pack_weights`, cached by the module). A task takes a run
-//! of `tc` consecutive tiles of one image (row-major over the tile grid, so a run can span
-//! tile rows): it transforms their input tiles into `V` (`[16][C_in][tc]`, read by the kernel
+//! of `tc` consecutive tiles (row-major over the tile grid and on from one image to the
+//! next, so a run can span tile rows and images): it transforms their input tiles into `V` (`[16][C_in][tc]`, read by the kernel
 //! in place with a row stride), runs the 16 GEMMs into `M` (`[16][C_out][tc]`) and transforms
 //! `M` into the output with bias and activation. Both buffers stay in L2. The input is read
 //! from its zero-padded 2x2 phase planes, so that a tile row's 4x4 tiles are contiguous
@@ -94,31 +94,44 @@ fn g_rows(tile: Tile, a: f64, b: f64, c: f64) -> [f64; 6] {
 }
 
 /// The transformed weight matrices `U_ξ = (G g Gᵀ)_ξ` (16 or 36), each `[C_out, C_in]` packed
-/// into `mr`-row panels ([`gemm_kernel::pack_a`]), one after another.
+/// into `mr`-row panels (as [`gemm_kernel::pack_a`] packs them), one after another.
+///
+/// The training step packs every conv's weights afresh (forward and stride-1 `dX`), so both
+/// passes run in parallel: the transforms per output channel, then the panels per position,
+/// each written once in place (serial, with a copy per position, this was ~1.7% of a train
+/// step's CPU time while the other thread waited).
 pub(in crate::nn::cpu_conv) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, tile: Tile) -> Vec<f32> {
     assert!(self::tile(g).is_some(), "Winograd weights for {g:?}");
     let (co, ci) = (g.c_out, g.c_in);
     assert_eq!(w.len(), co * ci * 9, "weights for {g:?}");
     let (t, np) = (tile.m() + 2, tile.positions());
-    let mut u = vec![0f32; np * co * ci];
-    for o in 0..co {
-        for i in 0..ci {
+    // u[(o·C_in + i)·np + ξ]: the np transformed values of kernel (o, i) together.
+    let (u, _) = par_fill(co * ci * np, ci * np, |o, uo| {
+        for (i, ui) in uo.chunks_exact_mut(np).enumerate() {
             let k = &w[(o * ci + i) * 9..(o * ci + i + 1) * 9];
             // G g: columns of the kernel through G.
             let cols: [[f64; 6]; 3] = std::array::from_fn(|c| g_rows(tile, k[c] as f64, k[3 + c] as f64, k[6 + c] as f64));
             for r in 0..t {
                 for (j, v) in g_rows(tile, cols[0][r], cols[1][r], cols[2][r]).into_iter().take(t).enumerate() {
-                    u[((r * t + j) * co + o) * ci + i] = v as f32;
+                    ui[r * t + j] = v as f32;
                 }
             }
         }
-    }
+    });
+    // Position ξ's panels: panel p's column i holds rows p·mr.. of U_ξ[.., i] (zeros past
+    // C_out, from `par_fill`).
     let per = co.div_ceil(mr) * ci * mr;
-    let mut out = Vec::with_capacity(np * per);
-    for xi in 0..np {
-        out.extend(gemm_kernel::pack_a(&u[xi * co * ci..(xi + 1) * co * ci], co, ci, mr));
-    }
-    out
+    par_fill(np * per, per, |xi, dst| {
+        for (p, panel) in dst.chunks_exact_mut(ci * mr).enumerate() {
+            for r in 0..mr.min(co - p * mr) {
+                let o = p * mr + r;
+                for i in 0..ci {
+                    panel[i * mr + r] = u[(o * ci + i) * np + xi];
+                }
+            }
+        }
+    })
+    .0
 }
 
 /// Tiles per task: a multiple of `nr`; `V` and `M` within [`TASK_FLOATS`]; enough tasks for
@@ -136,6 +149,9 @@ fn tiles_per_task(g: &Geometry, batch: usize, tiles: usize, rows: usize, nr: usi
 thread_local! {
     /// Per-thread `V`, `M` and output rows of [`run`], reused across tasks and calls.
     static WINO: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's shared `V` of [`slab`] (taken out while in use: a conv nested in
+    /// another's parallel loop on the same thread finds it empty and allocates its own).
+    static SHARED_V: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The conv with Winograd `tile` (see the module docs); `a` comes from [`pack_weights`] for
@@ -246,9 +262,12 @@ fn slab(g: &Geometry, batch: usize, x: &[f32], tile_rows: std::ops::Range<usize>
         Tile::F2 => phase_planes(g, 2, batch, x, t0..t0 + th + 1, 16),
         Tile::F4 => column_phases(g, batch, x, 4 * t0..4 * (t0 + th) + 2, 16),
     };
-    let tc = tiles_per_task(g, batch, tiles, co_panels * mr, nr, np);
-    let chunks = tiles.div_ceil(tc);
-    let grid = TaskGrid::new(batch, chunks, co_panels, min_tasks());
+    // Runs of tiles go on from one image to the next, so that on small maps (25 tiles an
+    // image at 10x10) a batch fills whole kernel blocks.
+    let total = batch * tiles;
+    let tc = tiles_per_task(g, 1, total, co_panels * mr, nr, np);
+    let chunks = total.div_ceil(tc);
+    let grid = TaskGrid::new(1, chunks, co_panels, min_tasks());
     // Rows of V and M: whole kernel blocks, room for the vector stores' overrun (up to 7
     // floats past the last tile), never 4 KB apart (nor V's channel blocks, np rows).
     let mut ld = acc_stride(tc + 8, nr);
@@ -257,24 +276,26 @@ fn slab(g: &Geometry, batch: usize, x: &[f32], tile_rows: std::ops::Range<usize>
     }
     // V of one run of tiles is [C_in][np][ld]: the kernel reads V_ξ's rows np·ld apart.
     let v_len = c_in * np * ld;
-    // The tile rows of the run `chunk`'s tiles: (tile row, first tile column, tiles, index).
+    // The tile rows of the run `chunk`'s tiles: (image, tile row, first tile column, tiles,
+    // index in the run).
     let segments = move |chunk: usize| {
         let t0 = chunk * tc;
-        let end = tiles.min(t0 + tc);
+        let end = total.min(t0 + tc);
         let mut t = t0;
         std::iter::from_fn(move || {
             (t < end).then(|| {
-                let (ty, tx) = (t / tw, t % tw);
+                let (img, r) = (t / tiles, t % tiles);
+                let (ty, tx) = (r / tw, r % tw);
                 let len = (tw - tx).min(end - t);
                 t += len;
-                (ty, tx, len, t - len - t0)
+                (img, ty, tx, len, t - len - t0)
             })
         })
     };
     // V = Bᵀ d B for every tile of one run and channel (`v`: the channel's np rows).
-    let transform = |img: usize, chunk: usize, ci: usize, v: &mut [f32]| {
-        let plane = &xp[(img * c_in + ci) * 4 * ps..];
-        for (ty, tx, len, at) in segments(chunk) {
+    let transform = |chunk: usize, ci: usize, v: &mut [f32]| {
+        for (img, ty, tx, len, at) in segments(chunk) {
+            let plane = &xp[(img * c_in + ci) * 4 * ps..];
             match tile {
                 Tile::F2 => input_tiles(&plane[ty * wq + tx..], ps, wq, len, &mut v[at..], ld),
                 Tile::F4 => input_tiles4(&plane[4 * ty * wq + tx..], ps, wq, len, &mut v[at..], ld),
@@ -283,18 +304,25 @@ fn slab(g: &Geometry, batch: usize, x: &[f32], tile_rows: std::ops::Range<usize>
     };
     // With output channels split between tasks, the input transform runs first, once, on
     // its own tasks (otherwise every task would repeat it for its run of tiles).
+    // The buffer is reused, not zeroed: the columns past a run's tiles hold stale values,
+    // which only reach the columns of M that no output reads (a GEMM's column j depends on
+    // column j of V alone). Zeroing a fresh buffer per conv was ~4% of a 320 forward.
     let shared: Option<Vec<f32>> = (grid.co_chunks > 1).then(|| {
-        par_fill(batch * chunks * v_len, np * ld, |i, v| {
-            let (run, ci) = (i / c_in, i % c_in);
-            transform(run / chunks, run % chunks, ci, v)
-        })
-        .0
+        let mut sv = SHARED_V.take();
+        let len = chunks * v_len;
+        if sv.len() < len {
+            sv = vec![0.0; len];
+        }
+        sv[..len].par_chunks_mut(np * ld).enumerate().for_each(|(i, v)| {
+            transform(i / c_in, i % c_in, v)
+        });
+        sv
     });
 
-    (0..grid.len(batch)).into_par_iter().for_each(|task| {
+    (0..grid.len(1)).into_par_iter().for_each(|task| {
         let dst = dst;
-        let Some((img, chunk, cp0, cp1)) = grid.task(task) else { return };
-        let n = tc.min(tiles - chunk * tc);
+        let Some((_, chunk, cp0, cp1)) = grid.task(task) else { return };
+        let n = tc.min(total - chunk * tc);
         let rows = (cp1 - cp0) * mr;
         WINO.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -309,10 +337,10 @@ fn slab(g: &Geometry, batch: usize, x: &[f32], tile_rows: std::ops::Range<usize>
             let (v, rest) = buf.split_at_mut(own_v);
             let (m, y) = rest.split_at_mut(m_len);
             let v: &[f32] = match &shared {
-                Some(sv) => &sv[(img * chunks + chunk) * v_len..(img * chunks + chunk + 1) * v_len],
+                Some(sv) => &sv[chunk * v_len..(chunk + 1) * v_len],
                 None => {
                     for (ci, vc) in v.chunks_exact_mut(np * ld).enumerate() {
-                        transform(img, chunk, ci, vc);
+                        transform(chunk, ci, vc);
                     }
                     v
                 }
@@ -339,7 +367,7 @@ fn slab(g: &Geometry, batch: usize, x: &[f32], tile_rows: std::ops::Range<usize>
             let mut ys: Vec<&mut [f32]> = y[..y_len].chunks_exact_mut(y_row).collect();
             for co in cp0 * mr..(cp1 * mr).min(g.c_out) {
                 let mrow = &m[(co - cp0 * mr) * ld..];
-                for (ty, tx, len, at) in segments(chunk) {
+                for (img, ty, tx, len, at) in segments(chunk) {
                     match tile {
                         Tile::F2 => {
                             let (y0, y1) = ys.split_at_mut(1);
@@ -353,17 +381,21 @@ fn slab(g: &Geometry, batch: usize, x: &[f32], tile_rows: std::ops::Range<usize>
                         if r >= g.oh {
                             continue;
                         }
-                        let yr = &mut yr[..cols.div_ceil(8) * 8];
-                        epilogue(yr, bias.map(|b| b[co]), act);
                         // SAFETY: columns m·tx.. of output row r of channel co of image
                         // i0 + img: only the task holding these tiles writes them.
                         let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(((i0 + img) * g.c_out + co) * hw + r * g.ow + m_out * tx), cols) };
-                        o.copy_from_slice(&yr[..cols]);
+                        epilogue_copy(&yr[..cols], o, bias.map(|b| b[co]), act);
                     }
                 }
             }
         });
     });
+    if let Some(sv) = shared {
+        SHARED_V.with(|c| {
+            let kept = c.take();
+            c.set(if kept.len() > sv.len() { kept } else { sv });
+        });
+    }
 }
 
 /// `V = Bᵀ d B` for `len` consecutive tiles of one tile row and channel: `p` starts at the
