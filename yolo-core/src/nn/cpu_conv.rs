@@ -636,7 +636,15 @@ fn contiguous_values(t: &FlexTensor) -> Vec<f32> {
     if len >= 256 && layout.has_positive_strides() {
         let starts: Vec<usize> = blocks.block_starts().collect();
         let src = t.storage::<f32>();
-        return par_fill(layout.num_elements(), len, |i, o| o.copy_from_slice(&src[starts[i]..starts[i] + len])).0;
+        // SAFETY: each chunk (one block; the blocks cover the view) is written whole.
+        return unsafe {
+            par_init(layout.num_elements(), len, |i, o| {
+                for (o, &v) in o.iter_mut().zip(&src[starts[i]..starts[i] + len]) {
+                    o.write(v);
+                }
+            })
+        }
+        .0;
     }
     t.clone().to_contiguous().as_slice::<f32>().expect("contiguous").to_vec()
 }
