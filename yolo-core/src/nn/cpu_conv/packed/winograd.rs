@@ -9,13 +9,13 @@
 //! ±1/2, so the rounding stays that of a direct conv (the tests hold it to the same bound).
 //!
 //! The weights are transformed once (`pack_weights`, cached by the module). A task takes a run
-//! of `tc` consecutive tiles (row-major over the tile grid and on from one image to the
-//! next, so a run can span tile rows and images): it transforms their input tiles into `V` (`[16][C_in][tc]`, read by the kernel
-//! in place with a row stride), runs the 16 GEMMs into `M` (`[16][C_out][tc]`) and transforms
-//! `M` into the output with bias and activation. Both buffers stay in L2. The input is read
-//! from its zero-padded 2x2 phase planes, so that a tile row's 4x4 tiles are contiguous
-//! vectors (tile `tx` reads padded columns `2tx..2tx + 4`: even phase columns `tx, tx + 1`,
-//! odd ones the same).
+//! of `tc` consecutive tiles (row-major over the tile grid and on from one image to the next,
+//! so a run can span tile rows and images): it transforms their input tiles into `V`
+//! (`[16][C_in][tc]`, read by the kernel in place with a row stride), runs the 16 GEMMs into
+//! `M` (`[16][C_out][tc]`) and transforms `M` into the output with bias and activation. Both
+//! buffers stay in L2. The input is read from its zero-padded 2x2 phase planes, so that a tile
+//! row's 4x4 tiles are contiguous vectors (tile `tx` reads padded columns `2tx..2tx + 4`: even
+//! phase columns `tx, tx + 1`, odd ones the same).
 //!
 //! `F(4x4, 3x3)` ([`Tile::F4`]) computes a 4x4 block from a 6x6 tile with 36 GEMMs, 36
 //! multiplies per 16 outputs (4x fewer than the direct conv, 2.25x in `F(2x2)`), from the
