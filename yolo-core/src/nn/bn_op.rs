@@ -177,19 +177,23 @@ multiversion! {
     /// The backward's second pass over one plane: `dX = k·(d − mean_d − x̂·mean_dx̂)` with
     /// `x̂ = (x − mean)·inv`, `d` read from `o` (in place).
     fn dx_plane(o: &mut [f32], x: &[f32], coef: [f32; 5]) {
-        let [k, mean, inv, mean_d, mean_dx] = coef;
-        o.iter_mut().zip(x).for_each(|(o, x)| *o = k * (*o - mean_d - (x - mean) * inv * mean_dx));
+        o.iter_mut().zip(x).for_each(|(o, &x)| *o = dx_value(coef, x, *o));
     }
 }
 
 multiversion! {
     /// [`dx_plane`] with `d` read from `dy`, into `o` (every element written).
     fn dx_plane_from(o: &mut [MaybeUninit<f32>], x: &[f32], dy: &[f32], coef: [f32; 5]) {
-        let [k, mean, inv, mean_d, mean_dx] = coef;
-        o.iter_mut().zip(x.iter().zip(dy)).for_each(|(o, (x, d))| {
-            o.write(k * (d - mean_d - (x - mean) * inv * mean_dx));
+        o.iter_mut().zip(x.iter().zip(dy)).for_each(|(o, (&x, &d))| {
+            o.write(dx_value(coef, x, d));
         });
     }
+}
+
+/// One value of the backward's second pass: `k·(d − mean_d − (x − mean)·inv·mean_dx̂)`.
+#[inline(always)]
+fn dx_value([k, mean, inv, mean_d, mean_dx]: [f32; 5], x: f32, d: f32) -> f32 {
+    k * (d - mean_d - (x - mean) * inv * mean_dx)
 }
 
 /// `(batch, channels, pixels per plane)` of an NCHW tensor.

@@ -360,24 +360,29 @@ pub fn portable_dot_kernels() -> [DotKernel; 2] {
 /// `m`: panel `p`'s columns `k0..` start at `(p·k + k0)·mr`.
 pub fn pack_a(a: &[f32], m: usize, k: usize, mr: usize) -> Vec<f32> {
     assert_eq!(a.len(), m * k, "pack_a: {} values for [{m}, {k}]", a.len());
-    let panels = m.div_ceil(mr);
-    let mut out = vec![0f32; panels * k * mr];
-    let pack = |(p, panel): (usize, &mut [f32])| {
-        for i in 0..mr.min(m - p * mr) {
-            let row = &a[(p * mr + i) * k..(p * mr + i + 1) * k];
-            for (kk, &v) in row.iter().enumerate() {
-                panel[kk * mr + i] = v;
-            }
-        }
-    };
+    let mut out = vec![0f32; m.div_ceil(mr) * k * mr];
+    if k * mr == 0 {
+        return out;
+    }
+    let pack = |(p, panel): (usize, &mut [f32])| pack_a_panel(panel, p, m, k, mr, |row, col| a[row * k + col]);
     // The training step packs every conv's weights afresh: large ones in parallel.
-    if m * k >= 1 << 15 && k * mr > 0 {
+    if m * k >= 1 << 15 {
         use rayon::prelude::*;
         out.par_chunks_exact_mut(k * mr).enumerate().for_each(pack);
-    } else if k * mr > 0 {
+    } else {
         out.chunks_exact_mut(k * mr).enumerate().for_each(pack);
     }
     out
+}
+
+/// Panel `p` of [`pack_a`]'s layout (`[k, mr]`) for an `[m, k]` matrix given by `at(row,
+/// col)`: rows `p·mr..` up to `m`; the panel's rows past `m` are left as they are.
+pub(crate) fn pack_a_panel(panel: &mut [f32], p: usize, m: usize, k: usize, mr: usize, at: impl Fn(usize, usize) -> f32) {
+    for i in 0..mr.min(m - p * mr) {
+        for kk in 0..k {
+            panel[kk * mr + i] = at(p * mr + i, kk);
+        }
+    }
 }
 
 #[cfg(test)]

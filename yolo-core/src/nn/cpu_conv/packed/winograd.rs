@@ -118,17 +118,11 @@ pub(in crate::nn::cpu_conv) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, 
             }
         }
     });
-    // Position ξ's panels: panel p's column i holds rows p·mr.. of U_ξ[.., i] (zeros past
-    // C_out, from `par_fill`).
+    // Position ξ's panels, read from u in place (zeros past C_out, from `par_fill`).
     let per = co.div_ceil(mr) * ci * mr;
     par_fill(np * per, per, |xi, dst| {
         for (p, panel) in dst.chunks_exact_mut(ci * mr).enumerate() {
-            for r in 0..mr.min(co - p * mr) {
-                let o = p * mr + r;
-                for i in 0..ci {
-                    panel[i * mr + r] = u[(o * ci + i) * np + xi];
-                }
-            }
+            gemm_kernel::pack_a_panel(panel, p, co, ci, mr, |o, i| u[(o * ci + i) * np + xi]);
         }
     })
     .0
