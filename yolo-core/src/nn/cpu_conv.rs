@@ -1033,17 +1033,55 @@ fn gather_row(src: &[f32], seg: &mut [f32], ox0: usize, kx: usize, s: usize, pad
 mod tests {
     use super::packed::{packed_shifted, run_packed, run_packed_any, run_packed_shifted};
     use super::*;
+    use burn::module::Param;
     use burn::nn::conv::Conv2dConfig;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, TensorData};
 
+    /// The bound of `F(4x4, 3x3)`'s error, as a fraction of the largest output: its
+    /// transforms (coefficients up to 8 in `Aᵀ`, 5 in `Bᵀ`) amplify rounding about 25x over
+    /// `F(2x2)`'s. Measured against an f64 conv on the 9x8 map with 37 output channels
+    /// (seeded draws, AVX-512 kernel): worst over 200 draws 0.98e-5 at 64 input channels,
+    /// 1.4e-5 at 128 and 1.9e-5 at 300 (`F(2x2)`: 0.5-0.8e-6, im2col 0.4e-6). Under the other
+    /// paths' 1e-5, unseeded draws failed the 300-channel case about once in 12 runs.
+    const F4_BOUND: f32 = 4e-5;
+
+    /// `n` values from a generator seeded by `seed`: standard normal (Box-Muller) when
+    /// `normal`, else uniform in `[-bound, bound]`.
+    fn seeded_values(n: usize, seed: u64, normal: bool, bound: f32) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                if normal {
+                    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
+                    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+                } else {
+                    rng.random_range(-bound..=bound)
+                }
+            })
+            .collect()
+    }
+
+    /// Every conv path against Burn's conv (+ activation) on one geometry, within 1e-5 of the
+    /// largest output; `F(4x4)` within [`F4_BOUND`]. The draws are seeded by the case
+    /// (inputs N(0, 1); weights and bias uniform in ±1/√fan_in, Burn's default init), so each
+    /// case checks the same values on every run.
     fn check(b: usize, c_in: usize, c_out: usize, h: usize, w: usize, k: usize, s: usize, p: usize, bias: bool, act: Activation) {
         let device = crate::backend::cpu_device();
-        let conv = Conv2dConfig::new([c_in, c_out], [k, k])
+        let mut conv = Conv2dConfig::new([c_in, c_out], [k, k])
             .with_stride([s, s])
             .with_padding(if p == 0 { PaddingConfig2d::Valid } else { PaddingConfig2d::Explicit(p, p, p, p) })
             .with_bias(bias)
             .init(&device);
-        let x = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let seed = [b, c_in, c_out, h, w, k, s, p, bias as usize].iter().fold(0u64, |acc, &v| acc.wrapping_mul(1_000_003).wrapping_add(v as u64));
+        let fan_in = (c_in * k * k) as f32;
+        let wb = 1.0 / fan_in.sqrt();
+        let weight = seeded_values(c_out * c_in * k * k, seed ^ 1, false, wb);
+        conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(weight, [c_out, c_in, k, k]), &device));
+        if bias {
+            conv.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(seeded_values(c_out, seed ^ 2, false, wb), [c_out]), &device)));
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(seeded_values(b * c_in * h * w, seed, true, 0.0), [b, c_in, h, w]), &device);
         let want = {
             let y = conv.forward(x.clone());
             match act {
@@ -1082,18 +1120,22 @@ mod tests {
             }
             super::packed::TEST_SLAB_FLOATS.with(|f| f.set(super::packed::SLAB_FLOATS));
             for (path, got) in runs {
+                let bound = if path.starts_with("winograd F4") { F4_BOUND } else { 1e-5 };
                 for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-                    assert!((a - e).abs() <= 1e-5 * scale, "{kern:?} {path} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
+                    assert!((a - e).abs() <= bound * scale, "{kern:?} {path} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
                 }
             }
         }
+        // `Auto` runs `F(4x4)` where it applies on a CPU with the micro-kernels.
+        let auto_f4 = gemm_kernel::kernel().is_some() && super::packed::winograd::tile(&g) == Some(super::packed::winograd::Tile::F4);
         for method in [Method::Auto, Method::Direct, Method::Im2col, Method::Shifted] {
             let got = conv2d_with(x.clone(), &conv, act, method, None).unwrap_or_else(|_| panic!("fast path refused"));
             assert_eq!(got.dims(), want_dims);
             let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
+            let bound = if method == Method::Auto && auto_f4 { F4_BOUND } else { 1e-5 };
             for (i, (a, e)) in got.iter().zip(&want).enumerate() {
                 assert!(
-                    (a - e).abs() <= 1e-5 * scale,
+                    (a - e).abs() <= bound * scale,
                     "{method:?} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}"
                 );
             }
