@@ -1092,6 +1092,14 @@ mod tests {
         let want_dims = want.dims();
         let want: Vec<f32> = want.into_data().try_to_vec().unwrap();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+        // Every value within the bound of the plan that computed it ([`F4_BOUND`] for
+        // `F(4x4)`, 1e-5 for the rest) times the largest output.
+        let assert_close = |got: &[f32], plan: Plan, what: &str| {
+            let bound = if plan == Plan::Winograd(super::packed::winograd::Tile::F4) { F4_BOUND } else { 1e-5 };
+            for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                assert!((a - e).abs() <= bound * scale, "{what} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
+            }
+        };
         // The packed path with every kernel: the portable ones check the AVX-512 blocking
         // (12 x 32) on machines without AVX-512.
         let g = Geometry::new([c_in, c_out], [h, w], [k, k], [s, s], [p, p]);
@@ -1101,44 +1109,35 @@ mod tests {
         for kern in gemm_kernel::portable_kernels().into_iter().chain(gemm_kernel::kernel()) {
             // Both packed paths where the shifted one applies.
             let im2col = gemm_kernel::pack_a(&ws, c_out, g.k(), kern.mr);
-            let mut runs = vec![("im2col".to_string(), run_packed(&g, b, &xs, &im2col, bs.as_deref(), act, kern))];
+            let mut runs = vec![("im2col".to_string(), Plan::Im2col, run_packed(&g, b, &xs, &im2col, bs.as_deref(), act, kern))];
             // The phase-plane paths, in one slab (the default budget), in bands of 4 rows (a
             // budget of 1 float) and in slabs of about one image.
             for (slabs, budget) in [("", super::packed::SLAB_FLOATS), (" in bands", 1), (" per image", c_in * (h + 2) * (w + 2))] {
                 super::packed::TEST_SLAB_FLOATS.with(|f| f.set(budget));
                 if packed_shifted(&g) {
-                    runs.push((format!("shifted{slabs}"), run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr, Plan::Shifted), bs.as_deref(), act, kern)));
+                    runs.push((format!("shifted{slabs}"), Plan::Shifted, run_packed_shifted(&g, b, &xs, &pack_weights(&g, &ws, kern.mr, Plan::Shifted), bs.as_deref(), act, kern)));
                 }
                 // Both Winograd tiles wherever Winograd applies.
                 if super::packed::winograd::tile(&g).is_some() {
                     for tile in [super::packed::winograd::Tile::F2, super::packed::winograd::Tile::F4] {
                         let plan = Plan::Winograd(tile);
                         let a = pack_weights(&g, &ws, kern.mr, plan);
-                        runs.push((format!("winograd {tile:?}{slabs}"), run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, plan)));
+                        runs.push((format!("winograd {tile:?}{slabs}"), plan, run_packed_any(&g, b, &xs, &a, bs.as_deref(), act, kern, plan)));
                     }
                 }
             }
             super::packed::TEST_SLAB_FLOATS.with(|f| f.set(super::packed::SLAB_FLOATS));
-            for (path, got) in runs {
-                let bound = if path.starts_with("winograd F4") { F4_BOUND } else { 1e-5 };
-                for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-                    assert!((a - e).abs() <= bound * scale, "{kern:?} {path} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
-                }
+            for (path, plan, got) in runs {
+                assert_close(&got, plan, &format!("{kern:?} {path}"));
             }
         }
-        // `Auto` runs `F(4x4)` where it applies on a CPU with the micro-kernels.
-        let auto_f4 = gemm_kernel::kernel().is_some() && super::packed::winograd::tile(&g) == Some(super::packed::winograd::Tile::F4);
         for method in [Method::Auto, Method::Direct, Method::Im2col, Method::Shifted] {
             let got = conv2d_with(x.clone(), &conv, act, method, None).unwrap_or_else(|_| panic!("fast path refused"));
             assert_eq!(got.dims(), want_dims);
             let got: Vec<f32> = got.into_data().try_to_vec().unwrap();
-            let bound = if method == Method::Auto && auto_f4 { F4_BOUND } else { 1e-5 };
-            for (i, (a, e)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - e).abs() <= bound * scale,
-                    "{method:?} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}"
-                );
-            }
+            // Only `Auto` on a CPU with the micro-kernels may run Winograd (and so `F(4x4)`).
+            let plan = if method == Method::Auto && gemm_kernel::kernel().is_some() { Plan::of(&g, true) } else { Plan::Im2col };
+            assert_close(&got, plan, &format!("{method:?}"));
         }
     }
 
