@@ -33,13 +33,15 @@ from compare import times_ms  # noqa: E402
 from make_train_step_fixtures import groups  # noqa: E402
 
 
-def pytorch_step(scale, batch, size):
+def pytorch_step(scale, batch, size, device="cpu"):
+    """One Ultralytics train step on `device`, as a closure (the model and batch built once)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(0)
     model = DetectionModel(f"yolov8{scale}.yaml", nc=80, verbose=False)
     model.args = get_cfg()
+    model.to(device)
     model.train()
     g = groups(model)
     sgd = dict(lr=0.01, momentum=0.937, nesterov=True)
@@ -55,6 +57,7 @@ def pytorch_step(scale, batch, size):
     t = torch.tensor(rows, dtype=torch.float32)
     data = {"img": img.view(batch, 3, size, size), "batch_idx": t[:, 0].contiguous(),
             "cls": t[:, 1:2].contiguous(), "bboxes": t[:, 2:6].contiguous()}
+    data = {k: v.to(device) for k, v in data.items()}
 
     def step():
         loss, _ = model.loss(data)

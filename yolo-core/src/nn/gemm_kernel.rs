@@ -74,7 +74,10 @@ pub fn kernel() -> Option<Kernel> {
 fn detect() -> Option<Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        // `YOLO_RS_KERNEL=avx2` keeps an AVX-512 CPU on the AVX2 kernels (some CPUs run
+        // 512-bit FMAs on one port only, where the wider kernel gains little): for A/B runs.
+        let avx2_only = std::env::var("YOLO_RS_KERNEL").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"));
+        if !avx2_only && std::arch::is_x86_feature_detected!("avx512f") {
             return Some(Kernel { mr: 12, nr: 32, name: "avx512", f: x86::avx512_12x32 });
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Prepares, on this (CPU) machine, what benches/gpu/run.sh needs on a GPU machine that has
+# PyTorch but neither Rust nor a network (the project's lent H200 machines):
+#   .gpu/  yolo-time and train-time built with the `wgpu` feature, stripped
+#   .gl/   the Vulkan and EGL loader packages (Debian, amd64), unpacked there by run.sh
+#   .whl/  the Ultralytics wheel (pure Python; its needs are in that machine's image)
+# All three are ignored by git; the device tool's `run` carries them:
+#   run(command="bash benches/gpu/run.sh", carry=[".gpu", ".gl", ".whl"], timeout_s=540)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+cargo build --release --locked -p yolo-benches --bin yolo-time --bin train-time --features wgpu
+mkdir -p .gpu .gl .whl
+for b in yolo-time train-time; do
+    strip -o ".gpu/$b" "target/release/$b"
+done
+
+python3 -m pip download -q --no-deps --only-binary=:all: -d .whl ultralytics==8.4.190
+
+o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
+mkdir -p /tmp/amd64/partial
+apt-get "${o[@]}" update -qq
+(cd .gl && apt-get "${o[@]}" download -qq libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+
+du -sh .gpu .gl .whl

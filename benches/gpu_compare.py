@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Side-by-side GPU timing: yolo-rs on a Burn GPU backend (`wgpu` by default) vs PyTorch on CUDA.
+
+    cargo build --release -p yolo-benches --bin yolo-time --bin train-time --features wgpu
+    python benches/gpu_compare.py --exe-dir target/release [--sizes 640 320] [--batches 1 8]
+
+Needs torch and ultralytics (to build the model and its weights); no onnxruntime, no cargo (the
+binaries are given, built with the GPU feature on another machine if need be:
+`benches/gpu/prepare.sh` and `benches/gpu/run.sh` do that for a lent GPU machine).
+
+Inference: yolov8 (seeded fresh init of Ultralytics' yaml; speed does not depend on the
+values) as `compare.py` runs it, BatchNorm folded on both sides, fp32 on both sides: yolo-rs's
+`yolo-time` (forward and decode, the output read back to the host, the input already on the
+device) against PyTorch's fused model on the same weights (the input on the GPU, the decoded
+output copied to the host: `.cpu()` waits for the GPU, as `into_data` does for ours).
+Training: `train-time` against Ultralytics' model, loss and SGD step on the same GPU, as
+`train_step_compare.py` runs them, with the GPU synchronised after every step. The runtimes
+take turns (--rounds of --iters runs after --warmup); medians and minima of all runs, and
+yolo-rs as a ratio (ours / PyTorch; < 1 means faster).
+
+Without CUDA, PyTorch runs on the CPU and the table says so (a dry run of the script:
+`BURN_DEVICE=wgpu` then runs on whatever adapter wgpu finds, e.g. Mesa's lavapipe).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "tools", "fixtures"))
+import oracle_env  # noqa: F401,E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from compare import times_ms  # noqa: E402
+
+
+def synced(fn, dev):
+    """`fn` then a wait for the device, so that a timing covers the GPU's work."""
+    def run():
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    return run
+
+
+def ours(exe, args, backend):
+    env = {**os.environ, "BURN_DEVICE": backend}
+    out = subprocess.run([exe, *map(str, args), "--all"], check=True, capture_output=True, text=True, env=env)
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    return line["times_ms"], line.get("device", "?")
+
+
+def stats(t):
+    return float(np.median(t)), min(t)
+
+
+def row(label, t_ours, t_pt):
+    (mo, lo), (mp, lp) = stats(t_ours), stats(t_pt)
+    return f"| {label} | {mo:.2f} ({lo:.2f}) | {mp:.2f} ({lp:.2f}) | {mo / mp:.2f} ({lo / lp:.2f}) |"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--exe-dir", default=os.path.join(ROOT, "target", "release"),
+                    help="folder holding yolo-time and train-time built with the GPU feature")
+    ap.add_argument("--backend", default="wgpu", help="BURN_DEVICE for yolo-rs: wgpu or cuda")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[640, 320])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--train-imgsz", type=int, default=640)
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--iters", type=int, default=20, help="timed runs per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--scale", default="n")
+    ap.add_argument("--work", help="folder for the weights (default: a new temporary folder)")
+    a = ap.parse_args()
+
+    from ultralytics import YOLO
+    from yolo_safetensors import SCALES, model_config, save_checkpoint
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU (no CUDA: a dry run)"
+    # fp32 on both sides: no TF32 in PyTorch's convolutions and matrix products either.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    yolo_time = os.path.join(a.exe_dir, "yolo-time")
+    train_time = os.path.join(a.exe_dir, "train-time")
+
+    work = os.path.abspath(a.work) if a.work else tempfile.mkdtemp(prefix="yolo-gpu-compare-")
+    os.makedirs(work, exist_ok=True)
+    os.chdir(work)
+    torch.manual_seed(0)
+    net = YOLO(f"yolov8{a.scale}.yaml").model.eval()
+    weights = os.path.join(work, "model.safetensors")
+    d, w, mc = SCALES[a.scale]
+    save_checkpoint(net.state_dict(), weights, model_config(d, w, mc, 80, scale=a.scale),
+                    [str(i) for i in range(80)], 640)
+    fused = YOLO(f"yolov8{a.scale}.yaml")
+    fused.model.load_state_dict(net.state_dict())
+    fm = fused.model.fuse().eval().to(dev)
+
+    lines, ours_dev = [], "?"
+    for batch in a.batches:
+        for size in a.sizes:
+            x = torch.from_numpy(np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)).to(dev)
+            t_ours, t_pt = [], []
+            for _ in range(a.rounds):
+                with torch.inference_mode():
+                    t_pt += times_ms(synced(lambda: fm(x)[0].cpu(), dev), a.warmup, a.iters)
+                t, ours_dev = ours(yolo_time, ["--weights", weights, "--imgsz", size, "--batch", batch,
+                                               "--warmup", a.warmup, "--iters", a.iters], a.backend)
+                t_ours += t
+            lines.append(row(f"forward {size}x{size}, batch {batch}", t_ours, t_pt))
+            print(lines[-1], file=sys.stderr, flush=True)
+
+    if not a.no_train:
+        from train_step_compare import pytorch_step
+
+        step = pytorch_step(a.scale, a.train_batch, a.train_imgsz, dev)
+        t_ours, t_pt = [], []
+        for _ in range(a.rounds):
+            t_pt += times_ms(synced(step, dev), 2, max(a.iters // 4, 3))
+            t, _ = ours(train_time, ["--scale", a.scale, "--imgsz", a.train_imgsz, "--batch", a.train_batch,
+                                     "--warmup", 2, "--iters", max(a.iters // 4, 3)], a.backend)
+            t_ours += t
+        lines.append(row(f"train step {a.train_imgsz}x{a.train_imgsz}, batch {a.train_batch}", t_ours, t_pt))
+
+    print(f"\nyolov8{a.scale}, fp32, {a.rounds} interleaved rounds: median (min) in ms; "
+          f"yolo-rs on {ours_dev} (BURN_DEVICE={a.backend}), PyTorch {torch.__version__} on {gpu}")
+    print("| work | yolo-rs | PyTorch | ratio |")
+    print("|---|---|---|---|")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
