@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares, on this (CPU) machine, what benches/gpu/run.sh needs on a GPU machine that has
 # PyTorch but neither Rust nor a network (the project's lent H200 machines):
-#   .gpu/  yolo-time and train-time built with the `wgpu` feature, stripped
+#   .gpu/  yolo-time and train-time built with the `wgpu` feature, stripped and xz-compressed
+#          (~65 MB each stripped, ~10 MB compressed: the carried files may take 64 MiB)
 #   .gl/   the Vulkan and EGL loader packages (Debian, amd64), unpacked there by run.sh
 #   .whl/  the Ultralytics wheel (pure Python; its needs are in that machine's image)
 # All three are ignored by git; the device tool's `run` carries them:
@@ -13,6 +14,7 @@ cargo build --release --locked -p yolo-benches --bin yolo-time --bin train-time 
 mkdir -p .gpu .gl .whl
 for b in yolo-time train-time; do
     strip -o ".gpu/$b" "target/release/$b"
+    xz -T0 -9 -f ".gpu/$b"
 done
 
 python3 -m pip download -q --no-deps --only-binary=:all: -d .whl ultralytics==8.4.190

@@ -15,9 +15,17 @@ icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 [ -f "$egl" ] && export __EGL_VENDOR_LIBRARY_FILENAMES="$egl"
 
+# The binaries, compressed by prepare.sh (Python's lzma: xz itself may be missing there).
+bin=/tmp/yolo-rs-bin
+mkdir -p "$bin"
+for b in yolo-time train-time; do
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' ".gpu/$b.xz" "$bin/$b" || exit 1
+    chmod +x "$bin/$b"
+done
+
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 
 { nvidia-smi -L; nproc; } 2>&1 | tee "$out/machine.txt"
-python3 benches/gpu_compare.py --exe-dir .gpu "$@" 2>&1 | tee "$out/gpu_compare.log"
+python3 benches/gpu_compare.py --exe-dir "$bin" "$@" 2>&1 | tee "$out/gpu_compare.log"
 exit "${PIPESTATUS[0]}"

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use yolo_core::burn::module::{Module, ModuleMapper, Param};
 use yolo_core::burn::optim::GradientsParams;
 use yolo_core::burn::tensor::{Device, Tensor, TensorData};
-use yolo_core::backend::cpu_device;
+use yolo_core::backend::{cpu_device, default_device};
 use yolo_core::weights::{self, CheckpointMeta};
 use yolo_core::YoloV8;
 use yolo_train::optim::{clip_grad_norm, OptimizerChoice, YoloOptimizer};
@@ -99,15 +99,34 @@ fn close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) -> f32 {
     worst
 }
 
-fn setup() -> (YoloV8, CheckpointMeta, Device) {
-    let device = cpu_device().autodiff();
+/// The devices the parity tests run on: the CPU, and also the default device where that is
+/// another one (a build with `--features wgpu` run with `BURN_DEVICE=wgpu`: how the GPU
+/// backends' autodiff is tested, on a GPU or on a software Vulkan such as Mesa's lavapipe).
+fn devices() -> Vec<Device> {
+    let (cpu, default) = (cpu_device(), default_device());
+    if format!("{default:?}") == format!("{cpu:?}") {
+        vec![cpu]
+    } else {
+        vec![cpu, default]
+    }
+}
+
+fn setup(device: &Device) -> (YoloV8, CheckpointMeta, Device) {
+    let device = device.clone().autodiff();
     let (model, meta) = weights::load_model(format!("{DIR}/init.safetensors"), &device).unwrap();
     (model, meta, device)
 }
 
 #[test]
 fn first_step_gradients_match_pytorch() {
-    let (model, meta, device) = setup();
+    for device in devices() {
+        println!("on {device:?}");
+        first_step_gradients(&device);
+    }
+}
+
+fn first_step_gradients(device: &Device) {
+    let (model, meta, device) = setup(device);
     let (img, targets) = batch(&device);
     let (want, _) = read("sgd.safetensors");
     let out = model.forward(img);
@@ -135,7 +154,14 @@ fn first_step_gradients_match_pytorch() {
 }
 
 fn run_steps(name: &str, kind: OptimizerKind) {
-    let (mut model, meta, device) = setup();
+    for device in devices() {
+        println!("on {device:?}");
+        run_steps_on(name, kind, &device);
+    }
+}
+
+fn run_steps_on(name: &str, kind: OptimizerKind, device: &Device) {
+    let (mut model, meta, device) = setup(device);
     let (img, targets) = batch(&device);
     let (want, fmeta) = read(&format!("{name}.safetensors"));
     let settings: serde_json::Value = serde_json::from_str(&fmeta["settings"]).unwrap();
