@@ -125,11 +125,12 @@ def main():
         from train_step_compare import pytorch_step
 
         step = pytorch_step(a.scale, a.train_batch, a.train_imgsz, dev)
+        steps = max(a.iters // 4, 3)  # a step takes several forwards' time
         t_ours, t_pt = [], []
         for _ in range(a.rounds):
-            t_pt += times_ms(synced(step, dev), 2, max(a.iters // 4, 3))
+            t_pt += times_ms(synced(step, dev), 2, steps)
             t, _ = ours(train_time, ["--scale", a.scale, "--imgsz", a.train_imgsz, "--batch", a.train_batch,
-                                     "--warmup", 2, "--iters", max(a.iters // 4, 3)], a.backend)
+                                     "--warmup", 2, "--iters", steps], a.backend)
             t_ours += t
         lines.append(row(f"train step {a.train_imgsz}x{a.train_imgsz}, batch {a.train_batch}", t_ours, t_pt))
 

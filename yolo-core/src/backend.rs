@@ -21,6 +21,19 @@ pub fn cpu_device() -> Device {
     Device::flex()
 }
 
+/// The CPU device, and the default device too when that is another one: the devices to check
+/// a computation on. The parity tests run on each, so that a build with `--features wgpu` run
+/// with `BURN_DEVICE=wgpu` tests the GPU code too (on a GPU or, without one, on a software
+/// Vulkan such as Mesa's lavapipe).
+pub fn cpu_and_default() -> Vec<Device> {
+    let (cpu, default) = (cpu_device(), default_device());
+    if default == cpu {
+        vec![cpu]
+    } else {
+        vec![cpu, default]
+    }
+}
+
 /// Runs `f` on a thread of rayon's global pool, where the CPU backend's parallel kernels run
 /// (inline when already on one). [`YoloV8::predict`](crate::YoloV8::predict) runs there.
 ///

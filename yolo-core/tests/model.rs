@@ -78,21 +78,9 @@ fn parameter_counts_match_ultralytics() {
     }
 }
 
-/// The devices the parity tests run on: the CPU, and also the default device where that is
-/// another one. GPU code is tested that way: built with `--features wgpu` and run with
-/// `BURN_DEVICE=wgpu`, on a GPU or, without one, on a software Vulkan such as Mesa's lavapipe.
-fn devices() -> Vec<burn::tensor::Device> {
-    let (cpu, default) = (backend::cpu_device(), backend::default_device());
-    if format!("{default:?}") == format!("{cpu:?}") {
-        vec![cpu]
-    } else {
-        vec![cpu, default]
-    }
-}
-
 #[test]
 fn outputs_match_ultralytics() {
-    for device in devices() {
+    for device in backend::cpu_and_default() {
         let (model, meta) = weights::load_model(fixture("tiny_nc3.safetensors"), &device).unwrap();
         assert_eq!(meta.model.nc, 3);
         assert_eq!(meta.names, vec!["red", "green", "blue"]);
@@ -118,7 +106,7 @@ fn outputs_match_ultralytics() {
 /// and refuses to be saved.
 #[test]
 fn fused_model_matches_ultralytics() {
-    for device in devices() {
+    for device in backend::cpu_and_default() {
         let (model, meta) = weights::load_model(fixture("tiny_nc3.safetensors"), &device).unwrap();
         let model = model.fuse();
         assert!(model.is_fused());

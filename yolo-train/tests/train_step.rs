@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use yolo_core::burn::module::{Module, ModuleMapper, Param};
 use yolo_core::burn::optim::GradientsParams;
 use yolo_core::burn::tensor::{Device, Tensor, TensorData};
-use yolo_core::backend::{cpu_device, default_device};
+use yolo_core::backend::cpu_and_default;
 use yolo_core::weights::{self, CheckpointMeta};
 use yolo_core::YoloV8;
 use yolo_train::optim::{clip_grad_norm, OptimizerChoice, YoloOptimizer};
@@ -99,18 +99,6 @@ fn close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) -> f32 {
     worst
 }
 
-/// The devices the parity tests run on: the CPU, and also the default device where that is
-/// another one (a build with `--features wgpu` run with `BURN_DEVICE=wgpu`: how the GPU
-/// backends' autodiff is tested, on a GPU or on a software Vulkan such as Mesa's lavapipe).
-fn devices() -> Vec<Device> {
-    let (cpu, default) = (cpu_device(), default_device());
-    if format!("{default:?}") == format!("{cpu:?}") {
-        vec![cpu]
-    } else {
-        vec![cpu, default]
-    }
-}
-
 fn setup(device: &Device) -> (YoloV8, CheckpointMeta, Device) {
     let device = device.clone().autodiff();
     let (model, meta) = weights::load_model(format!("{DIR}/init.safetensors"), &device).unwrap();
@@ -119,7 +107,7 @@ fn setup(device: &Device) -> (YoloV8, CheckpointMeta, Device) {
 
 #[test]
 fn first_step_gradients_match_pytorch() {
-    for device in devices() {
+    for device in cpu_and_default() {
         println!("on {device:?}");
         first_step_gradients(&device);
     }
@@ -154,7 +142,7 @@ fn first_step_gradients(device: &Device) {
 }
 
 fn run_steps(name: &str, kind: OptimizerKind) {
-    for device in devices() {
+    for device in cpu_and_default() {
         println!("on {device:?}");
         run_steps_on(name, kind, &device);
     }
