@@ -152,9 +152,9 @@ const LAYERS: &[Layer] = &[
 /// Per-layer times of the training conv kernels (`cpu_conv::{forward, grad_input, grad_weight}`).
 fn backward(a: &Args) {
     println!("yolov8n training convolutions at {0}x{0}, batch {1}, {3} of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters, if a.min { "minimum" } else { "median" });
-    println!("| layer | c_in→c_out | k/s | in | forward | dX | dW | dW im2col | dW shifted | dX GFLOP/s | dW GFLOP/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut totals = [0.0; 5];
+    println!("| layer | c_in→c_out | k/s | in | forward | dX | dW | dW direct | dW im2col | dW shifted | dX GFLOP/s | dW GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut totals = [0.0; 6];
     let mut flops = 0.0;
     let values = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| (((i + seed) * 7919) % 1000) as f32 / 1000.0 - 0.5).collect() };
     for &(name, c_in, c_out, k, s, div, count) in LAYERS.iter().filter(|l| a.only.as_ref().is_none_or(|o| l.0.contains(o.as_str()))) {
@@ -176,6 +176,9 @@ fn backward(a: &Args) {
                 std::hint::black_box(cpu_conv::grad_weight(&g, a.batch, &x, &dy));
             }),
             measure(a.cpu_time, a.iters, || {
+                std::hint::black_box(cpu_conv::grad_weight_with(&g, a.batch, &x, &dy, Method::Direct));
+            }),
+            measure(a.cpu_time, a.iters, || {
                 std::hint::black_box(cpu_conv::grad_weight_with(&g, a.batch, &x, &dy, Method::Im2col));
             }),
             measure(a.cpu_time, a.iters, || {
@@ -188,23 +191,25 @@ fn backward(a: &Args) {
         }
         flops += flop * n;
         println!(
-            "| {name} | {c_in}→{c_out} | {k}/{s} | {side} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} |",
+            "| {name} | {c_in}→{c_out} | {k}/{s} | {side} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} |",
             t[0] * n,
             t[1] * n,
             t[2] * n,
             t[3] * n,
             t[4] * n,
+            t[5] * n,
             flop / t[1] / 1e6,
             flop / t[2] / 1e6
         );
     }
     println!(
-        "| total | | | | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
+        "| total | | | | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
         totals[0],
         totals[1],
         totals[2],
         totals[3],
         totals[4],
+        totals[5],
         flops / totals[1] / 1e6,
         flops / totals[2] / 1e6
     );

@@ -391,7 +391,9 @@ pub fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> Vec<f32>
 }
 
 /// Gradient of the conv's weight, `dW[co, (ci, ky, kx)] = Σ_images Σ_pixels dY · im2col(X)`:
-/// dot-product micro-kernels over `dY` rows and im2col rows (`packed::grad_weight_dot`) for convs
+/// Winograd `F(3x3, 2x2)` on the dot-product micro-kernels for 3x3 stride-1 convs with padding 1
+/// (`packed::winograd_grad`), else dot-product micro-kernels over `dY` rows and im2col rows
+/// (`packed::grad_weight_dot`) for convs
 /// larger than 1x1 with at least 16x16 output pixels, else one `gemm`-crate GEMM per (image,
 /// pixel tile) accumulating into a per-task `[C_out, K]` block, the blocks summed at the end.
 ///
@@ -401,7 +403,8 @@ pub fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32]) -> Vec<f32
     grad_weight_with(g, batch, x, dy, Method::Auto)
 }
 
-/// [`grad_weight`] with an explicit [`Method`]: `Auto` as [`grad_weight`]; `Shifted` runs one
+/// [`grad_weight`] with an explicit [`Method`]: `Auto` as [`grad_weight`]; `Direct` as `Auto`
+/// without Winograd (what it is measured and tested against); `Shifted` runs one
 /// GEMM per kernel tap over the zero-padded input for stride-1 convs that are not 1x1;
 /// `Im2col` one GEMM per pixel tile. Measured per layer (`conv-layers --backward`, yolov8n at 320, batch 8, both
 /// cores), the per-tap GEMMs were slower on every layer at 20x20 and above (9 long tasks per
@@ -415,7 +418,14 @@ pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], metho
     // yolov8n at 320, batch 8): convs larger than 1x1 whose output has at least 16x16 pixels
     // (10-20% less time). On 1x1 convs and small maps the gemm crate's packed GEMM was up to 2x
     // faster: short dot products pay their final reductions too often.
-    if method == Method::Auto && !g.is_pointwise() && g.oh * g.ow >= 256 {
+    // Winograd `F(3x3, 2x2)` for 3x3 stride-1 convs (`packed::winograd_grad`: 16 multiply-adds
+    // per 2x2 output pixels instead of 36), on the dot-product kernels.
+    if method == Method::Auto && packed::winograd_grad::pays(g, batch) {
+        if let Some(kern) = gemm_kernel::dot_kernel() {
+            return packed::winograd_grad::grad_weight(g, batch, x, dy, kern);
+        }
+    }
+    if matches!(method, Method::Auto | Method::Direct) && !g.is_pointwise() && g.oh * g.ow >= 256 {
         if let Some(kern) = gemm_kernel::dot_kernel() {
             return grad_weight_dot(g, batch, x, dy, kern);
         }
@@ -1273,6 +1283,54 @@ mod tests {
                 let got = grad_weight_dot(&g, b, &x, &dy, kern);
                 for (i, (a, e)) in got.iter().zip(&im2col).enumerate() {
                     assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{kern:?} {b}x{c_in}->{c_out} {h}x{w} k{k} s{st} p{p}: [{i}] {a} vs {e}");
+                }
+            }
+        }
+    }
+
+    /// Winograd `F(3x3, 2x2)` dW (every dot kernel; chunks of 16 to 64 tiles so that small
+    /// inputs reach several chunks, groups and rows of tiles per chunk) against an f64 direct
+    /// sum, relative to the sum of the terms' magnitudes: odd and even sides, one-pixel maps,
+    /// channel counts off the kernels' blocks. The direct dot-product path is held to the same
+    /// bound, to show the transforms cost no accuracy that matters.
+    #[test]
+    fn winograd_weight_gradient_matches_f64() {
+        let shapes = [(2, 5, 7, 9, 11), (1, 16, 12, 8, 8), (3, 3, 4, 1, 1), (2, 7, 9, 13, 6), (1, 33, 5, 4, 21)];
+        for &(b, c_in, c_out, h, w) in &shapes {
+            let g = Geometry::new([c_in, c_out], [h, w], [3, 3], [1, 1], [1, 1]);
+            let x = seeded_values(b * c_in * h * w, 11, true, 0.0);
+            let dy = seeded_values(b * c_out * h * w, 12, true, 0.0);
+            let (mut exact, mut scale) = (vec![0f64; c_out * c_in * 9], vec![0f64; c_out * c_in * 9]);
+            for img in 0..b {
+                for co in 0..c_out {
+                    for ci in 0..c_in {
+                        for t in 0..9 {
+                            let (ky, kx) = (t / 3, t % 3);
+                            for y in 0..h {
+                                for xx in 0..w {
+                                    let (iy, ix) = (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let p = dy[((img * c_out + co) * h + y) * w + xx] as f64 * x[((img * c_in + ci) * h + iy as usize) * w + ix as usize] as f64;
+                                    exact[(co * c_in + ci) * 9 + t] += p;
+                                    scale[(co * c_in + ci) * 9 + t] += p.abs();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let check = |got: &[f32], what: &str| {
+                for (i, ((&a, e), s)) in got.iter().zip(&exact).zip(&scale).enumerate() {
+                    assert!((a as f64 - e).abs() <= 2e-6 * s + 1e-30, "{what} {b}x{c_in}->{c_out} {h}x{w}: [{i}] {a} vs {e} (scale {s})");
+                }
+            };
+            check(&grad_weight_with(&g, b, &x, &dy, Method::Direct), "direct");
+            check(&grad_weight(&g, b, &x, &dy), "auto");
+            for kern in gemm_kernel::portable_dot_kernels().into_iter().chain(gemm_kernel::dot_kernel()) {
+                for target in [16, 40, 64, 1024] {
+                    check(&packed::winograd_grad::grad_weight_chunked(&g, b, &x, &dy, kern, target), &format!("{kern:?} chunks of {target}"));
                 }
             }
         }

@@ -8,6 +8,7 @@ use super::*;
 use std::mem::MaybeUninit;
 
 pub(super) mod winograd;
+pub(super) mod winograd_grad;
 
 /// How the packed micro-kernel paths run a conv, and so how its weights are packed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
