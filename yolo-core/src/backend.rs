@@ -16,6 +16,26 @@ pub fn default_device() -> Device {
     Device::default()
 }
 
+/// Keeps memory freed by the CPU backend in the process for its next buffers (glibc on Linux;
+/// elsewhere nothing): buffers up to 1 GB come from the heap instead of fresh `mmap`s, and
+/// the heap is not trimmed. A training step or a forward pass frees and allocates the same
+/// large activation and scratch buffers again and again; by default glibc maps the larger
+/// ones afresh each time (its threshold adapts only up to the sizes it has seen freed) and
+/// returns freed memory, so every reuse costs a page fault and a kernel zero-fill per 4 KB
+/// page. Measured on yolov8n's 320 px, batch-8 train step (`train-time`): minor page faults
+/// 185k -> 104k per run, peak RSS unchanged (383 -> 388 MB), median step 0.88-1.0x over 7
+/// interleaved pairs. The memory stays with the process until it exits, so the binaries
+/// call this at start (a long-running server's RSS stays at its peak); a library user
+/// decides for their own process. Call it before starting threads.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters (glibc takes its own lock).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// The CPU device (flex).
 pub fn cpu_device() -> Device {
     Device::flex()

@@ -82,6 +82,7 @@ struct ShapesCmd {
 }
 
 fn main() -> ExitCode {
+    yolo_core::backend::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Val(c) => run_val(c),

@@ -105,6 +105,7 @@ fn shapes_data() -> Result<PathBuf> {
 }
 
 fn main() -> Result<()> {
+    yolo_core::backend::keep_freed_memory();
     let cli = Cli::parse();
     let report = if cli.json {
         Report::Json

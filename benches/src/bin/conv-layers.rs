@@ -215,21 +215,11 @@ fn backward(a: &Args) {
     );
 }
 
-/// Keeps freed memory in the process: each layer here allocates and frees the same large
-/// buffers run after run, which glibc would otherwise return to the kernel and fault in
-/// afresh every time (a quarter of a layer's time on large maps, a cost the whole forward
-/// pass, whose buffers vary in size, mostly does not pay).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 fn main() {
-    keep_freed_memory();
+    // Each layer here allocates and frees the same large buffers run after run, which glibc
+    // would otherwise return to the kernel and fault in afresh every time (a quarter of a
+    // layer's time on large maps).
+    yolo_core::backend::keep_freed_memory();
     let a = Args::parse();
     MIN.store(a.min, std::sync::atomic::Ordering::Relaxed);
     if a.kernel {

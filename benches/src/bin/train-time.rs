@@ -28,6 +28,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the binaries do (`yolo-train`, `yolo-infer`).
+    backend::keep_freed_memory();
     let a = Args::parse();
     let device = backend::default_device();
     let mut step = TrainStep::new(a.scale, a.batch, a.imgsz, &device);

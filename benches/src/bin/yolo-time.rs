@@ -24,6 +24,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the binaries do (`yolo-train`, `yolo-infer`).
+    backend::keep_freed_memory();
     let a = Args::parse();
     let device = backend::default_device();
     let (model, _) = weights::load_model(&a.weights, &device)?;
