@@ -26,8 +26,12 @@ pub fn default_device() -> Device {
 /// 185k -> 104k per run, peak RSS unchanged (383 -> 388 MB), median step 0.88-1.0x over 7
 /// interleaved pairs. The memory stays with the process until it exits, so the binaries
 /// call this at start (a long-running server's RSS stays at its peak); a library user
-/// decides for their own process. Call it before starting threads.
+/// decides for their own process. Call it before starting threads. `YOLO_RS_KEEP_FREED=0`
+/// leaves glibc's defaults (for a process that must give memory back, and for A/B runs).
 pub fn keep_freed_memory() {
+    if std::env::var("YOLO_RS_KEEP_FREED").is_ok_and(|v| v == "0") {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters (glibc takes its own lock).
     unsafe {
