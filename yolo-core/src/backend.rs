@@ -66,9 +66,10 @@ pub fn cpu_and_default() -> Vec<Device> {
 /// forward, about 1 ms per forward on the 2-core CI machine (a quarter of a 64x64 forward,
 /// ~5% at 320). On a pool thread the regions run inline, shared with idle workers by work
 /// stealing. `f` must not block on work that itself needs the pool (a worker waiting on a
-/// channel fed by pool jobs would hold one of its threads). The trainer does not use it yet:
-/// with its steps on the pool, a resumed run's validation losses differed from an
-/// uninterrupted run's in the fourth digit (`yolo-train/tests/train.rs`), not yet understood.
+/// channel fed by pool jobs would hold one of its threads). The trainer runs each step here
+/// too. `f` runs on whichever worker takes it: state kept per thread must not leak into
+/// results (Burn's `RunningState` does, unless each update is read back on its own thread at
+/// once, as the BatchNorm op does).
 ///
 /// While `f` runs, the other workers are kept awake (see [`keep_awake`]): between two parallel
 /// regions a sleeping rayon worker has to be woken by a futex, which on a VM with idle vCPUs

@@ -520,22 +520,31 @@ fn run(
             }
             let batch = host.to_device(&ad);
             images += idx.len();
-            let out = model.forward(batch.images);
-            let loss = v8_detection_loss(&out, &meta, &batch.targets, &loss_cfg);
-            let items = loss_items(loss.components)?;
-            if items.iter().any(|v| !v.is_finite()) {
-                return Err(TrainError::NonFiniteLoss { epoch: epoch + 1, batch: i });
-            }
+            // The step runs on rayon's pool, where the CPU kernels' parallel regions run
+            // inline instead of being handed over from this thread one by one.
+            let (next, items) = yolo_core::backend::on_cpu_pool(|| {
+                let out = model.forward(batch.images);
+                let loss = v8_detection_loss(&out, &meta, &batch.targets, &loss_cfg);
+                let items = match loss_items(loss.components) {
+                    Ok(items) if items.iter().all(|v| v.is_finite()) => items,
+                    Ok(_) => return (model, Err(TrainError::NonFiniteLoss { epoch: epoch + 1, batch: i })),
+                    Err(e) => return (model, Err(e)),
+                };
+                let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+                accum.accumulate(&model, grads);
+                let mut model = model;
+                if ni as i64 - last_opt_step >= accumulate_now as i64 {
+                    let (grads, _norm) = clip_grad_norm(&model, accum.grads(), MAX_GRAD_NORM);
+                    model = optim.step(lr, model, grads);
+                    last_opt_step = ni as i64;
+                    ema.update(&model.valid());
+                }
+                (model, Ok(items))
+            });
+            model = next;
+            let items = items?;
             for k in 0..3 {
                 tloss[k] = (tloss[k] * i as f64 + items[k]) / (i + 1) as f64;
-            }
-            let grads = GradientsParams::from_grads(loss.total.backward(), &model);
-            accum.accumulate(&model, grads);
-            if ni as i64 - last_opt_step >= accumulate_now as i64 {
-                let (grads, _norm) = clip_grad_norm(&model, accum.grads(), MAX_GRAD_NORM);
-                model = optim.step(lr, model, grads);
-                last_opt_step = ni as i64;
-                ema.update(&model.valid());
             }
             if report == Report::Bar {
                 let secs = t0.elapsed().as_secs_f64();

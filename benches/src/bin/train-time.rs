@@ -25,6 +25,11 @@ struct Args {
     /// backward, clip + SGD).
     #[arg(long)]
     phases: bool,
+    /// Run each step from the main thread instead of on rayon's pool (`backend::on_cpu_pool`,
+    /// where the trainer runs its steps): every parallel region is then handed over to the
+    /// pool, for A/B runs.
+    #[arg(long)]
+    off_pool: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,7 +41,7 @@ fn main() -> anyhow::Result<()> {
     let mut loss = 0.0;
     let mut phases = Vec::new();
     let times = yolo_benches::times_ms(a.warmup, a.iters, || {
-        let (l, wall, cpu) = step.step_phases();
+        let (l, wall, cpu) = if a.off_pool { step.step_phases() } else { backend::on_cpu_pool(|| step.step_phases()) };
         loss = l;
         phases.push([wall, cpu]);
     });

@@ -411,6 +411,13 @@ fn batch_norm_train_act(bn: &BatchNorm, x: Tensor<4>, silu: bool) -> Result<Tens
     let running_var = running_var.mul_scalar(1.0 - bn.momentum).add(var.mul_scalar(bn.momentum));
     bn.running_mean.update(running_mean.detach());
     bn.running_var.update(running_var.detach());
+    // Burn keeps each thread's update apart until that same thread reads it back
+    // (`value_sync`), and averages the threads' updates then. Steps run on whichever rayon
+    // worker picks them up (the trainer runs them on the pool), so fold this update in now:
+    // the next step reads it on any thread. A division by 1, exact: the statistics are those
+    // of Ultralytics' single-threaded update, bit for bit the same on any thread.
+    bn.running_mean.value_sync();
+    bn.running_var.value_sync();
     Ok(y)
 }
 
@@ -425,6 +432,39 @@ mod tests {
         let device = crate::backend::cpu_device();
         let bn = BatchNormConfig::new(2).init(&device);
         assert!(batch_norm_train(&bn, Tensor::<4>::zeros([1, 2, 3, 3], &device)).is_err());
+    }
+
+    /// Training steps run on whichever rayon worker takes them (the trainer runs its steps
+    /// on the pool): three forwards, each on a thread of its own, leave the same running
+    /// statistics, bit for bit, as three on one thread. Burn's `RunningState` keeps updates
+    /// per thread until that thread reads them back; without folding each update in at once,
+    /// a forward on a new thread read a stale value, and the threads' values were averaged.
+    #[test]
+    fn running_statistics_do_not_depend_on_the_thread() {
+        let device = crate::backend::cpu_device().autodiff();
+        let xs: Vec<TensorData> = (0..3)
+            .map(|i| Tensor::<4>::random([2, 3, 5, 4], Distribution::Normal(i as f64, 1.0 + i as f64), &device).into_data())
+            .collect();
+        let stats = |threads: bool| {
+            let bn = BatchNormConfig::new(3).with_momentum(0.1).init(&device);
+            for x in &xs {
+                let forward = || {
+                    batch_norm_silu_train(&bn, Tensor::<4>::from_data(x.clone(), &device)).unwrap_or_else(|_| panic!("refused"));
+                };
+                if threads {
+                    std::thread::scope(|s| {
+                        s.spawn(forward);
+                    });
+                } else {
+                    forward();
+                }
+            }
+            let v = |t: Tensor<1>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
+            (v(bn.running_mean.value_sync()), v(bn.running_var.value_sync()))
+        };
+        let (one, many) = (stats(false), stats(true));
+        assert_eq!(one, many);
+        assert!(one.0.iter().any(|&m| m != 0.0), "the running mean moved");
     }
 
     #[test]
