@@ -411,14 +411,28 @@ fn batch_norm_train_act(bn: &BatchNorm, x: Tensor<4>, silu: bool) -> Result<Tens
     let running_var = running_var.mul_scalar(1.0 - bn.momentum).add(var.mul_scalar(bn.momentum));
     bn.running_mean.update(running_mean.detach());
     bn.running_var.update(running_var.detach());
-    // Burn keeps each thread's update apart until that same thread reads it back
-    // (`value_sync`), and averages the threads' updates then. Steps run on whichever rayon
-    // worker picks them up (the trainer runs them on the pool), so fold this update in now:
-    // the next step reads it on any thread. A division by 1, exact: the statistics are those
-    // of Ultralytics' single-threaded update, bit for bit the same on any thread.
+    fold_running_stats(bn);
+    Ok(y)
+}
+
+/// `silu(bn.forward(x))` by Burn's `BatchNorm` (devices and dtypes [`batch_norm_silu_train`]
+/// does not run on), its running statistics' update folded in as ours is.
+pub fn burn_batch_norm_silu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let y = super::act::silu(bn.forward(x));
+    fold_running_stats(bn);
+    y
+}
+
+/// Folds the running statistics' latest update into their shared value. Burn keeps each
+/// thread's update apart until that same thread reads it back (`value_sync`), and averages
+/// the threads' updates then. Steps run on whichever rayon worker picks them up (the trainer
+/// runs them on the pool), so a step on another thread would read a stale value: folded in
+/// at once, the next step reads it on any thread. A division by 1, exact: the statistics are
+/// those of Ultralytics' single-threaded update, bit for bit the same on any thread. Nothing
+/// to do (a lock and an empty map) when there was no update.
+fn fold_running_stats(bn: &BatchNorm) {
     bn.running_mean.value_sync();
     bn.running_var.value_sync();
-    Ok(y)
 }
 
 #[cfg(test)]
@@ -436,7 +450,8 @@ mod tests {
 
     /// Training steps run on whichever rayon worker takes them (the trainer runs its steps
     /// on the pool): three forwards, each on a thread of its own, leave the same running
-    /// statistics, bit for bit, as three on one thread. Burn's `RunningState` keeps updates
+    /// statistics, bit for bit, as three on one thread; by our op and by Burn's `BatchNorm`
+    /// (what GPU devices run). Burn's `RunningState` keeps updates
     /// per thread until that thread reads them back; without folding each update in at once,
     /// a forward on a new thread read a stale value, and the threads' values were averaged.
     #[test]
@@ -445,11 +460,16 @@ mod tests {
         let xs: Vec<TensorData> = (0..3)
             .map(|i| Tensor::<4>::random([2, 3, 5, 4], Distribution::Normal(i as f64, 1.0 + i as f64), &device).into_data())
             .collect();
-        let stats = |threads: bool| {
+        let stats = |threads: bool, ours: bool| {
             let bn = BatchNormConfig::new(3).with_momentum(0.1).init(&device);
             for x in &xs {
                 let forward = || {
-                    batch_norm_silu_train(&bn, Tensor::<4>::from_data(x.clone(), &device)).unwrap_or_else(|_| panic!("refused"));
+                    let x = Tensor::<4>::from_data(x.clone(), &device);
+                    if ours {
+                        batch_norm_silu_train(&bn, x).unwrap_or_else(|_| panic!("refused"));
+                    } else {
+                        burn_batch_norm_silu(&bn, x);
+                    }
                 };
                 if threads {
                     std::thread::scope(|s| {
@@ -462,9 +482,11 @@ mod tests {
             let v = |t: Tensor<1>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
             (v(bn.running_mean.value_sync()), v(bn.running_var.value_sync()))
         };
-        let (one, many) = (stats(false), stats(true));
-        assert_eq!(one, many);
-        assert!(one.0.iter().any(|&m| m != 0.0), "the running mean moved");
+        for ours in [true, false] {
+            let (one, many) = (stats(false, ours), stats(true, ours));
+            assert_eq!(one, many, "ours: {ours}");
+            assert!(one.0.iter().any(|&m| m != 0.0), "the running mean moved (ours: {ours})");
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Conv {
             // Training: the conv as one op with its own backward on the CPU backend.
             let y = conv_op::conv2d(x, &self.conv).unwrap_or_else(|x| self.conv.forward(x));
             // BatchNorm + SiLU as one op there too.
-            bn_op::batch_norm_silu_train(&self.bn, y).unwrap_or_else(|y| silu(self.bn.forward(y)))
+            bn_op::batch_norm_silu_train(&self.bn, y).unwrap_or_else(|y| bn_op::burn_batch_norm_silu(&self.bn, y))
         }
     }
 

@@ -23,11 +23,12 @@
 //! rounding is that of a few more additions; the tests hold it to an f64 reference.
 //!
 //! The tiles (`batch · ⌈H/2⌉ · ⌈W/2⌉`) are cut into chunks of whole tile rows whose
-//! transforms stay in L2 for their dot products. A task is (group of chunks, row `i` of the
-//! 4x4 transforms: the positions `4i..4i + 4`): it transforms only that row of every tile of
-//! its chunks and sums its chunks in order into its own `[4, C_out, C_in]` block. The group
-//! count does not depend on the thread count and the blocks are added in order, so the result
-//! is the same bits however the tasks are run.
+//! transforms stay in L2 for their dot products. A task is a group of chunks: for each chunk
+//! it splits the input and `dY` rows into phase planes once, then for each row `i` of the 4x4
+//! transforms (the positions `4i..4i + 4`) transforms that row of every tile and runs its 4
+//! dot products, summing its chunks in order into its own `[16, C_out, C_in]` block. The
+//! group count does not depend on the thread count and the blocks are added in order, so the
+//! result is the same bits however the tasks are run.
 
 use super::*;
 use crate::nn::act::multiversion;
@@ -45,7 +46,7 @@ pub(in crate::nn::cpu_conv) fn supports(g: &Geometry) -> bool {
 /// often: there the direct dot products over pixels were faster.
 pub(in crate::nn::cpu_conv) fn pays(g: &Geometry, batch: usize) -> bool {
     let p = g.w.div_ceil(2) + 1;
-    supports(g) && (batch * g.h.div_ceil(2)).div_ceil((chunk_target(g) / p).max(1)) >= 4
+    supports(g) && (batch * g.h.div_ceil(2)).div_ceil((CHUNK_SLOTS / p).max(1)) >= 4
 }
 
 /// Slots per chunk aimed at: 256, so that a task's buffers (the chunk's phase planes and one
@@ -55,9 +56,7 @@ pub(in crate::nn::cpu_conv) fn pays(g: &Geometry, batch: usize) -> bool {
 /// a 64 -> 64 conv at 40x40 1.4x faster at 256 and 384 slots on one thread, 1.1x at 512, 0.5x
 /// at 1024; on both threads 1.25x at 128-256. A 16 -> 16 conv at 80x80 on both threads: level
 /// at 256, 0.9x at 512, 0.64x at 1024.
-fn chunk_target(_g: &Geometry) -> usize {
-    256
-}
+const CHUNK_SLOTS: usize = 256;
 
 /// Groups of chunks at most: each has its own block of sums, added at the end.
 const MAX_GROUPS: usize = 8;
@@ -67,7 +66,7 @@ const MAX_GROUPS: usize = 8;
 /// # Shapes
 /// - `x`: `[B, C_in, H, W]`, `dy`: `[B, C_out, H, W]`; output `[C_out, C_in, 3, 3]`
 pub(in crate::nn::cpu_conv) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: DotKernel) -> Vec<f32> {
-    grad_weight_chunked(g, batch, x, dy, kern, chunk_target(g))
+    grad_weight_chunked(g, batch, x, dy, kern, CHUNK_SLOTS)
 }
 
 /// [`grad_weight`] with chunks of about `target` tiles (the tests use small ones to reach
