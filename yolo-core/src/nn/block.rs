@@ -199,7 +199,7 @@ impl Sppf {
     }
 
     /// The k x k max-pool (stride 1, same size): separable and vectorised on the CPU backend
-    /// for inference, Burn's op elsewhere.
+    /// (inference and training, `cpu_pool`), Burn's op elsewhere.
     fn pool(&self, x: Tensor<4>) -> Tensor<4> {
         let m = &self.m;
         let [k, kw] = m.kernel_size;
