@@ -392,8 +392,9 @@ pub fn grad_input(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> Vec<f32>
 
 /// Gradient of the conv's weight, `dW[co, (ci, ky, kx)] = Σ_images Σ_pixels dY · im2col(X)`:
 /// Winograd `F(3x3, 2x2)` on the dot-product micro-kernels for 3x3 stride-1 convs with padding 1
-/// (`packed::winograd_grad`), else dot-product micro-kernels over `dY` rows and im2col rows
-/// (`packed::grad_weight_dot`) for convs
+/// (`packed::winograd_grad`), else for convs larger than 1x1 with a small `dY` the dot-product
+/// micro-kernels along all images' pixels at once (`packed::grad_weight_batch_dot`), else
+/// dot-product micro-kernels over `dY` rows and im2col rows (`packed::grad_weight_dot`) for convs
 /// larger than 1x1 with at least 16x16 output pixels, else one `gemm`-crate GEMM per (image,
 /// pixel tile) accumulating into a per-task `[C_out, K]` block, the blocks summed at the end.
 ///
@@ -423,6 +424,13 @@ pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], metho
     if method == Method::Auto && packed::winograd_grad::pays(g, batch) {
         if let Some(kern) = gemm_kernel::dot_kernel() {
             return packed::winograd_grad::grad_weight(g, batch, x, dy, kern);
+        }
+    }
+    // Small maps of convs larger than 1x1: the dot products along all images' pixels at once
+    // (`grad_weight_batch_dot`, where it was measured faster).
+    if method == Method::Auto && !g.is_pointwise() && batch * g.c_out * g.oh * g.ow <= packed::BATCH_DOT_FLOATS {
+        if let Some(kern) = gemm_kernel::dot_kernel() {
+            return packed::grad_weight_batch_dot(g, batch, x, dy, kern);
         }
     }
     if matches!(method, Method::Auto | Method::Direct) && !g.is_pointwise() && g.oh * g.ow >= 256 {
@@ -1262,7 +1270,7 @@ mod tests {
     /// The dot-product dW (every kernel; the portable ones check the AVX-512 blocking) against
     /// the im2col GEMM one (which `conv_op`'s tests hold to Burn's gradient): strides 1 and 2,
     /// 1x1, channel counts that are not multiples of the blocks, several pixel tiles, images
-    /// and im2col row chunks.
+    /// and im2col row chunks; per image and along all images at once.
     #[test]
     fn dot_weight_gradient_matches_im2col() {
         let shapes = [
@@ -1280,9 +1288,15 @@ mod tests {
             let dy = vals(b * c_out * oh * ow, 2);
             let im2col = grad_weight_with(&g, b, &x, &dy, Method::Im2col);
             for kern in gemm_kernel::portable_dot_kernels().into_iter().chain(gemm_kernel::dot_kernel()) {
-                let got = grad_weight_dot(&g, b, &x, &dy, kern);
-                for (i, (a, e)) in got.iter().zip(&im2col).enumerate() {
-                    assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{kern:?} {b}x{c_in}->{c_out} {h}x{w} k{k} s{st} p{p}: [{i}] {a} vs {e}");
+                let mut runs = vec![("per image", grad_weight_dot(&g, b, &x, &dy, kern))];
+                // Along all images at once, with segments that cross image boundaries.
+                for seg in [16, 40, 1024] {
+                    runs.push(("batch", packed::grad_weight_batch_dot_seg(&g, b, &x, &dy, kern, seg)));
+                }
+                for (what, got) in runs {
+                    for (i, (a, e)) in got.iter().zip(&im2col).enumerate() {
+                        assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "{what} {kern:?} {b}x{c_in}->{c_out} {h}x{w} k{k} s{st} p{p}: [{i}] {a} vs {e}");
+                    }
                 }
             }
         }
