@@ -229,6 +229,155 @@ pub(super) fn grad_weight_batch_dot_seg(g: &Geometry, batch: usize, x: &[f32], d
     dw
 }
 
+/// Pixels of `dY` per band in [`grad_input_col2im`]: the band's columns (`Wᵀ·dY` for a block
+/// of input channels) stay in L2 until they are added into `dX`.
+const COL2IM_BAND: usize = 512;
+
+/// Most `(channel, tap)` rows per task in [`grad_input_col2im`].
+const COL2IM_ROWS: usize = 144;
+
+/// Longest reduction (output channels) per micro-kernel call in [`grad_input_col2im`].
+const COL2IM_KC: usize = 128;
+
+/// `dX` of a conv with stride > 1 (or any conv the stride-1 path does not take): the columns
+/// `Wᵀ·dY` by our packed micro-kernel, added back into `dX` (col2im) band by band while they
+/// are in cache. Tasks are (image, block of input channels) and own their `dX` planes; a
+/// block's `(channel, tap)` rows fill whole `mr`-row panels where the channel count allows
+/// (4 channels of a 3x3 kernel: 36 rows, 3 panels). Each band of whole output rows packs its
+/// `dY` pixels into `nr`-wide panels once for all of the block's row panels, and the
+/// accumulated columns are added into the block's planes one (row, tap) segment at a time.
+/// (Before: the `gemm` crate per (image, block), which repacked the whole `dY` image for every
+/// block, then a per-element col2im over a `[rows, H·W]` buffer.)
+///
+/// # Shapes
+/// - `dy`: `[B, C_out, oh, ow]`, `w`: `[C_out, C_in, kh, kw]`; output `[B, C_in, H, W]`
+pub(super) fn grad_input_col2im(g: &Geometry, batch: usize, dy: &[f32], w: &[f32], kern: Kernel) -> Vec<f32> {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let (khw, k, hw_in, hw) = (g.kh * g.kw, g.k(), g.h * g.w, g.oh * g.ow);
+    if batch * g.c_in * hw_in == 0 {
+        return Vec::new();
+    }
+    // Channels per block: rows in whole panels where the channel count allows, up to about
+    // COL2IM_ROWS rows (every band's packed dY panels serve all of them), while there are at
+    // least 4 tasks per thread.
+    let whole = (1..=mr).find(|c| (c * khw) % mr == 0).filter(|c| g.c_in % c == 0).unwrap_or(1);
+    let min_tasks = 4 * rayon::current_num_threads().max(1);
+    let mut cib = whole;
+    while g.c_in % (2 * cib) == 0 && 2 * cib * khw <= COL2IM_ROWS && batch * g.c_in / (2 * cib) >= min_tasks {
+        cib *= 2;
+    }
+    let blocks = g.c_in / cib;
+    let rows = cib * khw;
+    let panels = rows.div_ceil(mr);
+    // Wᵀ ([C_in·kh·kw, C_out]) packed per block: block b's panel p at (b·panels + p)·C_out·mr.
+    let mut a = vec![0f32; blocks * panels * g.c_out * mr];
+    a.par_chunks_exact_mut(g.c_out * mr).enumerate().for_each(|(i, panel)| {
+        let (b, p) = (i / panels, i % panels);
+        gemm_kernel::pack_a_panel(panel, p, rows, g.c_out, mr, |r, co| w[co * k + b * rows + r]);
+    });
+    // Stride 2 across, 3 taps, padding 1 (YOLO's downsampling convs): a fused col2im.
+    let s2k3 = g.sw == 2 && g.kw == 3 && g.pw == 1 && g.ow == (g.w - 1) / 2 + 1;
+    let band_rows = (COL2IM_BAND / g.ow.max(1)).clamp(1, g.oh.max(1));
+    let band_px = band_rows * g.ow;
+    let ldc = band_px.div_ceil(nr) * nr;
+    let kc_max = COL2IM_KC.min(g.c_out).max(1);
+    let (dx, _) = par_fill(batch * g.c_in * hw_in, cib * hw_in, |task, dst| {
+        let (img, blk) = (task / blocks, task % blocks);
+        let ab = &a[blk * panels * g.c_out * mr..(blk + 1) * panels * g.c_out * mr];
+        let dy_img = &dy[img * g.c_out * hw..(img + 1) * g.c_out * hw];
+        let mut acc = vec![0f32; panels * mr * ldc];
+        let mut bbuf = vec![0f32; kc_max * nr];
+        for oy0 in (0..g.oh).step_by(band_rows) {
+            let oy1 = (oy0 + band_rows).min(g.oh);
+            let (p0, n) = (oy0 * g.ow, (oy1 - oy0) * g.ow);
+            for q in 0..n.div_ceil(nr) {
+                let (c0, cn) = (p0 + q * nr, nr.min(n - q * nr));
+                for k0 in (0..g.c_out).step_by(kc_max) {
+                    let kc = kc_max.min(g.c_out - k0);
+                    for (kk, row) in bbuf.chunks_exact_mut(nr).take(kc).enumerate() {
+                        let src = &dy_img[(k0 + kk) * hw + c0..(k0 + kk) * hw + c0 + cn];
+                        row[..cn].copy_from_slice(src);
+                        row[cn..].fill(0.0);
+                    }
+                    for p in 0..panels {
+                        let ap = ab[(p * g.c_out + k0) * mr..(p * g.c_out + k0 + kc) * mr].as_ptr();
+                        let c = acc[p * mr * ldc + q * nr..].as_mut_ptr();
+                        // SAFETY: ap holds kc·mr values and bbuf kc·nr (slices above); c is mr
+                        // rows of nr values ldc apart inside acc (q·nr + nr <= ldc).
+                        unsafe { kern.run(kc, ap, mr, bbuf.as_ptr(), nr, c, ldc, k0 > 0) };
+                    }
+                }
+            }
+            // col2im: row r = (channel, ky, kx) of the band's columns goes to dX[channel,
+            // oy·sh + ky − ph, ox·sw + kx − pw].
+            if s2k3 {
+                // The three taps of a kernel row in one pass over each dX row.
+                for (ci, plane) in dst.chunks_exact_mut(hw_in).enumerate() {
+                    for ky in 0..g.kh {
+                        let r = ci * khw + ky * 3;
+                        let (c0, c1, c2) = (&acc[r * ldc..r * ldc + n], &acc[(r + 1) * ldc..(r + 1) * ldc + n], &acc[(r + 2) * ldc..(r + 2) * ldc + n]);
+                        for (i, oy) in (oy0..oy1).enumerate() {
+                            let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                            if iy >= 0 && (iy as usize) < g.h {
+                                let seg = i * g.ow..(i + 1) * g.ow;
+                                let row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                                col2im_s2k3_row(&c0[seg.clone()], &c1[seg.clone()], &c2[seg], row);
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            for r in 0..rows {
+                let (ci, t) = (r / khw, r % khw);
+                let (ky, kx) = (t / g.kw, t % g.kw);
+                let plane = &mut dst[ci * hw_in..(ci + 1) * hw_in];
+                let cols = &acc[r * ldc..r * ldc + n];
+                for (oy, seg) in (oy0..oy1).zip(cols.chunks_exact(g.ow)) {
+                    let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                    if iy >= 0 && (iy as usize) < g.h {
+                        let row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        scatter_add_row(seg, row, g.sw, kx as isize - g.pw as isize);
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+/// One dX row of a stride-2, 3-tap, padding-1 conv from the columns of its three taps `c0`,
+/// `c1`, `c2` (one output row each): column `2j` gets `c1[j]`, column `2j + 1` gets `c2[j] +
+/// c0[j + 1]` (tap 0 of output column 0 falls in the padding).
+#[inline]
+fn col2im_s2k3_row(c0: &[f32], c1: &[f32], c2: &[f32], row: &mut [f32]) {
+    let (ow, w) = (c1.len(), row.len());
+    let full = (w / 2).min(ow - 1);
+    for (pair, ((a, b), c)) in row[..2 * full].chunks_exact_mut(2).zip(c1.iter().zip(c2).zip(&c0[1..])) {
+        pair[0] += a;
+        pair[1] += b + c;
+    }
+    for j in full..ow {
+        if 2 * j < w {
+            row[2 * j] += c1[j];
+        }
+        if 2 * j + 1 < w {
+            row[2 * j + 1] += c2[j] + if j + 1 < ow { c0[j + 1] } else { 0.0 };
+        }
+    }
+}
+
+/// `row[t·s + off] += seg[t]` for every `t` whose column falls inside `row`.
+#[inline]
+fn scatter_add_row(seg: &[f32], row: &mut [f32], s: usize, off: isize) {
+    let w = row.len() as isize;
+    let t_lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(s) };
+    let t_hi = if off >= w { 0 } else { (((w - 1 - off) as usize) / s + 1).min(seg.len()) };
+    for t in t_lo..t_hi {
+        row[(t as isize * s as isize + off) as usize] += seg[t];
+    }
+}
+
 /// `dst = act(src + bias)`: an accumulator row written to the output with its epilogue.
 #[inline]
 fn epilogue_copy(src: &[f32], dst: &mut [f32], bias: Option<f32>, act: Activation) {
