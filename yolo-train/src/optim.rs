@@ -183,6 +183,11 @@ impl Optimizer for NesterovSgd {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let m = self.momentum.get();
+        // The same update in one parallel pass on the CPU backend (the same bits).
+        let v = state.as_ref().map(|s| &s.velocity);
+        if let Some((p, velocity)) = yolo_core::nn::sgd_op::nesterov_sgd_step(&tensor, &grad, v, self.weight_decay, m, lr) {
+            return (p, Some(VelocityState { velocity }));
+        }
         let g = if self.weight_decay != 0.0 {
             grad + tensor.clone().mul_scalar(self.weight_decay)
         } else {
@@ -309,10 +314,16 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f6
     struct Norm<'a> {
         grads: &'a GradientsParams,
         sum: Option<Tensor<1>>,
+        /// The squares summed on the CPU backend in one parallel pass (f64 across chunks).
+        cpu_sum: Option<f64>,
     }
     impl ModuleVisitor for Norm<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.get::<D>(param.id) {
+                if let Some(s) = yolo_core::nn::sgd_op::sum_squares(&g) {
+                    self.cpu_sum = Some(self.cpu_sum.unwrap_or(0.0) + s);
+                    return;
+                }
                 let s = g.powi_scalar(2).sum();
                 self.sum = Some(match self.sum.take() {
                     Some(acc) => acc + s,
@@ -328,7 +339,8 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f6
     impl ModuleMapper for Scale {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             if let Some(g) = self.grads.remove::<D>(param.id) {
-                self.grads.register(param.id, g.mul_scalar(self.coef));
+                let g = yolo_core::nn::sgd_op::scale(&g, self.coef).unwrap_or_else(|| g.mul_scalar(self.coef));
+                self.grads.register(param.id, g);
             }
             param
         }
@@ -336,12 +348,14 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f6
     let mut n = Norm {
         grads: &grads,
         sum: None,
+        cpu_sum: None,
     };
     model.visit(&mut n);
-    let Some(sum) = n.sum else {
+    if n.sum.is_none() && n.cpu_sum.is_none() {
         return (grads, 0.0);
-    };
-    let norm = (sum.into_scalar::<f32>() as f64).sqrt();
+    }
+    let sum = n.sum.map_or(0.0, |s| s.into_scalar::<f32>() as f64) + n.cpu_sum.unwrap_or(0.0);
+    let norm = sum.sqrt();
     let coef = max_norm / (norm + 1e-6);
     if coef >= 1.0 {
         return (grads, norm);

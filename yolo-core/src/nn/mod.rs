@@ -11,6 +11,7 @@ pub mod cpu_pool;
 pub mod dfl_op;
 pub mod gemm_kernel;
 pub mod head;
+pub mod sgd_op;
 pub mod upsample_op;
 
 pub use block::{Bottleneck, BottleneckConfig, C2f, C2fConfig, Sppf, SppfConfig};
