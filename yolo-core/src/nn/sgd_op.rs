@@ -1,5 +1,5 @@
-//! The optimizer step of training (`yolo-train`'s `NesterovSgd` and `clip_grad_norm`) as one
-//! parallel pass per parameter on the `flex` CPU backend.
+//! The optimizer step of training (`yolo-train`'s `NesterovSgd`, `clip_grad_norm` and the EMA
+//! blend) as one parallel pass per parameter on the `flex` CPU backend.
 //!
 //! As tensor ops the SGD update is six elementwise passes per parameter, each allocating, and
 //! the gradient norm two more, on one thread (Burn's `flex` ops): ~12 ms of a yolov8n step at
@@ -106,6 +106,27 @@ pub fn scale<const D: usize>(t: &Tensor<D>, c: f64) -> Option<Tensor<D>> {
     Some(flex_tensor(out, t.dims()))
 }
 
+/// `a·wa + b·wb` (weights rounded to f32, each product and the sum rounded as `mul_scalar`
+/// and `+` round them: the same bits) of two f32 `flex` tensors of one shape, on all cores;
+/// `None` for other tensors. The EMA's blend (`ema·d + model·(1 − d)`).
+pub fn blend<const D: usize>(a: &Tensor<D>, b: &Tensor<D>, wa: f64, wb: f64) -> Option<Tensor<D>> {
+    if a.dims() != b.dims() {
+        return None;
+    }
+    let (fa, fb) = (flex_f32(a.clone())?, flex_f32(b.clone())?);
+    let (xa, xb) = (fa.as_slice::<f32>()?, fb.as_slice::<f32>()?);
+    let (wa, wb) = (wa as f32, wb as f32);
+    let mut out = Vec::<f32>::with_capacity(xa.len());
+    out.spare_capacity_mut()[..xa.len()].par_chunks_mut(CHUNK).zip(xa.par_chunks(CHUNK).zip(xb.par_chunks(CHUNK))).for_each(|(o, (x, y))| {
+        for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
+            o.write(x * wa + y * wb);
+        }
+    });
+    // SAFETY: the chunks above cover and write every element.
+    unsafe { out.set_len(xa.len()) };
+    Some(flex_tensor(out, a.dims()))
+}
+
 /// `Σ x²` of an f32 `flex` tensor, on all cores (f32 lanes per chunk, chunks added in f64 in
 /// order: the same value on any thread count); `None` for other tensors.
 pub fn sum_squares<const D: usize>(t: &Tensor<D>) -> Option<f64> {
@@ -184,6 +205,18 @@ mod tests {
         let t = Tensor::<2>::from_data(burn::tensor::TensorData::new(v, [1, 20_011]), &device);
         let bits = |t: Tensor<2>| -> Vec<u32> { t.into_data().try_to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect() };
         assert_eq!(bits(scale(&t, 0.123456789).expect("flex tensor")), bits(t.mul_scalar(0.123456789)));
+    }
+
+    #[test]
+    fn blend_matches_tensor_ops_bit_for_bit() {
+        let device = crate::backend::cpu_device();
+        let t = |k: usize| -> Tensor<2> {
+            let v: Vec<f32> = (0..20_011).map(|i| (((i + k) * 7919) % 1001) as f32 / 250.0 - 2.0).collect();
+            Tensor::from_data(burn::tensor::TensorData::new(v, [20_011, 1]), &device)
+        };
+        let (a, b, d) = (t(1), t(2), 0.9993_f64);
+        let bits = |t: Tensor<2>| -> Vec<u32> { t.into_data().try_to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect() };
+        assert_eq!(bits(blend(&a, &b, d, 1.0 - d).expect("flex tensors")), bits(a.mul_scalar(d) + b.mul_scalar(1.0 - d)));
     }
 
     #[test]
