@@ -90,7 +90,13 @@ pub(in crate::nn::cpu_conv) fn grad_weight_chunked(g: &Geometry, batch: usize, x
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let p = tw + 1;
     let rows = batch * th;
-    let rows_per = (target / p).max(1);
+    // Past MAX_GROUPS chunks, a multiple of MAX_GROUPS of them (slightly shorter), so that
+    // the groups get equal shares: 14 chunks made 7 groups of 2, 4 tasks on one thread and 3
+    // on the other.
+    let mut rows_per = (target / p).max(1);
+    if rows.div_ceil(rows_per) > MAX_GROUPS {
+        rows_per = rows.div_ceil(rows.div_ceil(rows_per).next_multiple_of(MAX_GROUPS));
+    }
     let chunks = rows.div_ceil(rows_per);
     let groups = chunks.min(MAX_GROUPS);
     let per_group = chunks.div_ceil(groups);
