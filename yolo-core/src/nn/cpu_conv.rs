@@ -225,7 +225,8 @@ pub enum Method {
     /// for the rest.
     Auto,
     /// [`Method::Auto`] without Winograd: every conv by direct summation (what the Winograd
-    /// path is measured and tested against).
+    /// path is measured and tested against); for `dW`, also without the batch-spanning dot
+    /// products (`packed::grad_weight_batch_dot`), so the per-image paths stay measurable.
     Direct,
     /// im2col + one `gemm`-crate GEMM for every conv.
     Im2col,
@@ -409,7 +410,7 @@ fn grad_input_gemm(g: &Geometry, batch: usize, dy: &[f32], w: &[f32]) -> Vec<f32
 
 /// Gradient of the conv's weight, `dW[co, (ci, ky, kx)] = Σ_images Σ_pixels dY · im2col(X)`:
 /// Winograd `F(3x3, 2x2)` on the dot-product micro-kernels for 3x3 stride-1 convs with padding 1
-/// (`packed::winograd_grad`), else for convs larger than 1x1 with a small `dY` the dot-product
+/// (`packed::winograd_grad`), else for convs other than plain 1x1 ones with a small `dY` the dot-product
 /// micro-kernels along all images' pixels at once (`packed::grad_weight_batch_dot`), else
 /// dot-product micro-kernels over `dY` rows and im2col rows (`packed::grad_weight_dot`) for convs
 /// larger than 1x1 with at least 16x16 output pixels, else one `gemm`-crate GEMM per (image,
@@ -443,8 +444,9 @@ pub fn grad_weight_with(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], metho
             return packed::winograd_grad::grad_weight(g, batch, x, dy, kern);
         }
     }
-    // Small maps of convs larger than 1x1: the dot products along all images' pixels at once
-    // (`grad_weight_batch_dot`, where it was measured faster).
+    // Small maps of convs other than plain 1x1 ones (`is_pointwise`: 1x1, stride 1, no
+    // padding): the dot products along all images' pixels at once (`grad_weight_batch_dot`,
+    // where it was measured faster).
     if method == Method::Auto && !g.is_pointwise() && batch * g.c_out * g.oh * g.ow <= packed::BATCH_DOT_FLOATS {
         if let Some(kern) = gemm_kernel::dot_kernel() {
             return packed::grad_weight_batch_dot(g, batch, x, dy, kern);

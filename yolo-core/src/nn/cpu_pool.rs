@@ -5,11 +5,13 @@
 //! comparison at a time: 7% of yolov8n's inference and ~2% of a training step for SPPF's three
 //! small pools. A k x k window max is separable (the max over rows of the max over columns), so
 //! [`max_pool_same`] does two passes of k comparisons per element, which vectorise, on all
-//! cores. Padding acts as -inf, as PyTorch's and Burn's.
+//! cores. Padding acts as -inf, and a NaN in a window makes its maximum NaN, as in PyTorch's
+//! and Burn's pools.
 //!
 //! The backward adds each output's gradient at the first maximum of its window in row-major
-//! order, as PyTorch's and Burn's pools do (their scan keeps a new maximum only when it is
-//! strictly greater). It recomputes those positions from the saved input, separably: the rows
+//! order (the last NaN if there is one, the window's first element if all of it is -inf), as
+//! PyTorch's and Burn's pools do (their scan keeps a new maximum only when it is strictly
+//! greater, or NaN). It recomputes those positions from the saved input, separably: the rows
 //! pass keeps each row window's first maximal column, the columns pass the first row whose row
 //! maximum is the window's maximum; the first row holding the maximum, at its first maximal
 //! column, is the row-major first. No index tensor is kept between the passes.
@@ -50,6 +52,16 @@ pub trait MaxPoolOps: Backend {
     fn max_pool_same_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, k: usize) -> FloatTensor<Self>;
 }
 
+/// The larger of `m` and `v`, NaN if either is (as the pools' scan keeps a NaN).
+#[inline(always)]
+fn max_nan(m: f32, v: f32) -> f32 {
+    if v > m || v.is_nan() {
+        v
+    } else {
+        m
+    }
+}
+
 /// `[B, C, H, W]` of a 4-D tensor.
 fn dims4(t: &FlexTensor) -> [usize; 4] {
     let s = t.shape();
@@ -60,6 +72,9 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
 impl MaxPoolOps for Flex {
     fn max_pool_same(x: FlexTensor, k: usize) -> FlexTensor {
         let [b, c, h, w] = dims4(&x);
+        if h * w == 0 {
+            return flex_primitive(Vec::new(), Shape::new([b, c, h, w]));
+        }
         let xs = flex_values(&x);
         let r = k / 2;
         let mut out = vec![0f32; xs.len()];
@@ -69,7 +84,7 @@ impl MaxPoolOps for Flex {
                 // Rows: rowmax[y, x] = max over src[y, x - r ..= x + r] (clamped to the row).
                 for (d, s) in rowmax.chunks_exact_mut(w).zip(src.chunks_exact(w)) {
                     for (x, v) in d.iter_mut().enumerate() {
-                        *v = s[x.saturating_sub(r)..(x + r + 1).min(w)].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        *v = s[x.saturating_sub(r)..(x + r + 1).min(w)].iter().copied().fold(f32::NEG_INFINITY, max_nan);
                     }
                 }
                 // Columns: dst[y] = elementwise max of rowmax[y - r ..= y + r] (clamped), one
@@ -79,7 +94,7 @@ impl MaxPoolOps for Flex {
                     d.copy_from_slice(&rowmax[y0 * w..(y0 + 1) * w]);
                     for yy in y0 + 1..y1 {
                         for (a, b) in d.iter_mut().zip(&rowmax[yy * w..(yy + 1) * w]) {
-                            *a = a.max(*b);
+                            *a = max_nan(*a, *b);
                         }
                     }
                 }
@@ -97,12 +112,19 @@ impl MaxPoolOps for Flex {
         let (out, _) = par_fill(b * c * plane, plane.max(1), |i, dst| {
             let src = &xs[i * plane..(i + 1) * plane];
             let g = &gs[i * plane..(i + 1) * plane];
-            // Rows: the first column of each row window holding its maximum, and that maximum.
-            let mut rowmax = vec![f32::NEG_INFINITY; plane];
+            // Rows: the first column of each row window holding its maximum (the last NaN if
+            // there is one), and that maximum; the window's first column when all of it is
+            // -inf.
+            let mut rowmax = vec![0f32; plane];
             let mut rowarg = vec![0u32; plane];
             for y in 0..h {
                 let (s, m, a) = (&src[y * w..(y + 1) * w], &mut rowmax[y * w..(y + 1) * w], &mut rowarg[y * w..(y + 1) * w]);
-                // Offsets in window order: a later column wins only when strictly greater.
+                for x in 0..w {
+                    m[x] = s[x.saturating_sub(r)];
+                    a[x] = x.saturating_sub(r) as u32;
+                }
+                // Offsets in window order: a later column wins only when strictly greater (or
+                // NaN), as in the scan of Burn's and PyTorch's pools.
                 for t in 0..k {
                     for x in 0..w {
                         let xx = x + t;
@@ -110,7 +132,7 @@ impl MaxPoolOps for Flex {
                             continue;
                         }
                         let v = s[xx - r];
-                        if v > m[x] {
+                        if v > m[x] || v.is_nan() {
                             m[x] = v;
                             a[x] = (xx - r) as u32;
                         }
@@ -125,7 +147,7 @@ impl MaxPoolOps for Flex {
                 arg.iter_mut().for_each(|a| *a = y0);
                 for yy in y0 + 1..y1 {
                     for ((m, a), v) in best.iter_mut().zip(arg.iter_mut()).zip(&rowmax[yy * w..(yy + 1) * w]) {
-                        if *v > *m {
+                        if *v > *m || v.is_nan() {
                             *m = *v;
                             *a = yy;
                         }
@@ -234,6 +256,40 @@ mod tests {
                 assert!((a - e).abs() <= 1e-5 * (1.0 + e.abs()), "k {k}, shape {shape:?}, coarse {coarse}, element {i}: {a} vs {e}");
             }
         }
+    }
+
+    /// Windows that are all -inf (the gradient goes to the window's first element) and a NaN
+    /// (the maximum of every window holding it, and the gradient's target), against Burn's
+    /// pool; an empty map.
+    #[test]
+    fn infinities_and_nan_match_burn_max_pool() {
+        let device = crate::backend::cpu_device().autodiff();
+        let (k, shape) = (3, [1, 2, 6, 7]);
+        let mut v: Vec<f32> = (0..84).map(|i| ((i * 37) % 23) as f32 / 7.0 - 1.5).collect();
+        for i in 0..21 {
+            v[i] = f32::NEG_INFINITY; // rows 0-2 of channel 0
+        }
+        v[42 + 3 * 7 + 4] = f32::NAN; // channel 1, row 3, column 4
+        let x0 = burn::tensor::TensorData::new(v, shape);
+        let r = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let pool = MaxPool2dConfig::new([k, k]).with_strides([1, 1]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init();
+        let run = |ours: bool| {
+            let x = Tensor::<4>::from_data(x0.clone(), &device).require_grad();
+            let y = if ours { max_pool_same(x.clone(), k).unwrap_or_else(|_| panic!("refused")) } else { pool.forward(x.clone()) };
+            let g = (y.clone() * r.clone()).sum().backward();
+            let v = |t: Tensor<4>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
+            (v(y), v(x.grad(&g).unwrap()))
+        };
+        let ((y_ours, g_ours), (y_burn, g_burn)) = (run(true), run(false));
+        let same = |a: f32, e: f32| (a.is_nan() && e.is_nan()) || a == e || (a - e).abs() <= 1e-5 * (1.0 + e.abs());
+        for (i, (a, e)) in y_ours.iter().zip(&y_burn).enumerate() {
+            assert!(same(*a, *e), "value {i}: {a} vs {e}");
+        }
+        for (i, (a, e)) in g_ours.iter().zip(&g_burn).enumerate() {
+            assert!(same(*a, *e), "gradient {i}: {a} vs {e}");
+        }
+        let empty = Tensor::<4>::zeros([2, 3, 0, 5], &device);
+        assert_eq!(max_pool_same(empty, 5).unwrap_or_else(|_| panic!("refused")).dims(), [2, 3, 0, 5]);
     }
 
     #[test]

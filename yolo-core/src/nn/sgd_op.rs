@@ -40,7 +40,9 @@ pub fn nesterov_sgd_step<const D: usize>(p: &Tensor<D>, grad: &Tensor<D>, v: Opt
         Some(t) => Some(t.as_slice::<f32>()?),
         None => None,
     };
-    // The tensor ops take their scalars as f32 (`mul_scalar` converts the f64).
+    // The tensor ops take their scalars as f32 (`mul_scalar` converts the f64); whether to
+    // decay is decided on the f64, as the tensor-op version does.
+    let decay = wd != 0.0;
     let (wd, m, lr) = (wd as f32, m as f32, lr as f32);
     let n = ps.len();
     let (mut new_p, mut new_v) = (Vec::<f32>::with_capacity(n), Vec::<f32>::with_capacity(n));
@@ -52,7 +54,7 @@ pub fn nesterov_sgd_step<const D: usize>(p: &Tensor<D>, grad: &Tensor<D>, v: Opt
             let r = i * CHUNK..i * CHUNK + po.len();
             let (p, g) = (&ps[r.clone()], &gs[r.clone()]);
             // One loop per case (decay or not, first step or not), so that each vectorises.
-            match (wd != 0.0, vs) {
+            match (decay, vs) {
                 (true, Some(vs)) => update(po, vo, p, g, &vs[r], |p, g| g + p * wd, m, lr),
                 (false, Some(vs)) => update(po, vo, p, g, &vs[r], |_, g| g, m, lr),
                 (true, None) => update_first(po, vo, p, g, |p, g| g + p * wd, m, lr),

@@ -254,8 +254,8 @@ const COL2IM_KC: usize = 128;
 pub(super) fn grad_input_col2im(g: &Geometry, batch: usize, dy: &[f32], w: &[f32], kern: Kernel) -> Vec<f32> {
     let (mr, nr) = (kern.mr, kern.nr);
     let (khw, k, hw_in, hw) = (g.kh * g.kw, g.k(), g.h * g.w, g.oh * g.ow);
-    if batch * g.c_in * hw_in == 0 {
-        return Vec::new();
+    if batch * g.c_in * hw_in == 0 || g.c_out == 0 {
+        return vec![0.0; batch * g.c_in * hw_in];
     }
     // Channels per block: rows in whole panels where the channel count allows, up to about
     // COL2IM_ROWS rows (every band's packed dY panels serve all of them), while there are at

@@ -90,9 +90,9 @@ pub(in crate::nn::cpu_conv) fn grad_weight_chunked(g: &Geometry, batch: usize, x
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let p = tw + 1;
     let rows = batch * th;
-    // Past MAX_GROUPS chunks, a multiple of MAX_GROUPS of them (slightly shorter), so that
-    // the groups get equal shares: 14 chunks made 7 groups of 2, 4 tasks on one thread and 3
-    // on the other.
+    // Past MAX_GROUPS chunks, rows per chunk for the next multiple of MAX_GROUPS chunks
+    // (rounding can leave a few fewer), so that the groups get about equal shares: 14 chunks
+    // had made 7 groups of 2, 4 tasks on one thread and 3 on the other (now 16 chunks).
     let mut rows_per = (target / p).max(1);
     if rows.div_ceil(rows_per) > MAX_GROUPS {
         rows_per = rows.div_ceil(rows.div_ceil(rows_per).next_multiple_of(MAX_GROUPS));
