@@ -49,9 +49,19 @@ def synced(fn, dev):
     return run
 
 
+OURS_TIMEOUT_S = 240
+
+
 def ours(exe, args, backend):
     env = {**os.environ, "BURN_DEVICE": backend}
-    out = subprocess.run([exe, *map(str, args), "--all"], check=True, capture_output=True, text=True, env=env)
+    try:
+        # A bound on each run, so that a hung GPU run leaves time for the rest on a lent machine.
+        out = subprocess.run([exe, *map(str, args), "--all"], capture_output=True, text=True, env=env,
+                             timeout=OURS_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        sys.exit(f"{os.path.basename(exe)} {' '.join(map(str, args))}: no result after {e.timeout} s")
+    if out.returncode != 0:
+        sys.exit(f"{os.path.basename(exe)} {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stderr[-4000:]}")
     line = json.loads(out.stdout.strip().splitlines()[-1])
     return line["times_ms"], line.get("device", "?")
 

@@ -7,6 +7,7 @@
 #   .whl/  the Ultralytics wheel (pure Python; its needs are in that machine's image)
 # All three are ignored by git; the device tool's `run` carries them:
 #   run(command="bash benches/gpu/run.sh", carry=[".gpu", ".gl", ".whl"], timeout_s=540)
+# `prepare.sh --tests` also packs the parity tests for benches/gpu/tests.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -16,6 +17,22 @@ for b in yolo-time train-time; do
     strip -o ".gpu/$b" "target/release/$b"
     xz -T0 -9 -f ".gpu/$b"
 done
+# With --tests: the parity tests (model outputs, train step) built for wgpu, for benches/gpu/tests.sh
+# (another ~21 MB compressed: with the binaries above and the working tree, ~58 of the 64 MiB).
+if [ "${1:-}" = "--tests" ]; then
+    for t in "yolo-core model" "yolo-train train_step"; do
+        set -- $t
+        exe=$(cargo test --release --locked --features wgpu -p "$1" --test "$2" --no-run --message-format=json \
+            | python3 -c 'import json, sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])')
+        strip -o ".gpu/test-$2" "$exe"
+        xz -T0 -6 -f ".gpu/test-$2"
+    done
+    pwd > .gpu/built_at
+fi
 
 python3 -m pip download -q --no-deps --only-binary=:all: -d .whl ultralytics==8.4.190
 

@@ -3,28 +3,7 @@
 # .gpu, .gl and .whl (carried there). Arguments go to gpu_compare.py; the log goes to $OUT.
 #   run(command="bash benches/gpu/run.sh", carry=[".gpu", ".gl", ".whl"], timeout_s=540)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-out="${OUT:-/tmp/yolo-rs-gpu}"
-mkdir -p "$out"
-
-# The Vulkan loader (wgpu's way to the GPU) is not in that machine's image.
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
-egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-[ -f "$egl" ] && export __EGL_VENDOR_LIBRARY_FILENAMES="$egl"
-
-# The binaries, compressed by prepare.sh (Python's lzma: xz itself may be missing there).
-bin=/tmp/yolo-rs-bin
-mkdir -p "$bin"
-for b in yolo-time train-time; do
-    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' ".gpu/$b.xz" "$bin/$b" || exit 1
-    chmod +x "$bin/$b"
-done
-
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+source "$(dirname "$0")/env.sh" || exit 1
 
 { nvidia-smi -L; nproc; } 2>&1 | tee "$out/machine.txt"
 python3 benches/gpu_compare.py --exe-dir "$bin" "$@" 2>&1 | tee "$out/gpu_compare.log"

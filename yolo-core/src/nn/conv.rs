@@ -76,11 +76,11 @@ impl Conv {
             // One pass per tile on the CPU backend; Burn's conv elsewhere.
             match cpu_conv::conv2d_cached(x, &self.conv, Activation::Silu, &self.packed) {
                 Ok(y) => y,
-                Err(x) => silu(self.conv.forward(x)),
+                Err(x) => silu(conv_op::conv2d_any(x, &self.conv)),
             }
         } else {
             // Training: the conv as one op with its own backward on the CPU backend.
-            let y = conv_op::conv2d(x, &self.conv).unwrap_or_else(|x| self.conv.forward(x));
+            let y = conv_op::conv2d(x, &self.conv).unwrap_or_else(|x| conv_op::conv2d_any(x, &self.conv));
             // BatchNorm + SiLU as one op there too.
             bn_op::batch_norm_silu_train(&self.bn, y).unwrap_or_else(|y| bn_op::burn_batch_norm_silu(&self.bn, y))
         }

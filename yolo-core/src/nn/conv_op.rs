@@ -19,8 +19,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::conv::Conv2d;
-use burn::nn::PaddingConfig2d;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::ops::PadMode;
+use burn::tensor::{DType, Shape, Slice, Tensor};
 use burn_flex::FlexTensor;
 
 use super::cpu_conv::{self, flex_values, Activation, Geometry, Method};
@@ -152,20 +152,11 @@ pub fn conv2d(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
     if !cpu_conv::is_flex(&device) || x.dtype() != DType::F32 {
         return Err(x);
     }
-    if conv.groups != 1 || conv.dilation != [1, 1] {
+    let Some(padding) = cpu_conv::plain_padding(x.dims(), conv) else {
         return Err(x);
-    }
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => [0, 0],
-        PaddingConfig2d::Explicit(t, l, b, r) if t == b && l == r => [t, l],
-        _ => return Err(x),
     };
-    let [_, c_in, h, w] = x.dims();
-    let [c_out, wc_in, kh, kw] = conv.weight.dims();
+    let [c_out, _, _, _] = conv.weight.dims();
     let s = conv.stride;
-    if wc_in != c_in || h + 2 * padding[0] < kh || w + 2 * padding[1] < kw || s[0] == 0 || s[1] == 0 {
-        return Err(x);
-    }
     let weight = conv.weight.val();
     if weight.dtype() != DType::F32 {
         return Err(x);
@@ -177,15 +168,125 @@ pub fn conv2d(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
     })
 }
 
+/// `conv(x)` where neither our CPU conv nor its op applies: on the GPU backends
+/// [`conv2d_matmul`] when training (Burn's direct kernel's weight gradient was the slow
+/// part) and for inference convs of at least [`MATMUL_MIN_FLOPS`] (below that, the direct
+/// kernel's two launches cost less host time than im2col's dozen: at batch 1 the whole
+/// forward was twice as long with the matmul everywhere); Burn's conv otherwise (and on the
+/// CPU backend in another dtype, and for convs [`conv2d_matmul`] refuses).
+/// `YOLO_RS_GPU_CONV=matmul|direct` forces one or the other, for measuring.
+///
+/// # Shapes
+/// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
+pub fn conv2d_any(x: Tensor<4>, conv: &Conv2d) -> Tensor<4> {
+    let device = x.device();
+    if !cpu_conv::is_flex(&device) {
+        let matmul = match gpu_conv_mode() {
+            GpuConv::Matmul => true,
+            GpuConv::Direct => false,
+            GpuConv::Auto => device.is_autodiff() || conv_flops(&x, conv) >= MATMUL_MIN_FLOPS,
+        };
+        if matmul {
+            match conv2d_matmul(x, conv) {
+                Ok(y) => return y,
+                Err(x) => return conv.forward(x),
+            }
+        }
+    }
+    conv.forward(x)
+}
+
+/// The multiply-adds times two of an inference conv from which [`conv2d_any`] takes the
+/// matmul on a GPU (a guess from whole-forward timings on an H200: 640 px batch 8 went
+/// 53 -> 32 ms with the matmul everywhere, batch 1 12 -> 24 ms).
+pub const MATMUL_MIN_FLOPS: f64 = 5e8;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum GpuConv {
+    Auto,
+    Matmul,
+    Direct,
+}
+
+fn gpu_conv_mode() -> GpuConv {
+    static MODE: std::sync::OnceLock<GpuConv> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("YOLO_RS_GPU_CONV").as_deref() {
+        Ok("matmul") => GpuConv::Matmul,
+        Ok("direct") => GpuConv::Direct,
+        _ => GpuConv::Auto,
+    })
+}
+
+/// `2·B·C_out·oh·ow·C_in·kh·kw` (groups and dilation aside: an estimate for choosing a path).
+fn conv_flops(x: &Tensor<4>, conv: &Conv2d) -> f64 {
+    let [b, _, h, w] = x.dims();
+    let [c_out, c_in, kh, kw] = conv.weight.dims();
+    let [sh, sw] = conv.stride;
+    let (oh, ow) = (h / sh.max(1), w / sw.max(1));
+    2.0 * (b * c_out * oh * ow * c_in * kh * kw) as f64
+}
+
+/// `conv(x)` (bias included) as im2col and one batched matrix product in Burn's tensor ops,
+/// differentiated by Burn's autodiff: the conv of the GPU backends. Burn 0.22.1's own conv
+/// on `wgpu` ran every YOLO conv, forward and weight gradient, with its direct kernel (its
+/// implicit-GEMM candidates need cooperative-matrix tiles that WGSL does not have), ~0.2
+/// TFLOP/s on an H200; a matrix product runs on the backend's tiled matmul instead. The
+/// columns take `kh·kw` times the input's memory (none for a 1x1 stride-1 conv: the input
+/// is the matrix). `Err(x)` for groups or dilation other than 1 and `Same` or asymmetric
+/// padding, for the caller to run Burn's conv.
+///
+/// # Shapes
+/// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
+pub fn conv2d_matmul(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
+    let Some([ph, pw]) = cpu_conv::plain_padding(x.dims(), conv) else {
+        return Err(x);
+    };
+    let [b, c_in, h, w] = x.dims();
+    let [c_out, _, kh, kw] = conv.weight.dims();
+    let [sh, sw] = conv.stride;
+    let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
+    let k = c_in * kh * kw;
+    let cols = if kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 {
+        x.reshape([b, c_in, h * w])
+    } else {
+        let xp = if ph + pw > 0 { x.pad((pw, pw, ph, ph), PadMode::Constant(0.0)) } else { x };
+        // Tap (ky, kx): the padded input's rows ky, ky + sh, … and columns kx, kx + sw, …;
+        // stacked after the channel axis, rows of the matrix are (channel, ky, kx) as the
+        // weight's [C_out, C_in, kh, kw] flattens.
+        let taps = (0..kh * kw)
+            .map(|t| {
+                let (ky, kx) = ((t / kw) as isize, (t % kw) as isize);
+                let rows = Slice::new(ky, Some(ky + ((oh - 1) * sh) as isize + 1), sh as isize);
+                let cols = Slice::new(kx, Some(kx + ((ow - 1) * sw) as isize + 1), sw as isize);
+                xp.clone().slice([Slice::from(..), Slice::from(..), rows, cols])
+            })
+            .collect::<Vec<_>>();
+        Tensor::<4>::stack::<5>(taps, 2).reshape([b, k, oh * ow])
+    };
+    let y = conv.weight.val().reshape([1, c_out, k]).matmul(cols).reshape([b, c_out, oh, ow]);
+    Ok(match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, c_out, 1, 1]),
+        None => y,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
     use burn::tensor::Distribution;
 
     /// Forward output and the gradients of x, weight and bias of `Σ out · r` (r random), ours
     /// against Burn's conv.
     fn check(b: usize, c_in: usize, c_out: usize, h: usize, w: usize, k: usize, s: usize, p: usize, bias: bool) {
+        check_path(b, c_in, c_out, h, w, k, s, p, bias, conv2d);
+    }
+
+    type ConvPath = fn(Tensor<4>, &Conv2d) -> Result<Tensor<4>, Tensor<4>>;
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_path(b: usize, c_in: usize, c_out: usize, h: usize, w: usize, k: usize, s: usize, p: usize, bias: bool, path: ConvPath) {
         let device = crate::backend::cpu_device().autodiff();
         let conv = Conv2dConfig::new([c_in, c_out], [k, k])
             .with_stride([s, s])
@@ -196,7 +297,7 @@ mod tests {
         let run = |ours: bool| {
             let conv = conv.clone();
             let x = Tensor::<4>::from_data(x0.clone(), &device).require_grad();
-            let y = if ours { conv2d(x.clone(), &conv).unwrap_or_else(|_| panic!("refused")) } else { conv.forward(x.clone()) };
+            let y = if ours { path(x.clone(), &conv).unwrap_or_else(|_| panic!("refused")) } else { conv.forward(x.clone()) };
             let r = Tensor::<4>::from_data(
                 Tensor::<4>::random(y.dims(), Distribution::Normal(0.0, 1.0), &crate::backend::cpu_device())
                     .into_data(),
@@ -249,10 +350,26 @@ mod tests {
         check(3, 32, 8, 48, 40, 3, 1, 1, false);
     }
 
+    /// The GPU backends' im2col + matmul conv, checked on the CPU backend (the same tensor
+    /// ops): 1x1 with and without a matrix copy, strides 1-3, odd sizes, 5x5, bias.
+    #[test]
+    fn matmul_conv_matches_burn_conv() {
+        check_path(2, 3, 8, 16, 12, 3, 2, 1, false, conv2d_matmul);
+        check_path(2, 6, 5, 9, 11, 3, 1, 1, true, conv2d_matmul);
+        check_path(3, 7, 4, 6, 5, 1, 1, 0, false, conv2d_matmul);
+        check_path(2, 16, 5, 7, 7, 1, 1, 0, true, conv2d_matmul);
+        check_path(1, 4, 3, 9, 9, 1, 2, 0, false, conv2d_matmul);
+        check_path(2, 4, 3, 9, 8, 3, 2, 1, false, conv2d_matmul);
+        check_path(1, 3, 2, 12, 13, 5, 1, 2, true, conv2d_matmul);
+        check_path(1, 3, 2, 12, 13, 5, 3, 1, false, conv2d_matmul);
+        check_path(1, 2, 3, 6, 7, 3, 1, 0, false, conv2d_matmul);
+    }
+
     #[test]
     fn refuses_grouped_convs() {
         let device = crate::backend::cpu_device().autodiff();
         let conv = Conv2dConfig::new([4, 4], [3, 3]).with_groups(2).init(&device);
         assert!(conv2d(Tensor::<4>::zeros([1, 4, 5, 5], &device), &conv).is_err());
+        assert!(conv2d_matmul(Tensor::<4>::zeros([1, 4, 5, 5], &device), &conv).is_err());
     }
 }

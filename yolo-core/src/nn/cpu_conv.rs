@@ -234,25 +234,34 @@ pub enum Method {
     Shifted,
 }
 
+/// `conv`'s `[ph, pw]` padding on an input of `dims` when this crate's convs take it: groups
+/// and dilation 1, no or symmetric explicit padding, stride >= 1, the weight's input channels
+/// equal to the input's, a kernel that fits the padded input; `None` otherwise.
+pub fn plain_padding([_, c_in, h, w]: [usize; 4], conv: &Conv2d) -> Option<[usize; 2]> {
+    if conv.groups != 1 || conv.dilation != [1, 1] {
+        return None;
+    }
+    let [ph, pw] = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(t, l, b, r) if t == b && l == r => [t, l],
+        _ => return None,
+    };
+    let [_, wc_in, kh, kw] = conv.weight.dims();
+    let [sh, sw] = conv.stride;
+    (wc_in == c_in && h + 2 * ph >= kh && w + 2 * pw >= kw && sh > 0 && sw > 0).then_some([ph, pw])
+}
+
 /// [`conv2d`] with an explicit [`Method`], and a cache of packed weights when given.
 pub fn conv2d_with(x: Tensor<4>, conv: &Conv2d, act: Activation, method: Method, cache: Option<&PackCache>) -> Result<Tensor<4>, Tensor<4>> {
     if !supported_device(&x.device()) || x.dtype() != DType::F32 {
         return Err(x);
     }
-    if conv.groups != 1 || conv.dilation != [1, 1] {
+    let Some([ph, pw]) = plain_padding(x.dims(), conv) else {
         return Err(x);
-    }
-    let (ph, pw) = match conv.padding {
-        PaddingConfig2d::Valid => (0, 0),
-        PaddingConfig2d::Explicit(t, l, b, r) if t == b && l == r => (t, l),
-        _ => return Err(x),
     };
     let [b, c_in, h, w] = x.dims();
-    let [c_out, wc_in, kh, kw] = conv.weight.dims();
+    let [c_out, _, kh, kw] = conv.weight.dims();
     let [sh, sw] = conv.stride;
-    if wc_in != c_in || h + 2 * ph < kh || w + 2 * pw < kw || sh == 0 || sw == 0 {
-        return Err(x);
-    }
     let g = Geometry::new([c_in, c_out], [h, w], [kh, kw], [sh, sw], [ph, pw]);
 
     let Some(weight) = flex_f32(conv.weight.val()) else {

@@ -263,7 +263,7 @@ impl BranchLayer {
             Self::Conv(m) => m.forward(x),
             Self::Out(m) => cpu_conv::conv2d(x, m, Activation::Identity)
                 .or_else(|x| super::conv_op::conv2d(x, m))
-                .unwrap_or_else(|x| m.forward(x)),
+                .unwrap_or_else(|x| super::conv_op::conv2d_any(x, m)),
         }
     }
 }

@@ -285,65 +285,80 @@ pub(super) fn grad_input_col2im(g: &Geometry, batch: usize, dy: &[f32], w: &[f32
         let (img, blk) = (task / blocks, task % blocks);
         let ab = &a[blk * panels * g.c_out * mr..(blk + 1) * panels * g.c_out * mr];
         let dy_img = &dy[img * g.c_out * hw..(img + 1) * g.c_out * hw];
-        let mut acc = vec![0f32; panels * mr * ldc];
-        let mut bbuf = vec![0f32; kc_max * nr];
-        for oy0 in (0..g.oh).step_by(band_rows) {
-            let oy1 = (oy0 + band_rows).min(g.oh);
-            let (p0, n) = (oy0 * g.ow, (oy1 - oy0) * g.ow);
-            for q in 0..n.div_ceil(nr) {
-                let (c0, cn) = (p0 + q * nr, nr.min(n - q * nr));
-                for k0 in (0..g.c_out).step_by(kc_max) {
-                    let kc = kc_max.min(g.c_out - k0);
-                    for (kk, row) in bbuf.chunks_exact_mut(nr).take(kc).enumerate() {
-                        let src = &dy_img[(k0 + kk) * hw + c0..(k0 + kk) * hw + c0 + cn];
-                        row[..cn].copy_from_slice(src);
-                        row[cn..].fill(0.0);
-                    }
-                    for p in 0..panels {
-                        let ap = ab[(p * g.c_out + k0) * mr..(p * g.c_out + k0 + kc) * mr].as_ptr();
-                        let c = acc[p * mr * ldc + q * nr..].as_mut_ptr();
-                        // SAFETY: ap holds kc·mr values and bbuf kc·nr (slices above); c is mr
-                        // rows of nr values ldc apart inside acc (q·nr + nr <= ldc).
-                        unsafe { kern.run(kc, ap, mr, bbuf.as_ptr(), nr, c, ldc, k0 > 0) };
-                    }
-                }
+        // Scratch from this thread's previous tasks, not zeroed: the kernel's first reduction
+        // block overwrites every `acc` value the col2im reads, and `bbuf`'s rows are written
+        // (padding included) before each use.
+        COL2IM_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let (acc_len, b_len) = (panels * mr * ldc, kc_max * nr);
+            if buf.len() < acc_len + b_len {
+                buf.resize(acc_len + b_len, 0.0);
             }
-            // col2im: row r = (channel, ky, kx) of the band's columns goes to dX[channel,
-            // oy·sh + ky − ph, ox·sw + kx − pw].
-            if s2k3 {
-                // The three taps of a kernel row in one pass over each dX row.
-                for (ci, plane) in dst.chunks_exact_mut(hw_in).enumerate() {
-                    for ky in 0..g.kh {
-                        let r = ci * khw + ky * 3;
-                        let (c0, c1, c2) = (&acc[r * ldc..r * ldc + n], &acc[(r + 1) * ldc..(r + 1) * ldc + n], &acc[(r + 2) * ldc..(r + 2) * ldc + n]);
-                        for (i, oy) in (oy0..oy1).enumerate() {
-                            let iy = (oy * g.sh + ky) as isize - g.ph as isize;
-                            if iy >= 0 && (iy as usize) < g.h {
-                                let seg = i * g.ow..(i + 1) * g.ow;
-                                let row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                                col2im_s2k3_row(&c0[seg.clone()], &c1[seg.clone()], &c2[seg], row);
-                            }
+            let (acc, rest) = buf.split_at_mut(acc_len);
+            let bbuf = &mut rest[..b_len];
+            for oy0 in (0..g.oh).step_by(band_rows) {
+                let oy1 = (oy0 + band_rows).min(g.oh);
+                let (p0, n) = (oy0 * g.ow, (oy1 - oy0) * g.ow);
+                for q in 0..n.div_ceil(nr) {
+                    let (c0, cn) = (p0 + q * nr, nr.min(n - q * nr));
+                    for k0 in (0..g.c_out).step_by(kc_max) {
+                        let kc = kc_max.min(g.c_out - k0);
+                        for (kk, row) in bbuf.chunks_exact_mut(nr).take(kc).enumerate() {
+                            let src = &dy_img[(k0 + kk) * hw + c0..(k0 + kk) * hw + c0 + cn];
+                            row[..cn].copy_from_slice(src);
+                            row[cn..].fill(0.0);
+                        }
+                        for p in 0..panels {
+                            let ap = ab[(p * g.c_out + k0) * mr..(p * g.c_out + k0 + kc) * mr].as_ptr();
+                            let c = acc[p * mr * ldc + q * nr..].as_mut_ptr();
+                            // SAFETY: ap holds kc·mr values and bbuf kc·nr (slices above); c is mr
+                            // rows of nr values ldc apart inside acc (q·nr + nr <= ldc).
+                            unsafe { kern.run(kc, ap, mr, bbuf.as_ptr(), nr, c, ldc, k0 > 0) };
                         }
                     }
                 }
-                continue;
-            }
-            for r in 0..rows {
-                let (ci, t) = (r / khw, r % khw);
-                let (ky, kx) = (t / g.kw, t % g.kw);
-                let plane = &mut dst[ci * hw_in..(ci + 1) * hw_in];
-                let cols = &acc[r * ldc..r * ldc + n];
-                for (oy, seg) in (oy0..oy1).zip(cols.chunks_exact(g.ow)) {
-                    let iy = (oy * g.sh + ky) as isize - g.ph as isize;
-                    if iy >= 0 && (iy as usize) < g.h {
-                        let row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        scatter_add_row(seg, row, g.sw, kx as isize - g.pw as isize);
+                // col2im: row r = (channel, ky, kx) of the band's columns goes to dX[channel,
+                // oy·sh + ky − ph, ox·sw + kx − pw].
+                if s2k3 {
+                    // The three taps of a kernel row in one pass over each dX row.
+                    for (ci, plane) in dst.chunks_exact_mut(hw_in).enumerate() {
+                        for ky in 0..g.kh {
+                            let r = ci * khw + ky * 3;
+                            let (c0, c1, c2) = (&acc[r * ldc..r * ldc + n], &acc[(r + 1) * ldc..(r + 1) * ldc + n], &acc[(r + 2) * ldc..(r + 2) * ldc + n]);
+                            for (i, oy) in (oy0..oy1).enumerate() {
+                                let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                                if iy >= 0 && (iy as usize) < g.h {
+                                    let seg = i * g.ow..(i + 1) * g.ow;
+                                    let row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                                    col2im_s2k3_row(&c0[seg.clone()], &c1[seg.clone()], &c2[seg], row);
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+                for r in 0..rows {
+                    let (ci, t) = (r / khw, r % khw);
+                    let (ky, kx) = (t / g.kw, t % g.kw);
+                    let plane = &mut dst[ci * hw_in..(ci + 1) * hw_in];
+                    let cols = &acc[r * ldc..r * ldc + n];
+                    for (oy, seg) in (oy0..oy1).zip(cols.chunks_exact(g.ow)) {
+                        let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                        if iy >= 0 && (iy as usize) < g.h {
+                            let row = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                            scatter_add_row(seg, row, g.sw, kx as isize - g.pw as isize);
+                        }
                     }
                 }
             }
-        }
+        });
     });
     dx
+}
+
+thread_local! {
+    /// Per-thread `acc` and `bbuf` of [`grad_input_col2im`], reused across tasks and calls.
+    static COL2IM_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// One dX row of a stride-2, 3-tap, padding-1 conv from the columns of its three taps `c0`,
