@@ -55,13 +55,16 @@ OURS_TIMEOUT_S = 240
 def ours(exe, args, backend):
     env = {**os.environ, "BURN_DEVICE": backend}
     try:
-        # A bound on each run, so that a hung GPU run leaves time for the rest on a lent machine.
+        # A bound on each run: a hung GPU run is reported as failed and the next one starts.
         out = subprocess.run([exe, *map(str, args), "--all"], capture_output=True, text=True, env=env,
                              timeout=OURS_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
-        sys.exit(f"{os.path.basename(exe)} {' '.join(map(str, args))}: no result after {e.timeout} s")
+        print(f"{os.path.basename(exe)} {' '.join(map(str, args))}: no result after {e.timeout} s", file=sys.stderr)
+        return None, "?"
     if out.returncode != 0:
-        sys.exit(f"{os.path.basename(exe)} {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stderr[-4000:]}")
+        print(f"{os.path.basename(exe)} {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stderr[-4000:]}",
+              file=sys.stderr)
+        return None, "?"
     line = json.loads(out.stdout.strip().splitlines()[-1])
     return line["times_ms"], line.get("device", "?")
 
@@ -71,6 +74,9 @@ def stats(t):
 
 
 def row(label, t_ours, t_pt):
+    if not t_ours:  # yolo-rs failed or ran out of time (its error is on stderr)
+        mp, lp = stats(t_pt)
+        return f"| {label} | failed | {mp:.2f} ({lp:.2f}) | – |"
     (mo, lo), (mp, lp) = stats(t_ours), stats(t_pt)
     return f"| {label} | {mo:.2f} ({lo:.2f}) | {mp:.2f} ({lp:.2f}) | {mo / mp:.2f} ({lo / lp:.2f}) |"
 
@@ -125,9 +131,11 @@ def main():
             for _ in range(a.rounds):
                 with torch.inference_mode():
                     t_pt += times_ms(synced(lambda: fm(x)[0].cpu(), dev), a.warmup, a.iters)
-                t, ours_dev = ours(yolo_time, ["--weights", weights, "--imgsz", size, "--batch", batch,
+                t, dev_name = ours(yolo_time, ["--weights", weights, "--imgsz", size, "--batch", batch,
                                                "--warmup", a.warmup, "--iters", a.iters], a.backend)
-                t_ours += t
+                if t is None:
+                    break
+                t_ours, ours_dev = t_ours + t, dev_name
             lines.append(row(f"forward {size}x{size}, batch {batch}", t_ours, t_pt))
             print(lines[-1], file=sys.stderr, flush=True)
 
@@ -141,6 +149,8 @@ def main():
             t_pt += times_ms(synced(step, dev), 2, steps)
             t, _ = ours(train_time, ["--scale", a.scale, "--imgsz", a.train_imgsz, "--batch", a.train_batch,
                                      "--warmup", 2, "--iters", steps], a.backend)
+            if t is None:
+                break
             t_ours += t
         lines.append(row(f"train step {a.train_imgsz}x{a.train_imgsz}, batch {a.train_batch}", t_ours, t_pt))
 

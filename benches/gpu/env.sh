@@ -1,4 +1,4 @@
-# Sourced by benches/gpu/run.sh (and by one-off commands on a lent GPU machine): unpacks the
+# Source it (`source benches/gpu/env.sh`), do not run it. Sourced by benches/gpu/run.sh (and by one-off commands on a lent GPU machine): unpacks the
 # Vulkan loader from .gl, the wgpu binaries from .gpu into $bin and Ultralytics from .whl, and
 # sets $out (the folder whose files come back) and PYTHONPATH.
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."

@@ -7,8 +7,8 @@ set -uo pipefail
 source "$(dirname "$0")/env.sh" || exit 1
 # The tests read their fixtures through the checkout's path on the machine they were built on.
 built_at=$(cat .gpu/built_at)
-if [ ! -e "$built_at" ]; then
-    mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"
+if [ ! -d "$built_at" ] || [ -L "$built_at" ]; then
+    mkdir -p "$(dirname "$built_at")" && ln -sfn "$PWD" "$built_at" || exit 1
 fi
 export BURN_DEVICE=wgpu
 for t in model train_step; do

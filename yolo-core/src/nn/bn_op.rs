@@ -426,10 +426,10 @@ pub fn burn_batch_norm_silu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
         return y;
     }
     let [_, c, _, _] = x.dims();
-    let (mean, var) = batch_stats_composed(x.clone());
+    let (mean, var, centered) = batch_stats_composed(x);
     let inv_std = var.clone().add_scalar(bn.epsilon).sqrt().recip();
     let scale = inv_std * bn.gamma.val().reshape([1, c, 1, 1]);
-    let y = (x - mean.clone()) * scale + bn.beta.val().reshape([1, c, 1, 1]);
+    let y = centered * scale + bn.beta.val().reshape([1, c, 1, 1]);
     let device = y.device();
     let (mean, var) = (mean.detach().reshape([c]), var.detach().reshape([c]));
     let running_mean = bn.running_mean.value_sync().to_device(&device);
@@ -440,22 +440,22 @@ pub fn burn_batch_norm_silu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     super::act::silu(y)
 }
 
-/// The batch mean and biased variance per channel, as `[1, C, 1, 1]`, by sums over W, then
+/// The batch mean and biased variance per channel, as `[1, C, 1, 1]`, and `x − mean`, by sums over W, then
 /// H, then B. Burn 0.22.1's `batch_norm_train` (and its backward) copies `x` to `[C, B·H·W]`
 /// and reduces each row in one GPU workgroup: 16-64 workgroups on a 132-multiprocessor GPU,
 /// ~110 ms of a 320 px, batch-8 step on an H200. Summing the contiguous axis first gives
 /// `B·C·H` independent sums, and the broadcasts' gradients reduce the same way.
 ///
 /// # Shapes
-/// - `x`: `[B, C, H, W]`; outputs: `[1, C, 1, 1]`
-fn batch_stats_composed(x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+/// - `x`: `[B, C, H, W]`; outputs: `[1, C, 1, 1]` twice, `[B, C, H, W]`
+fn batch_stats_composed(x: Tensor<4>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let [b, _, h, w] = x.dims();
     let n = (b * h * w) as f64;
     let mean_of = |t: Tensor<4>| t.sum_dim(3).sum_dim(2).sum_dim(0).div_scalar(n);
     let mean = mean_of(x.clone());
     let centered = x - mean.clone();
-    let var = mean_of(centered.clone() * centered);
-    (mean, var)
+    let var = mean_of(centered.clone() * centered.clone());
+    (mean, var, centered)
 }
 
 /// Folds the running statistics' latest update into their shared value. Burn keeps each

@@ -287,12 +287,16 @@ mod tests {
 
     #[allow(clippy::too_many_arguments)]
     fn check_path(b: usize, c_in: usize, c_out: usize, h: usize, w: usize, k: usize, s: usize, p: usize, bias: bool, path: ConvPath) {
+        let p = if p == 0 { PaddingConfig2d::Valid } else { PaddingConfig2d::Explicit(p, p, p, p) };
+        check_conv(b, [h, w], Conv2dConfig::new([c_in, c_out], [k, k]).with_stride([s, s]).with_padding(p).with_bias(bias), path);
+    }
+
+    /// [`check_path`] for any conv config (kernels, strides and paddings that differ by axis).
+    fn check_conv(b: usize, [h, w]: [usize; 2], config: Conv2dConfig, path: ConvPath) {
         let device = crate::backend::cpu_device().autodiff();
-        let conv = Conv2dConfig::new([c_in, c_out], [k, k])
-            .with_stride([s, s])
-            .with_padding(if p == 0 { PaddingConfig2d::Valid } else { PaddingConfig2d::Explicit(p, p, p, p) })
-            .with_bias(bias)
-            .init(&device);
+        let conv = config.init(&device);
+        let ([c_out, c_in, _, _], bias) = (conv.weight.dims(), conv.bias.is_some());
+        let (k, s, p) = (conv.kernel_size, conv.stride, &conv.padding);
         let x0 = Tensor::<4>::random([b, c_in, h, w], Distribution::Normal(0.0, 1.0), &device).into_data();
         let run = |ours: bool| {
             let conv = conv.clone();
@@ -314,7 +318,7 @@ mod tests {
             assert_eq!(a.len(), e.len(), "{what}: sizes");
             let scale = e.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
             for (i, (a, e)) in a.iter().zip(&e).enumerate() {
-                assert!((a - e).abs() <= 2e-5 * scale, "{what} b{b} {c_in}->{c_out} {h}x{w} k{k} s{s} p{p}: [{i}] {a} vs {e}");
+                assert!((a - e).abs() <= 2e-5 * scale, "{what} b{b} {c_in}->{c_out} {h}x{w} k{k:?} s{s:?} p{p:?}: [{i}] {a} vs {e}");
             }
         };
         let v = |t: Tensor<4>| -> Vec<f32> { t.into_data().try_to_vec().unwrap() };
@@ -363,6 +367,11 @@ mod tests {
         check_path(1, 3, 2, 12, 13, 5, 1, 2, true, conv2d_matmul);
         check_path(1, 3, 2, 12, 13, 5, 3, 1, false, conv2d_matmul);
         check_path(1, 2, 3, 6, 7, 3, 1, 0, false, conv2d_matmul);
+        // Kernel, stride and padding that differ by axis (a swapped axis fails it).
+        let conv = Conv2dConfig::new([3, 4], [3, 1]).with_stride([2, 1]).with_padding(PaddingConfig2d::Explicit(1, 0, 1, 0));
+        check_conv(2, [9, 6], conv, conv2d_matmul);
+        let conv = Conv2dConfig::new([2, 3], [1, 3]).with_stride([1, 3]).with_padding(PaddingConfig2d::Explicit(0, 2, 0, 2));
+        check_conv(1, [5, 10], conv, conv2d_matmul);
     }
 
     #[test]
