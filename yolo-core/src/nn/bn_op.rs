@@ -405,14 +405,21 @@ fn batch_norm_train_act(bn: &BatchNorm, x: Tensor<4>, silu: bool) -> Result<Tens
         bn.epsilon,
         silu,
     ));
+    update_running_stats(bn, mean, var);
+    Ok(y)
+}
+
+/// Blends the batch `mean` and biased `var` (`[C]`) into `bn`'s running statistics with its
+/// momentum, as Burn's `BatchNorm` does, and folds the update in ([`fold_running_stats`]).
+fn update_running_stats(bn: &BatchNorm, mean: Tensor<1>, var: Tensor<1>) {
+    let device = mean.device();
     let running_mean = bn.running_mean.value_sync().to_device(&device);
     let running_var = bn.running_var.value_sync().to_device(&device);
-    let running_mean = running_mean.mul_scalar(1.0 - bn.momentum).add(mean.mul_scalar(bn.momentum));
-    let running_var = running_var.mul_scalar(1.0 - bn.momentum).add(var.mul_scalar(bn.momentum));
+    let running_mean = running_mean.mul_scalar(1.0 - bn.momentum).add(mean.detach().mul_scalar(bn.momentum));
+    let running_var = running_var.mul_scalar(1.0 - bn.momentum).add(var.detach().mul_scalar(bn.momentum));
     bn.running_mean.update(running_mean.detach());
     bn.running_var.update(running_var.detach());
     fold_running_stats(bn);
-    Ok(y)
 }
 
 /// `silu(bn.forward(x))` on the devices and dtypes [`batch_norm_silu_train`] does not run on
@@ -430,13 +437,7 @@ pub fn burn_batch_norm_silu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let inv_std = var.clone().add_scalar(bn.epsilon).sqrt().recip();
     let scale = inv_std * bn.gamma.val().reshape([1, c, 1, 1]);
     let y = centered * scale + bn.beta.val().reshape([1, c, 1, 1]);
-    let device = y.device();
-    let (mean, var) = (mean.detach().reshape([c]), var.detach().reshape([c]));
-    let running_mean = bn.running_mean.value_sync().to_device(&device);
-    let running_var = bn.running_var.value_sync().to_device(&device);
-    bn.running_mean.update(running_mean.mul_scalar(1.0 - bn.momentum).add(mean.mul_scalar(bn.momentum)).detach());
-    bn.running_var.update(running_var.mul_scalar(1.0 - bn.momentum).add(var.mul_scalar(bn.momentum)).detach());
-    fold_running_stats(bn);
+    update_running_stats(bn, mean.reshape([c]), var.reshape([c]));
     super::act::silu(y)
 }
 

@@ -187,10 +187,7 @@ pub fn conv2d_any(x: Tensor<4>, conv: &Conv2d) -> Tensor<4> {
             GpuConv::Auto => device.is_autodiff() || conv_flops(&x, conv) >= MATMUL_MIN_FLOPS,
         };
         if matmul {
-            match conv2d_matmul(x, conv) {
-                Ok(y) => return y,
-                Err(x) => return conv.forward(x),
-            }
+            return conv2d_matmul(x, conv).unwrap_or_else(|x| conv.forward(x));
         }
     }
     conv.forward(x)
