@@ -1213,6 +1213,10 @@ mod tests {
         check(1, 64, 20, 21, 19, 3, 1, 1, true, Silu);
         check(2, 128, 13, 9, 11, 3, 2, 1, true, Identity);
         check(1, 300, 7, 5, 7, 1, 1, 0, false, Silu);
+        // No bias or activation (training's convs): whole blocks written to the output
+        // directly, edge rows and pixels through the accumulator, K in blocks.
+        check(2, 600, 26, 9, 11, 1, 1, 0, false, Identity);
+        check(1, 8, 40, 13, 17, 3, 1, 1, false, Identity);
         // Shifted packed path at stride 2 (phase planes): odd and even sides, no padding,
         // 5x5 at stride 1 with padding 2.
         check(1, 16, 20, 10, 13, 3, 2, 1, true, Silu);

@@ -396,6 +396,10 @@ fn scatter_add_row(seg: &[f32], row: &mut [f32], s: usize, off: isize) {
 /// `dst = act(src + bias)`: an accumulator row written to the output with its epilogue.
 #[inline]
 fn epilogue_copy(src: &[f32], dst: &mut [f32], bias: Option<f32>, act: Activation) {
+    if bias.is_none() && act == Activation::Identity {
+        dst.copy_from_slice(src);
+        return;
+    }
     crate::nn::act::bias_act_copy(src, dst, bias.unwrap_or(0.0), act == Activation::Silu)
 }
 
@@ -554,6 +558,13 @@ pub(super) fn run_packed_parts(g: &Geometry, batch: usize, parts: &[(&[f32], usi
     let len = batch * g.c_out * hw;
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = OutPtr(out.as_mut_ptr());
+    // Without bias and activation (the training step's convs and `dX`), whole `mr x nr`
+    // blocks go straight to the output rows, and only the edge blocks through the
+    // accumulator: the copy of every row was ~2% of a train step's CPU time. Not on planes of
+    // a multiple of 4 KB, whose rows would share cache sets (as `acc_stride` avoids).
+    let direct = bias.is_none() && act == Activation::Identity && (hw * 4) % 4096 != 0;
+    // Channel panels whose every row is an output channel.
+    let cp_whole = if direct { g.c_out / mr } else { 0 };
 
     (0..bl.grid.len(batch)).into_par_iter().for_each(|task| {
         let dst = dst;
@@ -562,6 +573,8 @@ pub(super) fn run_packed_parts(g: &Geometry, batch: usize, parts: &[(&[f32], usi
         let n = bl.nc.min(hw - p0);
         let panels = n.div_ceil(nr);
         let n_acc = acc_stride(n, nr);
+        // Pixel panels of `nr` pixels inside the tile, written directly with `direct`.
+        let q_whole = if direct { n / nr } else { 0 };
         let x_img = Planes { parts, img, hw: hw_in };
         PACKED_B.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -584,18 +597,29 @@ pub(super) fn run_packed_parts(g: &Geometry, batch: usize, parts: &[(&[f32], usi
                     let bp = bbuf[q * kc * nr..(q + 1) * kc * nr].as_ptr();
                     for cp in cp0..cp1 {
                         let ap = a[(cp * k + k0) * mr..(cp * k + k0 + kc) * mr].as_ptr();
-                        let c = acc[(cp - cp0) * mr * n_acc + q * nr..].as_mut_ptr();
                         // SAFETY: a and b hold kc·mr and kc·nr values (slices above); c is mr
-                        // rows of nr values n_acc apart inside `acc`.
-                        unsafe { kern.run(kc, ap, mr, bp, nr, c, n_acc, kb > 0) };
+                        // rows of nr values n_acc apart inside `acc`, or (a whole block) mr
+                        // output channels' pixels p0 + q·nr.. of image img, hw apart, which
+                        // only this task writes.
+                        unsafe {
+                            if q < q_whole && cp < cp_whole {
+                                let c = dst.0.add((img * g.c_out + cp * mr) * hw + p0 + q * nr);
+                                kern.run(kc, ap, mr, bp, nr, c, hw, kb > 0)
+                            } else {
+                                let c = acc[(cp - cp0) * mr * n_acc + q * nr..].as_mut_ptr();
+                                kern.run(kc, ap, mr, bp, nr, c, n_acc, kb > 0)
+                            }
+                        };
                     }
                 }
             }
             for co in cp0 * mr..(cp1 * mr).min(g.c_out) {
-                let src = &acc[(co - cp0 * mr) * n_acc..(co - cp0 * mr) * n_acc + n];
-                // SAFETY: pixels p0..p0 + n of channel co of image img: only this task writes
-                // them.
-                let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + p0), n) };
+                // The pixels that went through the accumulator.
+                let from = if co / mr < cp_whole { q_whole * nr } else { 0 };
+                let src = &acc[(co - cp0 * mr) * n_acc + from..(co - cp0 * mr) * n_acc + n];
+                // SAFETY: pixels p0 + from..p0 + n of channel co of image img: only this task
+                // writes them.
+                let out_row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((img * g.c_out + co) * hw + p0 + from), n - from) };
                 epilogue_copy(src, out_row, bias.map(|b| b[co]), act);
             }
         });
