@@ -102,7 +102,7 @@ impl Conv {
         } else {
             xs
         };
-        self.forward(Tensor::cat(xs, 1))
+        self.forward(super::cat_op::cat(xs, 1))
     }
 
     /// Whether the BatchNorm is folded into the conv.

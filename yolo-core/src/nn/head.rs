@@ -77,7 +77,7 @@ impl HeadOutput {
                 )
             })
             .unzip();
-        (Tensor::cat(boxes, 2), Tensor::cat(scores, 2))
+        (super::cat_op::cat(boxes, 2), super::cat_op::cat(scores, 2))
     }
 }
 

@@ -4,6 +4,7 @@ pub mod act;
 pub mod block;
 pub mod bce_op;
 pub mod bn_op;
+pub mod cat_op;
 pub mod conv;
 pub mod conv_op;
 pub mod cpu_conv;
