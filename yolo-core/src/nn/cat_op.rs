@@ -7,7 +7,9 @@
 //! everything before the axis (an image, for channels). The backward hands each part its
 //! slice of the gradient as Burn's does (a view; the convs read such views in parallel).
 //! Inference does not come here: its convs read a concatenation's parts in place
-//! (`Conv::forward_cat`).
+//! (`Conv::forward_cat`). Two to four parts cover yolov8n/s (C2f's `1 + n` parts with n ≤ 2,
+//! the neck's two, the head's three levels); the deeper C2f of m/l/x (up to 7 parts) take
+//! Burn's `cat`.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
