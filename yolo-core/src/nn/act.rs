@@ -42,8 +42,9 @@ const EXP_POLY: [f32; 6] = [1.987_569_2e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_
 /// against 0.51-0.76 split). `mul_add` is one instruction only where the code is compiled
 /// with FMA, and a library call elsewhere, so the fused forms serve the AVX2 and AVX-512
 /// builds of [`multiversion!`] and [`dispatch!`] (which bring [`fused`]'s functions into
-/// scope) and the split forms everything else (baseline x86-64, where an FMA-less CPU would
-/// pay a software `fmaf` per step). The two differ by a few ulp at most.
+/// scope; on aarch64, and in x86-64 builds for FMA, their baseline copy too) and the split
+/// forms everything else (baseline x86-64, where an FMA-less CPU would pay a software `fmaf`
+/// per step). The two differ by a few ulp at most.
 pub(crate) trait MulAdd {
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
 }
@@ -133,12 +134,14 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 }
 
 /// [`log1p_exp_neg_abs_with`], split (see [`MulAdd`]).
+#[cfg_attr(any(target_arch = "aarch64", target_feature = "fma"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn log1p_exp_neg_abs(x: f32) -> f32 {
     log1p_exp_neg_abs_with::<Split>(x)
 }
 
 /// Sigmoid of one value with [`exp_f32`].
+#[cfg_attr(any(target_arch = "aarch64", target_feature = "fma"), allow(dead_code))]
 #[inline(always)]
 pub(crate) fn sigmoid_f32(x: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-x))
@@ -151,8 +154,8 @@ pub fn silu_f32(x: f32) -> f32 {
 }
 
 /// The same functions with fused multiply-adds (see [`MulAdd`]), under the same names: the
-/// AVX2 and AVX-512 builds of [`multiversion!`] and [`dispatch!`] import them over the split
-/// ones.
+/// AVX2 and AVX-512 builds of [`multiversion!`] and [`dispatch!`] (and every build on aarch64
+/// or for FMA) import them over the split ones.
 pub(crate) mod fused {
     use super::{exp_with, log1p_exp_neg_abs_with, Fused};
 

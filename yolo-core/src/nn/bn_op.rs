@@ -26,7 +26,9 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::act::{multiversion, sigmoid_f32, silu_f32};
+#[cfg_attr(any(target_arch = "aarch64", target_feature = "fma"), allow(unused_imports))] // all their builds use `act::fused`
+use super::act::{sigmoid_f32, silu_f32};
+use super::act::multiversion;
 use super::cpu_conv::{flex_primitive, flex_values, par_init};
 use std::mem::MaybeUninit;
 
@@ -262,7 +264,7 @@ mod x86 {
         let (xp, yp, dp) = (x.as_ptr(), dy.as_ptr(), d.as_mut_ptr() as *mut f32);
         let (mut s, mut sx) = (0f64, 0f64);
         // SAFETY (whole body): loads and stores of lanes i..min(i + 16, n) only; masked-off
-        // lanes load as 0, so their `d` is 0 and adds nothing.
+        // lanes are zeroed before they are summed.
         unsafe {
             let (m, sc, b, one) = (_mm512_set1_ps(mean), _mm512_set1_ps(scale), _mm512_set1_ps(beta), _mm512_set1_ps(1.0));
             let mut start = 0;
@@ -277,6 +279,8 @@ mod x86 {
                     let sg = _mm512_div_ps(one, one_plus_exp_neg16(z));
                     // dy · s · (1 + z · (1 − s))
                     let v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, yp.add(i)), sg), _mm512_fmadd_ps(z, _mm512_sub_ps(one, sg), one));
+                    // Masked-off lanes to 0 whatever z is there (an infinite z would give NaN).
+                    let v = _mm512_maskz_mov_ps(k, v);
                     _mm512_mask_storeu_ps(dp.add(i), k, v);
                     a = _mm512_add_ps(a, v);
                     ax = _mm512_fmadd_ps(v, xm, ax);
@@ -292,12 +296,10 @@ mod x86 {
 }
 
 /// Whether the AVX-512 kernels of [`x86`] run here.
+#[cfg(target_arch = "x86_64")]
 #[inline]
 fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return crate::nn::act::fma::available512();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    crate::nn::act::fma::available512()
 }
 
 /// `(batch, channels, pixels per plane)` of an NCHW tensor.

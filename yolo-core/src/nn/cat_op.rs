@@ -32,6 +32,7 @@ pub fn cat<const D: usize>(xs: Vec<Tensor<D>>, dim: usize) -> Tensor<D> {
     let ours = (2..=4).contains(&xs.len())
         && dim < D
         && is_flex(&xs[0].device())
+        && xs.iter().all(|x| x.device() == xs[0].device())
         && xs.iter().all(|x| x.dtype() == DType::F32)
         && xs.iter().all(|x| {
             let (a, b) = (x.dims(), xs[0].dims());

@@ -17,7 +17,9 @@ use burn::backend::{backend_extension, Autodiff, Backend, Flex, TensorMetadata};
 use burn::tensor::Shape;
 use burn_flex::FlexTensor;
 
-use super::act::{exp_f32, multiversion};
+#[cfg_attr(any(target_arch = "aarch64", target_feature = "fma"), allow(unused_imports))] // all their builds use `act::fused`
+use super::act::exp_f32;
+use super::act::multiversion;
 use super::cpu_conv::{flex_primitive, flex_values, par_fill};
 
 /// Anchors per inner block: the block's running max, sum and weighted sum stay in registers.

@@ -514,7 +514,8 @@ thread_local! {
 /// panel): the `mr x nr` block's sums stay in registers for the whole K block, and K blocks
 /// add up in a per-task accumulator of whole blocks (no edge cases: the panels are zero past
 /// the last channel and pixel). Bias and activation are applied as the accumulator's rows
-/// are copied to the output.
+/// are copied to the output; without either, whole blocks add up in the output itself and
+/// only the edge blocks go through the accumulator.
 pub(super) fn run_packed(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel) -> Vec<f32> {
     run_packed_parts(g, batch, &[(x, g.c_in)], a, bias, act, kern)
 }

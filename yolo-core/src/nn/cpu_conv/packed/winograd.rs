@@ -97,9 +97,9 @@ fn g_rows(tile: Tile, a: f64, b: f64, c: f64) -> [f64; 6] {
 /// into `mr`-row panels (as [`gemm_kernel::pack_a`] packs them), one after another.
 ///
 /// The training step packs every conv's weights afresh (forward and stride-1 `dX`), so this
-/// is one parallel pass: a task takes one panel of `mr` output channels, transforms each of
-/// their kernels once and writes its values straight to their places in the position's
-/// panel (the panel's share of every position, `np · C_in · mr` values, stays in L2). Through
+/// is one parallel pass: a task takes one panel of `mr` output channels and a block of 16
+/// input channels, transforms each of their kernels once and writes its values straight to
+/// their places in the positions' panels (`np · 16 · mr` values, in L1 and L2). Through
 /// an intermediate `[C_out, C_in, np]` array, the 36 position passes each read all of it
 /// (one value per 144-byte stride): 2.9% of a 320 px, batch-8 train step's CPU time.
 pub(in crate::nn::cpu_conv) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, tile: Tile) -> Vec<f32> {
@@ -111,17 +111,21 @@ pub(in crate::nn::cpu_conv) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, 
     let per = panels * ci * mr;
     let mut out: Vec<f32> = Vec::with_capacity(np * per);
     let dst = OutPtr(out.as_mut_ptr());
-    (0..panels).into_par_iter().for_each(|p| {
+    // Tasks: (panel, block of 16 input channels), so that a few output channels still make
+    // enough tasks for a wide machine.
+    let i_blocks = ci.div_ceil(16);
+    (0..panels * i_blocks).into_par_iter().for_each(|task| {
         let dst = &dst;
+        let (p, ib) = (task / i_blocks, task % i_blocks);
         for r in 0..mr {
             let o = p * mr + r;
-            for i in 0..ci {
+            for i in ib * 16..((ib + 1) * 16).min(ci) {
                 // Value ξ of kernel (o, i) goes to row r, column i of position ξ's panel p.
                 let at = |xi: usize| xi * per + (p * ci + i) * mr + r;
                 if o >= co {
                     for xi in 0..np {
                         // SAFETY: `at(xi) < np · per`; each (p, r, i, ξ) is one element,
-                        // written by this task only.
+                        // written by this task (panel p, i in its block) only.
                         unsafe { *dst.0.add(at(xi)) = 0.0 };
                     }
                     continue;
