@@ -523,6 +523,17 @@ pub(crate) mod fma {
         *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
     }
 
+    /// The mask of lanes `i..end` of a 16-lane vector (all 16 when `end − i ≥ 16`), for
+    /// masked loads and stores of a slice's last partial vector.
+    #[inline(always)]
+    pub(crate) fn lanes16(i: usize, end: usize) -> __mmask16 {
+        if end - i >= 16 {
+            0xffff
+        } else {
+            ((1u32 << (end - i)) - 1) as u16
+        }
+    }
+
     /// [`silu`] on 16 lanes: the same operations lane by lane, so the same bits.
     #[inline(always)]
     unsafe fn silu16(x: __m512) -> __m512 {
@@ -569,7 +580,7 @@ pub(crate) mod fma {
                 i += 16;
             }
             if i < n {
-                let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+                let mask = lanes16(i, n);
                 let x = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, src.add(i)), b);
                 _mm512_mask_storeu_ps(dst.add(i), mask, silu16(x));
             }

@@ -207,19 +207,9 @@ fn dx_value([k, mean, inv, mean_d, mean_dx]: [f32; 5], x: f32, d: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::SUM_BLOCK;
-    use crate::nn::act::fma::one_plus_exp_neg16;
+    use crate::nn::act::fma::{lanes16 as lanes, one_plus_exp_neg16};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
-
-    /// The lanes of `i..end` (at most 16).
-    #[inline(always)]
-    fn lanes(i: usize, end: usize) -> __mmask16 {
-        if end - i >= 16 {
-            0xffff
-        } else {
-            ((1u32 << (end - i)) - 1) as u16
-        }
-    }
 
     /// The 16 lanes added up in f64, in lane order.
     #[inline(always)]
