@@ -46,6 +46,14 @@ struct Args {
     /// other tenants only ever add time).
     #[arg(long)]
     min: bool,
+    /// Run the layers in turn, as a forward does (each instance once per round, in the
+    /// model's order), instead of each one `--iters` times in a row: every conv then starts
+    /// with its weights evicted by the others', as in the model. Times ours only.
+    #[arg(long)]
+    in_turn: bool,
+    /// With `--in-turn`: the direct conv (no Winograd) for inputs smaller than this side.
+    #[arg(long, default_value_t = 0)]
+    direct_below: usize,
 }
 
 /// GFLOP/s of the micro-kernel on L1-resident panels (`kc` = 256), one thread.
@@ -72,7 +80,14 @@ fn kernel_peak() {
 }
 
 /// Median over `iters` runs of `f` (after 2 warm-up runs), wall or CPU time.
-fn measure(cpu: bool, iters: usize, mut f: impl FnMut()) -> f64 {
+///
+/// Runs on the CPU pool with its workers kept awake ([`yolo_core::backend::on_cpu_pool`]), as
+/// a model's forward does: otherwise each conv would also time waking the sleeping workers.
+fn measure(cpu: bool, iters: usize, f: impl FnMut() + Send) -> f64 {
+    yolo_core::backend::on_cpu_pool(|| measure_here(cpu, iters, f))
+}
+
+fn measure_here(cpu: bool, iters: usize, mut f: impl FnMut()) -> f64 {
     let min = MIN.load(std::sync::atomic::Ordering::Relaxed);
     if !cpu {
         let (median, low) = time_ms(2, iters, f);
@@ -148,6 +163,64 @@ const LAYERS: &[Layer] = &[
     ("22 P5 cls 3x3 a", 256, 80, 3, 1, 32, 1),
     ("22 P5 cls 3x3 b", 80, 80, 3, 1, 32, 1),
 ];
+
+/// `--in-turn`: each round runs every conv instance once, in the model's order, timing each;
+/// per-layer medians (minima with `--min`) over the rounds.
+fn in_turn(a: &Args) {
+    let device = yolo_core::backend::cpu_device();
+    println!("yolov8n convolutions at {0}x{0}, batch {1}, run in turn, {3} of {2} rounds (ms, all instances of the shape)", a.imgsz, a.batch, a.iters, if a.min { "minimum" } else { "median" });
+    println!("| layer | c_in→c_out | k/s | in | ours | ours GFLOP/s |");
+    println!("|---|---|---|---|---|---|");
+    struct Inst {
+        layer: usize,
+        conv: yolo_core::burn::nn::conv::Conv2d,
+        x: Tensor<4>,
+        cache: cpu_conv::PackCache,
+    }
+    let layers: Vec<&Layer> = LAYERS.iter().filter(|l| a.only.as_ref().is_none_or(|o| l.0.contains(o.as_str()))).collect();
+    let mut insts = Vec::new();
+    for (li, &&(_, c_in, c_out, k, s, div, count)) in layers.iter().enumerate() {
+        for _ in 0..count {
+            let side = a.imgsz / div;
+            let conv = Conv2dConfig::new([c_in, c_out], [k, k])
+                .with_stride([s, s])
+                .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
+                .with_bias(true)
+                .init(&device);
+            let x = Tensor::<4>::random([a.batch, c_in, side, side], Distribution::Default, &device);
+            insts.push(Inst { layer: li, conv, x, cache: cpu_conv::PackCache::default() });
+        }
+    }
+    let mut times = vec![vec![0.0f64; a.iters.max(1)]; layers.len()];
+    yolo_core::backend::on_cpu_pool(|| {
+        for round in 0..a.iters.max(1) + 2 {
+            for inst in &insts {
+                let t = std::time::Instant::now();
+                let y = if inst.x.dims()[2] < a.direct_below {
+                    cpu_conv::conv2d_with(inst.x.clone(), &inst.conv, Activation::Silu, Method::Direct, Some(&inst.cache))
+                } else {
+                    cpu_conv::conv2d_cached(inst.x.clone(), &inst.conv, Activation::Silu, &inst.cache)
+                };
+                std::hint::black_box(y.unwrap_or_else(|_| panic!("refused")));
+                if round >= 2 {
+                    times[inst.layer][round - 2] += t.elapsed().as_secs_f64() * 1e3;
+                }
+            }
+        }
+    });
+    let (mut total, mut total_flop) = (0.0, 0.0);
+    for (li, &&(name, c_in, c_out, k, s, div, count)) in layers.iter().enumerate() {
+        let t = &mut times[li];
+        t.sort_by(f64::total_cmp);
+        let ms = if a.min { t[0] } else { t[t.len() / 2] };
+        let out = a.imgsz / div / s;
+        let flop = 2.0 * (a.batch * c_out * out * out * c_in * k * k * count) as f64;
+        total += ms;
+        total_flop += flop;
+        println!("| {name} | {c_in}→{c_out} | {k}/{s} | {} | {ms:.2} | {:.0} |", a.imgsz / div, flop / ms / 1e6);
+    }
+    println!("| total | | | | {total:.2} | {:.0} |", total_flop / total / 1e6);
+}
 
 /// Per-layer times of the training conv kernels (`cpu_conv::{forward, grad_input, grad_weight}`).
 fn backward(a: &Args) {
@@ -227,6 +300,9 @@ fn main() {
     }
     if a.backward {
         return backward(&a);
+    }
+    if a.in_turn {
+        return in_turn(&a);
     }
     let device = yolo_core::backend::cpu_device();
     println!("yolov8n convolutions at {0}x{0}, batch {1}, {3} of {2} (ms, all instances of the shape)", a.imgsz, a.batch, a.iters, if a.min { "minimum" } else { "median" });

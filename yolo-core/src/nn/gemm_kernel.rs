@@ -97,10 +97,12 @@ pub fn portable_kernels() -> [Kernel; 2] {
 }
 
 /// Defines `unsafe fn $name(segs, nseg, kc, a, lda, b, ldb, c, ldc, accumulate)`: an `$mr x ($nv·$w)` block with
-/// `$mr · $nv` accumulators of vector type `$v` (`$w` lanes), from the given vector ops.
+/// `$mr · $nv` accumulators of vector type `$v` (`$w` lanes), from the given vector ops, and
+/// `$prefetch`, a cache hint for the `a` row [`PF_K`] rows ahead (or a no-op).
 macro_rules! micro_kernel {
     ($(#[$attr:meta])* $name:ident: $v:ty, lanes $w:expr, rows $mr:expr, vectors $nv:expr,
-     zero $zero:expr, load $load:expr, store $store:expr, splat $splat:expr, fma $fma:expr, add $add:expr) => {
+     zero $zero:expr, load $load:expr, store $store:expr, splat $splat:expr, fma $fma:expr, add $add:expr,
+     prefetch $prefetch:expr) => {
         $(#[$attr])*
         #[allow(clippy::too_many_arguments)]
         pub(super) unsafe fn $name(segs: *const usize, nseg: usize, kc: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, accumulate: bool) {
@@ -116,6 +118,10 @@ macro_rules! micro_kernel {
                 for s in 0..nseg {
                     let mut b = b.add(*segs.add(s));
                     for _ in 0..kc {
+                        // `a` PF_K rows ahead: the weights stream from memory once per conv
+                        // (the model's do not stay in cache between layers), in the order the
+                        // kernel calls read them.
+                        $prefetch(a.wrapping_add(PF_K * lda));
                         let mut bv: [$v; NV] = [$zero(); NV];
                         for j in 0..NV {
                             bv[j] = $load(b.add(j * W));
@@ -187,22 +193,38 @@ macro_rules! dot_kernel {
     };
 }
 
+/// How many rows of `a` ahead the micro-kernels prefetch (6 KB for `12 x 32`). In a forward
+/// the packed weights come from memory, not cache (the whole model's do not stay there
+/// between layers), and a conv reads each weight panel once per column block, in the order
+/// the panels lie in memory: so prefetching linearly ahead of `a` covers the next panel too.
+/// yolov8n, 320 px, batch 1, one thread (interleaved runs, medians): no prefetch 13.3 ms;
+/// 16 rows ahead 12.5, 32 rows 12.0, 64 and 128 rows 11.4, 256 rows 11.6.
+const PF_K: usize = 128;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::PF_K;
     use std::arch::x86_64::*;
+
+    /// A hint to bring `p`'s cache line into L1 (never faults, also past an allocation).
+    #[inline(always)]
+    fn prefetch(p: *const f32) {
+        // SAFETY: a prefetch does not access memory architecturally.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) }
+    }
 
     micro_kernel! {
         #[target_feature(enable = "avx2,fma")]
         avx2_6x16: __m256, lanes 8, rows 6, vectors 2,
         zero _mm256_setzero_ps, load _mm256_loadu_ps, store _mm256_storeu_ps,
-        splat _mm256_set1_ps, fma _mm256_fmadd_ps, add _mm256_add_ps
+        splat _mm256_set1_ps, fma _mm256_fmadd_ps, add _mm256_add_ps, prefetch prefetch
     }
 
     micro_kernel! {
         #[target_feature(enable = "avx512f")]
         avx512_12x32: __m512, lanes 16, rows 12, vectors 2,
         zero _mm512_setzero_ps, load _mm512_loadu_ps, store _mm512_storeu_ps,
-        splat _mm512_set1_ps, fma _mm512_fmadd_ps, add _mm512_add_ps
+        splat _mm512_set1_ps, fma _mm512_fmadd_ps, add _mm512_add_ps, prefetch prefetch
     }
 
     /// The lanes of `v` summed.
@@ -228,8 +250,13 @@ mod x86 {
 }
 
 mod portable {
+    use super::PF_K;
     type V8 = [f32; 8];
     type V16 = [f32; 16];
+
+    /// No prefetch hint in the portable kernels.
+    #[inline(always)]
+    fn no_prefetch(_: *const f32) {}
 
     fn zero<const W: usize>() -> [f32; W] {
         [0.0; W]
@@ -258,11 +285,13 @@ mod portable {
 
     micro_kernel! {
         p_6x16: V8, lanes 8, rows 6, vectors 2,
-        zero zero::<8>, load load::<8>, store store::<8>, splat splat::<8>, fma fma::<8>, add add::<8>
+        zero zero::<8>, load load::<8>, store store::<8>, splat splat::<8>, fma fma::<8>, add add::<8>,
+        prefetch no_prefetch
     }
     micro_kernel! {
         p_12x32: V16, lanes 16, rows 12, vectors 2,
-        zero zero::<16>, load load::<16>, store store::<16>, splat splat::<16>, fma fma::<16>, add add::<16>
+        zero zero::<16>, load load::<16>, store store::<16>, splat splat::<16>, fma fma::<16>, add add::<16>,
+        prefetch no_prefetch
     }
 
     fn hsum<const W: usize>(v: [f32; W]) -> f32 {
