@@ -164,6 +164,17 @@ const LAYERS: &[Layer] = &[
     ("22 P5 cls 3x3 b", 80, 80, 3, 1, 32, 1),
 ];
 
+/// A layer's conv (random weights, with bias, "same" padding) and a random input for it.
+fn layer_conv(a: &Args, device: &yolo_core::burn::tensor::Device, c_in: usize, c_out: usize, k: usize, s: usize, div: usize) -> (yolo_core::burn::nn::conv::Conv2d, Tensor<4>) {
+    let side = a.imgsz / div;
+    let conv = Conv2dConfig::new([c_in, c_out], [k, k])
+        .with_stride([s, s])
+        .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
+        .with_bias(true)
+        .init(device);
+    (conv, Tensor::<4>::random([a.batch, c_in, side, side], Distribution::Default, device))
+}
+
 /// `--in-turn`: each round runs every conv instance once, in the model's order, timing each;
 /// per-layer medians (minima with `--min`) over the rounds.
 fn in_turn(a: &Args) {
@@ -181,13 +192,7 @@ fn in_turn(a: &Args) {
     let mut insts = Vec::new();
     for (li, &&(_, c_in, c_out, k, s, div, count)) in layers.iter().enumerate() {
         for _ in 0..count {
-            let side = a.imgsz / div;
-            let conv = Conv2dConfig::new([c_in, c_out], [k, k])
-                .with_stride([s, s])
-                .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
-                .with_bias(true)
-                .init(&device);
-            let x = Tensor::<4>::random([a.batch, c_in, side, side], Distribution::Default, &device);
+            let (conv, x) = layer_conv(a, &device, c_in, c_out, k, s, div);
             insts.push(Inst { layer: li, conv, x, cache: cpu_conv::PackCache::default() });
         }
     }
@@ -312,12 +317,7 @@ fn main() {
     let mut totals = [0.0; 3];
     for &(name, c_in, c_out, k, s, div, count) in LAYERS.iter().filter(|l| a.only.as_ref().is_none_or(|o| l.0.contains(o.as_str()))) {
         let side = a.imgsz / div;
-        let conv = Conv2dConfig::new([c_in, c_out], [k, k])
-            .with_stride([s, s])
-            .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
-            .with_bias(true)
-            .init(&device);
-        let x = Tensor::<4>::random([a.batch, c_in, side, side], Distribution::Default, &device);
+        let (conv, x) = layer_conv(&a, &device, c_in, c_out, k, s, div);
         let cache = cpu_conv::PackCache::default();
         let (ours, _) = (measure(a.cpu_time, a.iters, || {
             let y = cpu_conv::conv2d_cached(x.clone(), &conv, Activation::Silu, &cache).unwrap_or_else(|_| panic!("refused"));
