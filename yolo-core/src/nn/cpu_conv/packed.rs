@@ -429,7 +429,7 @@ pub(super) fn run_packed_any(g: &Geometry, batch: usize, x: &[f32], a: &[f32], b
 
 /// Tasks of a packed conv: (image, tile, chunk of output-channel panels). Channels are split
 /// only when images x tiles give fewer than `min_tasks` (enough for every thread to take
-/// several).
+/// two, [`min_tasks`]).
 #[derive(Clone, Copy, Debug)]
 struct TaskGrid {
     tiles: usize,
@@ -458,9 +458,14 @@ impl TaskGrid {
     }
 }
 
-/// Enough tasks for every thread to take several.
+/// The fewest tasks a conv is cut into: two per thread. Each task of a small map repeats
+/// work (packing, the weights it streams from memory, the edge blocks' padding), so more
+/// tasks only pay where they even out the threads; yolov8n (interleaved runs, medians, two
+/// threads, Zen 5): 320 px batch 1 6.35 ms at two tasks per thread against 6.85 at four
+/// (8.2-8.6 against 8.7-9.3 in a noisier hour), 640 px 20.3 against 22.4, a 320 px batch-8
+/// train step 221 against 237 ms; one task per thread was level with two.
 fn min_tasks() -> usize {
-    4 * rayon::current_num_threads().max(1)
+    2 * rayon::current_num_threads().max(1)
 }
 
 /// Packed columns per task and K block, in floats (128 KB): the block stays in L2 beside the
@@ -488,7 +493,7 @@ impl PackedBlocking {
         let kc = k.div_ceil(kblocks);
         let round = |n: usize| n.div_ceil(kern.nr) * kern.nr;
         let mut nc = round((PACKED_B_FLOATS / kc).clamp(kern.nr, 2048)).min(round(hw));
-        // Enough tasks for every thread to take several (the last tiles are shorter), but
+        // At least [`min_tasks`] tasks (the last tiles are shorter), but
         // tiles of at least 4 panels; below that, output channels are split too.
         let min_tasks = min_tasks();
         if batch * hw.div_ceil(nc) < min_tasks {
@@ -973,7 +978,7 @@ fn shifted_slab(g: &Geometry, batch: usize, x: &[f32], rows_out: std::ops::Range
     let far_tap = tap_off.iter().copied().max().unwrap_or(0);
 
     // Output rows per task: the accumulator stays around ACC_FLOATS; enough tasks for every
-    // thread to take several, splitting output channels when the rows run out. A task keeps
+    // thread to take two ([`min_tasks`]), splitting output channels when the rows run out. A task keeps
     // at least 8 blocks of wide pixels: on small maps, tasks of one or two rows ran mostly on
     // the zero columns of their last block (a 10x10 output in 5 tasks used 20 of every 32
     // columns); output channels split instead, at no cost (nothing is packed per task).

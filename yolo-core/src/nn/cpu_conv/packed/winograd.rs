@@ -148,7 +148,7 @@ pub(in crate::nn::cpu_conv) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, 
 }
 
 /// Tiles per task: a multiple of `nr`; `V` and `M` within [`TASK_FLOATS`]; enough tasks for
-/// every thread to take several while a task keeps at least two kernel blocks of tiles.
+/// every thread to take two ([`min_tasks`]) while a task keeps at least two kernel blocks of tiles.
 fn tiles_per_task(g: &Geometry, batch: usize, tiles: usize, rows: usize, nr: usize, np: usize) -> usize {
     let round = |n: usize| n.div_ceil(nr) * nr;
     let mut tc = (TASK_FLOATS / (np * (g.c_in + rows)) / nr * nr).max(nr).min(round(tiles));
