@@ -259,9 +259,9 @@ pub(super) fn grad_input_col2im(g: &Geometry, batch: usize, dy: &[f32], w: &[f32
     }
     // Channels per block: rows in whole panels where the channel count allows, up to about
     // COL2IM_ROWS rows (every band's packed dY panels serve all of them), while there are at
-    // least 4 tasks per thread.
+    // least [`min_tasks`].
     let whole = (1..=mr).find(|c| (c * khw) % mr == 0).filter(|c| g.c_in % c == 0).unwrap_or(1);
-    let min_tasks = 4 * rayon::current_num_threads().max(1);
+    let min_tasks = min_tasks();
     let mut cib = whole;
     while g.c_in % (2 * cib) == 0 && 2 * cib * khw <= COL2IM_ROWS && batch * g.c_in / (2 * cib) >= min_tasks {
         cib *= 2;
