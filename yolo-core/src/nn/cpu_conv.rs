@@ -727,37 +727,9 @@ pub(crate) fn flex_f32<const D: usize>(t: Tensor<D>) -> Option<FlexTensor> {
         return None;
     }
     let p = t.try_into_primitive::<Flex>().ok()?;
-    Some(if p.as_slice::<f32>().is_some() { p } else { contiguous_f32(&p) })
-}
-
-/// Contiguous runs at least this long are copied by [`contiguous_f32`] on all cores.
-const PAR_COPY_MIN_RUN: usize = 1024;
-
-/// A contiguous copy of the strided f32 view `p`. Views made of long contiguous runs (a
-/// channel range of a batch, as C2f's `narrow` of `cv1`'s output gives for more than one
-/// image) are copied run by run on all cores; the rest by `flex`'s `to_contiguous`, which
-/// runs on one thread (at batch 8, 320 px, ~1% of a forward while the other core waited).
-fn contiguous_f32(p: &FlexTensor) -> FlexTensor {
-    let layout = p.layout();
-    let blocks = layout.strided_blocks();
-    let run = blocks.block_len();
-    if !layout.has_positive_strides() || run < PAR_COPY_MIN_RUN || layout.num_elements() % run != 0 {
-        return p.to_contiguous();
-    }
-    let starts: Vec<usize> = blocks.block_starts().collect();
-    assert_eq!(starts.len() * run, layout.num_elements(), "contiguous runs of {layout:?}");
-    let src = p.storage::<f32>();
-    let mut out: Vec<f32> = Vec::with_capacity(layout.num_elements());
-    let dst = OutPtr(out.as_mut_ptr());
-    starts.par_iter().enumerate().for_each(|(i, &s)| {
-        let dst = dst;
-        // SAFETY: run i is out[i·run..(i + 1)·run], written by this task only; there are
-        // num_elements / run runs.
-        unsafe { std::ptr::copy_nonoverlapping(src[s..s + run].as_ptr(), dst.0.add(i * run), run) };
-    });
-    // SAFETY: the runs cover all num_elements values (asserted above).
-    unsafe { out.set_len(layout.num_elements()) };
-    FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(layout.shape().clone()), DType::F32)
+    // flex's own `to_contiguous` copies on one thread: C2f's `narrow` of `cv1`'s output at
+    // batch > 1 (a view of B runs) went through it, ~1% of a batch-8 forward.
+    Some(flex_contiguous(p))
 }
 
 /// A pointer that tiles write through; each tile owns a disjoint set of output elements.
@@ -1113,9 +1085,9 @@ mod tests {
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Distribution, TensorData};
 
-    /// Strided views come out contiguous with the same values as Burn's copy: a batch's
-    /// channel range and a band of rows (long runs: the parallel copy), and short runs and a
-    /// permuted view (`flex`'s copy).
+    /// [`flex_f32`]'s strided views come out contiguous with the same values as Burn's copy:
+    /// a batch's channel range and a band of rows (long runs: the parallel copy), and short
+    /// runs and a permuted view (`flex`'s copy).
     #[test]
     fn contiguous_views_match_burn() {
         let device = crate::backend::cpu_device();

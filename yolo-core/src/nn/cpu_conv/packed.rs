@@ -471,8 +471,10 @@ fn min_tasks() -> usize {
 /// `size` (a multiple of `unit`) lowered to even out the chunks `total` is cut into: their
 /// count rounded up so that the tasks (`batch` x chunks) are a multiple of the thread count,
 /// then the least multiple of `unit` that covers `total` in that many chunks (never more than
-/// `size`). Cut by `size` alone, the last chunk is what is left over: a 40x40 map in tiles of
-/// 512 pixels is 512, 512, 512 and 64, and on two threads one waits for most of a tile.
+/// `size`; rounding to `unit` can leave fewer chunks than that count). Cut by `size` alone,
+/// the last chunk is what is left over: a 40x40 map in tiles of 512 pixels is 512, 512, 512
+/// and 64, and on two threads one waits for most of a tile. Callers keep their own floors
+/// (the count grows with the threads).
 fn balanced(total: usize, size: usize, unit: usize, batch: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let mut count = total.div_ceil(size.max(1)).max(1);
@@ -507,13 +509,13 @@ impl PackedBlocking {
         let kc = k.div_ceil(kblocks);
         let round = |n: usize| n.div_ceil(kern.nr) * kern.nr;
         let mut nc = round((PACKED_B_FLOATS / kc).clamp(kern.nr, 2048)).min(round(hw));
-        // At least [`min_tasks`] tasks (the last tiles are shorter), but
-        // tiles of at least 4 panels; below that, output channels are split too.
+        // At least [`min_tasks`] tasks, evened out ([`balanced`]), but tiles of at least 4
+        // panels; below that, output channels are split too.
         let min_tasks = min_tasks();
         if batch * hw.div_ceil(nc) < min_tasks {
             nc = round(hw.div_ceil(min_tasks.div_ceil(batch))).max(4 * kern.nr).min(round(hw));
         }
-        let nc = balanced(hw, nc, kern.nr, batch);
+        let nc = balanced(hw, nc, kern.nr, batch).max((4 * kern.nr).min(nc));
         let grid = TaskGrid::new(batch, hw.div_ceil(nc), g.c_out.div_ceil(kern.mr), min_tasks);
         Self { kc, kblocks, nc, grid }
     }
