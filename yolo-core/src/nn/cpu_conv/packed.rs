@@ -473,15 +473,16 @@ fn min_tasks() -> usize {
 /// then the least multiple of `unit` that covers `total` in that many chunks (never more than
 /// `size`; rounding to `unit` can leave fewer chunks than that count). Cut by `size` alone,
 /// the last chunk is what is left over: a 40x40 map in tiles of 512 pixels is 512, 512, 512
-/// and 64, and on two threads one waits for most of a tile. Callers keep their own floors
-/// (the count grows with the threads).
-fn balanced(total: usize, size: usize, unit: usize, batch: usize) -> usize {
+/// and 64, and on two threads one waits for most of a tile. Never below `floor` (the
+/// caller's least chunk, as `size` is when smaller): the count grows with the threads, and on
+/// 16 of them a 20x20 map would otherwise go in one-panel tiles.
+fn balanced(total: usize, size: usize, unit: usize, batch: usize, floor: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let mut count = total.div_ceil(size.max(1)).max(1);
     while (batch * count) % threads != 0 {
         count += 1;
     }
-    (total.div_ceil(count).div_ceil(unit) * unit).clamp(unit, size.max(unit))
+    (total.div_ceil(count).div_ceil(unit) * unit).clamp(unit, size.max(unit)).max(floor.min(size))
 }
 
 /// Packed columns per task and K block, in floats (128 KB): the block stays in L2 beside the
@@ -515,7 +516,7 @@ impl PackedBlocking {
         if batch * hw.div_ceil(nc) < min_tasks {
             nc = round(hw.div_ceil(min_tasks.div_ceil(batch))).max(4 * kern.nr).min(round(hw));
         }
-        let nc = balanced(hw, nc, kern.nr, batch).max((4 * kern.nr).min(nc));
+        let nc = balanced(hw, nc, kern.nr, batch, 4 * kern.nr);
         let grid = TaskGrid::new(batch, hw.div_ceil(nc), g.c_out.div_ceil(kern.mr), min_tasks);
         Self { kc, kblocks, nc, grid }
     }
@@ -1001,12 +1002,12 @@ fn shifted_slab(g: &Geometry, batch: usize, x: &[f32], rows_out: std::ops::Range
     // columns); output channels split instead, at no cost (nothing is packed per task).
     // Measured at 320, two threads: the 10x10-output convs a fifth to a third faster.
     let min_tasks = min_tasks();
+    let min_rows = (8 * nr).div_ceil(wq);
     let mut rows = (ACC_FLOATS / (co_panels * mr * wq)).clamp(1, oh);
     if batch * oh.div_ceil(rows) < min_tasks {
-        rows = oh.div_ceil(min_tasks.div_ceil(batch)).max((8 * nr).div_ceil(wq)).clamp(1, oh.max(1));
+        rows = oh.div_ceil(min_tasks.div_ceil(batch)).max(min_rows).clamp(1, oh.max(1));
     }
-    // Evened out, but not below the small maps' least rows.
-    let rows = balanced(oh, rows, 1, batch).max((8 * nr).div_ceil(wq).min(rows));
+    let rows = balanced(oh, rows, 1, batch, min_rows);
     let grid = TaskGrid::new(batch, oh.div_ceil(rows), co_panels, min_tasks);
 
     (0..grid.len(batch)).into_par_iter().for_each(|task| {
@@ -1100,25 +1101,29 @@ fn pack_b<const NR: usize>(g: &Geometry, x: Planes<'_>, p0: usize, n: usize, k0:
 mod tests {
     use super::balanced;
 
-    /// Evened-out chunks still cover the total, are never larger than asked, and on a pool of
-    /// two threads come in an even number where the total allows.
+    /// Evened-out chunks still cover the total, are never larger than asked nor below the
+    /// floor, and on a pool of two threads come in an even number where the total allows.
     #[test]
     fn balanced_chunks() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
         pool.install(|| {
             // A 40x40 map in tiles of 512 (512, 512, 512, 64): four tiles of 416 (13 panels).
-            assert_eq!(balanced(1600, 512, 32, 1), 416);
+            assert_eq!(balanced(1600, 512, 32, 1, 128), 416);
             // 80x80 in 2048s: four of 1600.
-            assert_eq!(balanced(6400, 2048, 32, 1), 1600);
+            assert_eq!(balanced(6400, 2048, 32, 1, 128), 1600);
             // Three chunks become four on two threads; with two images, three per image stay.
-            assert_eq!(balanced(300, 100, 1, 1), 75);
-            assert_eq!(balanced(300, 100, 1, 2), 100);
+            assert_eq!(balanced(300, 100, 1, 1, 1), 75);
+            assert_eq!(balanced(300, 100, 1, 2, 1), 100);
+            // A 10x10 map: two tiles of 64 would be evener, but the floor keeps one of 128.
+            assert_eq!(balanced(100, 128, 32, 1, 32), 64);
+            assert_eq!(balanced(100, 128, 32, 1, 128), 128);
             for total in 1..700 {
                 for size in [1usize, 7, 32, 96, 128, 512] {
                     for unit in [1, 8, 32] {
                         let size = size.div_ceil(unit) * unit;
-                        let b = balanced(total, size, unit, 1);
+                        let b = balanced(total, size, unit, 1, unit);
                         assert!(b % unit == 0 && b >= unit && b <= size, "{total} {size} {unit}: {b}");
+                        assert!(balanced(total, size, unit, 1, 4 * unit) >= (4 * unit).min(size), "{total} {size} {unit}: under the floor");
                         assert!(total.div_ceil(b) >= total.div_ceil(size), "{total} {size} {unit}: fewer chunks");
                     }
                 }

@@ -156,7 +156,7 @@ fn tiles_per_task(g: &Geometry, batch: usize, tiles: usize, rows: usize, nr: usi
     if batch * tiles.div_ceil(tc) < min_tasks {
         tc = round(tiles.div_ceil(min_tasks.div_ceil(batch))).max(2 * nr).min(tc);
     }
-    balanced(tiles, tc, nr, batch).max((2 * nr).min(tc))
+    balanced(tiles, tc, nr, batch, 2 * nr)
 }
 
 thread_local! {
