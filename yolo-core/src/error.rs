@@ -44,6 +44,14 @@ pub enum CoreError {
     /// A file could be read but is not an image the image crate can decode.
     #[error("{path}: cannot decode image: {message}")]
     Image { path: PathBuf, message: String },
+    /// An image's header claims more pixels than allowed; refused before decoding.
+    #[error("{path}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")]
+    ImageTooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
     /// A dataset split has no images, or none that passed the label checks.
     #[error("{path}: {message}")]
     Dataset { path: PathBuf, message: String },

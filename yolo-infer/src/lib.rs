@@ -2,6 +2,7 @@
 //!
 //! Stands on `yolo-core` only.
 
+pub mod check_data;
 pub mod gate;
 pub mod val;
 

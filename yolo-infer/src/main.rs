@@ -6,11 +6,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use yolo_core::data::shapes::{self, ShapesConfig};
+use yolo_infer::check_data::{self, CheckDataArgs, DataGate};
 use yolo_infer::gate::Gate;
 use yolo_infer::val::{self, ValArgs};
 
 #[derive(Parser, Debug)]
-#[command(name = "yolo-infer", version, about = "Validate YOLOv8 detectors (mAP quality gate) and generate the demo data")]
+#[command(
+    name = "yolo-infer",
+    version,
+    about = "Check datasets, validate YOLOv8 detectors (mAP quality gate) and generate the demo data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +28,11 @@ enum Command {
     /// Exit codes: 0 evaluated (and the gate, if any, passed); 3 the gate failed;
     /// 1 an error (bad weights, data or arguments); 2 a usage error.
     Val(ValCmd),
+    /// Check a dataset before training: every split scanned, every finding printed and saved.
+    ///
+    /// Exit codes: 0 the data passed; 3 it failed a threshold; 1 an error (unreadable or
+    /// malformed data.yaml, a missing split folder); 2 a usage error.
+    CheckData(CheckDataCmd),
     /// Write the built-in `shapes` demo dataset (YOLO format with data.yaml).
     Shapes(ShapesCmd),
 }
@@ -67,6 +77,44 @@ struct ValCmd {
 }
 
 #[derive(Args, Debug)]
+struct CheckDataCmd {
+    /// data.yaml, or `shapes` for the built-in demo data (generated into datasets/shapes).
+    #[arg(long)]
+    data: String,
+    /// Splits to check (repeat or comma-separate; default: every split the yaml gives).
+    #[arg(long, value_delimiter = ',', value_parser = ["train", "val", "test"])]
+    split: Vec<String>,
+    /// Largest allowed fraction of a split's images dropped by a check (0: none may be).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_frac)]
+    max_skipped_frac: f64,
+    /// Images whose header claims more pixels are skipped before decoding.
+    #[arg(long, default_value_t = yolo_core::data::image::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Accept images that appear (same bytes) in two splits.
+    #[arg(long)]
+    allow_leakage: bool,
+    /// Accept a split with no label files at all.
+    #[arg(long)]
+    allow_no_labels: bool,
+    /// The JSON report (every finding of every split, and the verdict).
+    #[arg(long, default_value = "runs/check-data/data_report.json")]
+    report: PathBuf,
+    /// Findings printed before "and M more".
+    #[arg(long, default_value_t = yolo_core::data::check::PRINT_FINDINGS)]
+    max_print: usize,
+    /// Folder for Tekton result files (`images`, `skipped`, `passed`).
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+}
+
+fn parse_frac(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a fraction between 0 and 1")),
+    }
+}
+
+#[derive(Args, Debug)]
 struct ShapesCmd {
     /// Output folder.
     #[arg(long, default_value = "datasets/shapes")]
@@ -86,6 +134,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Val(c) => run_val(c),
+        Command::CheckData(c) => run_check_data(c),
         Command::Shapes(c) => run_shapes(c),
     };
     match result {
@@ -114,6 +163,27 @@ fn run_shapes(c: ShapesCmd) -> anyhow::Result<i32> {
         s.data_yaml.display()
     );
     Ok(0)
+}
+
+fn run_check_data(c: CheckDataCmd) -> anyhow::Result<i32> {
+    let splits = c
+        .split
+        .iter()
+        .map(|s| yolo_infer::val::parse_split(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    check_data::run(&CheckDataArgs {
+        data: c.data,
+        splits,
+        gate: DataGate {
+            max_skipped_frac: c.max_skipped_frac,
+            allow_leakage: c.allow_leakage,
+            allow_no_labels: c.allow_no_labels,
+        },
+        max_pixels: c.max_pixels,
+        report: c.report,
+        max_print: c.max_print,
+        results_dir: c.results_dir,
+    })
 }
 
 fn run_val(c: ValCmd) -> anyhow::Result<i32> {

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use yolo_core::data::dataset::{load_split, DataConfig, Split};
+use yolo_core::data::check::{check_dataset, CheckOptions, PRINT_FINDINGS};
+use yolo_core::data::dataset::{DataConfig, Split};
 use yolo_core::data::shapes::{self, ShapesConfig};
 use yolo_core::val::{evaluate, ValConfig, ValMetrics};
 use yolo_core::{backend, weights};
@@ -42,7 +43,8 @@ pub fn resolve_data(data: &str) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(data))
 }
 
-fn parse_split(s: &str) -> anyhow::Result<Split> {
+/// `train`, `val` or `test`.
+pub fn parse_split(s: &str) -> anyhow::Result<Split> {
     Ok(match s {
         "train" => Split::Train,
         "val" => Split::Val,
@@ -51,7 +53,8 @@ fn parse_split(s: &str) -> anyhow::Result<Split> {
     })
 }
 
-/// Loads weights and data, evaluates, writes `<out>/metrics.json` atomically.
+/// Loads weights and data, prints the data report (and saves it as `<out>/data_report.json`),
+/// evaluates, writes `<out>/metrics.json` atomically.
 pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
     let device = backend::default_device();
     let (model, meta) = weights::load_model(&a.weights, &device)?;
@@ -68,8 +71,21 @@ pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
         );
     }
     let split = parse_split(&a.split)?;
-    let (samples, report) = load_split(&data, split)?;
-    eprintln!("{}: {report}", a.split);
+    let (mut checked, report) = check_dataset(
+        &data,
+        &[split],
+        CheckOptions {
+            leakage: false,
+            ..CheckOptions::default()
+        },
+    )?;
+    let report_file = a.out.join("data_report.json");
+    eprint!("{}", report.summary(PRINT_FINDINGS, Some(&report_file)));
+    report.save(&report_file)?;
+    let (_, samples) = checked.remove(0);
+    if samples.is_empty() {
+        return Err(report.no_valid_images(split).into());
+    }
     let metrics = evaluate(&model, &samples, &data.names, &a.cfg, &device)?;
     let json = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
     weights::write_atomic(&a.out.join("metrics.json"), &json)

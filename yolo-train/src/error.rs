@@ -21,9 +21,6 @@ pub enum TrainError {
     /// A YAML file could not be written or parsed.
     #[error("{path}: {message}")]
     Yaml { path: PathBuf, message: String },
-    /// The dataset has no usable images in a split.
-    #[error("dataset {split} split has no usable images ({yaml})")]
-    EmptySplit { split: String, yaml: PathBuf },
     /// Fine-tuning weights do not fit the model.
     #[error("weights {path}: {message}")]
     Weights { path: PathBuf, message: String },

@@ -13,7 +13,8 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Device;
 use yolo_core::burn;
-use yolo_core::data::dataset::{load_split, DataConfig, Split};
+use yolo_core::data::check::{check_dataset, CheckOptions, PRINT_FINDINGS};
+use yolo_core::data::dataset::{DataConfig, Split};
 use yolo_core::weights::{self, CheckpointMeta};
 use yolo_core::{ModelConfig, YoloV8};
 
@@ -351,18 +352,39 @@ fn run(
 ) -> Result<TrainSummary> {
     let data = DataConfig::from_yaml(&cfg.data)?;
     let nc = data.nc();
-    let (train_samples, _) = load_split(&data, Split::Train)?;
+    // Every split the yaml gives is checked (the report covers train/val leakage), and the
+    // report is printed and saved in the run folder.
+    let splits: Vec<Split> = [Split::Train, Split::Val, Split::Test]
+        .into_iter()
+        .filter(|s| data.sources(*s).is_some())
+        .collect();
+    let (checked, data_report) = check_dataset(&data, &splits, CheckOptions::default())?;
+    let report_file = run_dir.join("data_report.json");
+    if report != Report::Quiet {
+        eprint!("{}", data_report.summary(PRINT_FINDINGS, Some(&report_file)));
+    }
+    data_report.save(&report_file)?;
+    let samples_of = |split: Split| {
+        checked
+            .iter()
+            .find(|(s, _)| *s == split)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let train_samples = samples_of(Split::Train);
     if train_samples.is_empty() {
-        return Err(TrainError::EmptySplit {
-            split: "train".into(),
-            yaml: cfg.data.clone(),
-        });
+        return Err(data_report.no_valid_images(Split::Train).into());
     }
     let val_samples = if cfg.val && data.sources(Split::Val).is_some() {
-        load_split(&data, Split::Val)?.0
+        let v = samples_of(Split::Val);
+        if v.is_empty() {
+            return Err(data_report.no_valid_images(Split::Val).into());
+        }
+        v
     } else {
         vec![]
     };
+    drop(checked);
     let weights_dir = run_dir.join("weights");
     let csv_path = run_dir.join("results.csv");
 

@@ -74,6 +74,19 @@ fn short_training_run_learns_and_writes_the_run_folder() {
 
     let args = TrainConfig::load_yaml(&s.run_dir.join("args.yaml")).unwrap();
     assert_eq!(args, cfg);
+    // The data report of both splits is saved beside them (clean data: no finding).
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.run_dir.join("data_report.json")).unwrap(),
+    )
+    .unwrap();
+    let splits: Vec<&str> = report["splits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["split"].as_str().unwrap())
+        .collect();
+    assert_eq!(splits, ["train", "val"]);
+    assert_eq!(report["findings"].as_array().unwrap().len(), 0, "{report}");
     let csv = std::fs::read_to_string(s.run_dir.join("results.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], RESULTS_HEADER.join(","));

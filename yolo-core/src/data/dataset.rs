@@ -382,29 +382,35 @@ pub fn load_split(config: &DataConfig, split: Split) -> Result<(Vec<Sample>, Sca
     let images = config.image_files(split)?;
     let (samples, report) = scan_cached(&images, config.nc());
     if samples.is_empty() {
-        let mut issues: Vec<String> = report.messages.iter().map(|f| f.to_string()).collect();
-        issues.sort();
-        issues.dedup();
-        let path = report.cache.clone().unwrap_or_else(|| {
-            config
-                .sources(split)
-                .and_then(|s| s.first().cloned())
-                .unwrap_or_default()
-        });
-        return Err(CoreError::Dataset {
-            path,
-            message: format!(
-                "no valid images in the {} split ({report}):\n  {}",
-                split.key(),
-                if issues.is_empty() {
-                    "no error details".into()
-                } else {
-                    issues.join("\n  ")
-                }
-            ),
-        });
+        return Err(no_valid_images(config, split, &report));
     }
     Ok((samples, report))
+}
+
+/// The error for a split in which no image passed the checks: Ultralytics' "No valid images
+/// found", with every reason the scan gave.
+fn no_valid_images(config: &DataConfig, split: Split, report: &ScanReport) -> CoreError {
+    let mut issues: Vec<String> = report.messages.iter().map(|f| f.to_string()).collect();
+    issues.sort();
+    issues.dedup();
+    let path = report.cache.clone().unwrap_or_else(|| {
+        config
+            .sources(split)
+            .and_then(|s| s.first().cloned())
+            .unwrap_or_default()
+    });
+    CoreError::Dataset {
+        path,
+        message: format!(
+            "no valid images in the {} split ({report}):\n  {}",
+            split.key(),
+            if issues.is_empty() {
+                "no error details".into()
+            } else {
+                issues.join("\n  ")
+            }
+        ),
+    }
 }
 
 /// `Path.resolve()` without requiring the path to exist: canonical when it exists, otherwise

@@ -31,6 +31,10 @@ pub fn has_image_extension(path: &Path) -> bool {
     }
 }
 
+/// Images whose header claims more pixels than this are refused before decoding (100 MP,
+/// Ultralytics has no such limit; PIL warns from 89 MP and refuses from 179 MP).
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
 /// Width and height of an image in pixels, after EXIF orientation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ImageSize {
@@ -72,11 +76,23 @@ pub fn read_rgb8(path: impl AsRef<Path>) -> Result<RgbImage> {
 
 /// Decodes `bytes` (any format the image crate reads; the format is guessed from the content,
 /// then from `name`'s extension) into RGB8 with the EXIF orientation applied. `name` is used
-/// for the format fallback and in errors.
+/// for the format fallback and in errors. Images of more than [`DEFAULT_MAX_PIXELS`] are
+/// refused before decoding (see [`decode_rgb8_limited`]).
 ///
 /// # Errors
-/// [`CoreError::Image`] naming `name` when the bytes cannot be decoded.
+/// [`CoreError::Image`] naming `name` when the bytes cannot be decoded,
+/// [`CoreError::ImageTooLarge`] when the header claims too many pixels.
 pub fn decode_rgb8(bytes: &[u8], name: &Path) -> Result<Decoded> {
+    decode_rgb8_limited(bytes, name, DEFAULT_MAX_PIXELS)
+}
+
+/// [`decode_rgb8`] with a limit on the pixel count: the header's width x height is checked
+/// before any pixel buffer is allocated, so a small file that claims 50000 x 50000 pixels costs
+/// nothing. The image crate's own allocation limit (512 MB) stays on as a second guard.
+///
+/// # Errors
+/// As [`decode_rgb8`]; [`CoreError::ImageTooLarge`] above `max_pixels`.
+pub fn decode_rgb8_limited(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<Decoded> {
     let err = |message: String| CoreError::Image {
         path: name.to_path_buf(),
         message,
@@ -93,6 +109,15 @@ pub fn decode_rgb8(bytes: &[u8], name: &Path) -> Result<Decoded> {
         .format()
         .ok_or_else(|| err("unrecognised image format".into()))?;
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(CoreError::ImageTooLarge {
+            path: name.to_path_buf(),
+            width,
+            height,
+            max_pixels,
+        });
+    }
     // A malformed EXIF block is not a reason to reject pixels that decode: no transform then.
     let orientation = decoder
         .orientation()

@@ -14,7 +14,11 @@
 //!   Ultralytics keeps them. Unlike Ultralytics, which stops at the first failed assertion,
 //!   every bad row is reported with its line number.
 //! - Rows of more than 6 columns are polygons `cls x1 y1 x2 y2 …` and become their bounding
-//!   box (`segments2boxes`); a file mixing 5-column rows and polygons is corrupt.
+//!   box (`segments2boxes`), with one finding per file saying so (Ultralytics converts them
+//!   silently); a file mixing 5-column rows and polygons is corrupt.
+//! - An image whose header claims more than `max_pixels` pixels (default
+//!   [`DEFAULT_MAX_PIXELS`], 100 MP) is dropped before it is decoded (`ImageTooLarge`);
+//!   Ultralytics has no such limit.
 //! - Duplicate rows are removed with a finding; as with Ultralytics' `np.unique(axis=0)`, the
 //!   remaining rows are then in sorted order.
 //! - A missing label file (`missing`) or one with no rows (`empty`) is a background image.
@@ -36,14 +40,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::img2label_path;
-use crate::data::image::{decode_rgb8, ImageSize};
+use crate::data::image::{decode_rgb8_limited, ImageSize, DEFAULT_MAX_PIXELS};
 
 /// Ultralytics rejects images with a side below this many pixels (`check_image`).
 pub const MIN_IMAGE_SIDE: u32 = 10;
 /// Tolerance above 1 for normalised coordinates (`points.max() <= 1.01`).
 pub const COORD_TOLERANCE: f32 = 0.01;
 /// Version of the cache layout; a cache of another version is rebuilt.
-pub const CACHE_VERSION: &str = "yolo-rs-labels/1";
+pub const CACHE_VERSION: &str = "yolo-rs-labels/2";
 
 /// One object: class id and a box in normalised centre format.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -82,6 +86,8 @@ pub enum FindingKind {
     ImageFormat,
     /// A side is below [`MIN_IMAGE_SIDE`] pixels.
     ImageTooSmall,
+    /// The header claims more pixels than the scan's limit; refused before decoding.
+    ImageTooLarge,
     /// A JPEG with bytes after its end-of-image marker; decoded and kept.
     JpegTrailingData,
     /// The label file cannot be read or is not UTF-8.
@@ -104,6 +110,14 @@ pub enum FindingKind {
     Duplicate,
     /// A box of zero width or height; kept.
     ZeroSize,
+    /// Polygon (segment) rows, converted to their bounding boxes.
+    Polygon,
+    /// A label file whose image is not in the split (a renamed or lost image); not used.
+    LabelWithoutImage,
+    /// None of a split's images has a label file: nearly always a wrong path.
+    NoLabelFiles,
+    /// An image with the same bytes as an image of another split (train/val leakage).
+    DuplicateImage,
     /// The scan cache could not be written; the scan result is still returned.
     CacheNotSaved,
 }
@@ -117,6 +131,8 @@ pub enum Action {
     Fixed,
     /// Kept as it is; a warning.
     Kept,
+    /// The file is not used (a label file with no image).
+    Ignored,
 }
 
 impl FindingKind {
@@ -124,8 +140,11 @@ impl FindingKind {
     pub fn action(self) -> Action {
         use FindingKind::*;
         match self {
-            Duplicate => Action::Fixed,
-            JpegTrailingData | ZeroSize | CacheNotSaved => Action::Kept,
+            Duplicate | Polygon => Action::Fixed,
+            LabelWithoutImage => Action::Ignored,
+            JpegTrailingData | ZeroSize | CacheNotSaved | NoLabelFiles | DuplicateImage => {
+                Action::Kept
+            }
             _ => Action::Skipped,
         }
     }
@@ -222,8 +241,10 @@ pub fn check_labels(text: &str, file: &Path, nc: usize) -> LabelCheck {
         kind,
         message: match kind.action() {
             Action::Skipped => format!("{message}; image skipped"),
-            Action::Fixed => format!("{message}; removed"),
+            Action::Fixed if kind == FindingKind::Duplicate => format!("{message}; removed"),
+            Action::Fixed => format!("{message}; converted (the file is untouched)"),
             Action::Kept => format!("{message}; kept"),
+            Action::Ignored => format!("{message}; ignored"),
         },
     };
     let rows: Vec<(usize, Vec<&str>)> = text
@@ -387,6 +408,18 @@ pub fn check_labels(text: &str, file: &Path, nc: usize) -> LabelCheck {
             ));
         }
     }
+    if polygons {
+        let first = rows.first().map_or(1, |(line, _)| *line);
+        out.findings.push(finding(
+            first,
+            FindingKind::Polygon,
+            format!(
+                "{} polygon (segment) row{} turned into bounding boxes",
+                parsed.len(),
+                if parsed.len() == 1 { "" } else { "s" }
+            ),
+        ));
+    }
     out.findings.sort_by_key(|f| f.line);
     out.labels = first_seen
         .iter()
@@ -413,11 +446,23 @@ struct ImageScan {
 }
 
 /// Checks an image as Ultralytics' `check_image` does (see the module docs): its size after
-/// EXIF orientation, and a kept-with-warning finding for a JPEG with trailing data.
+/// EXIF orientation, and a kept-with-warning finding for a JPEG with trailing data. Images
+/// above [`DEFAULT_MAX_PIXELS`] are refused (see [`check_image_limited`]).
 ///
 /// # Errors
 /// The finding that makes Ultralytics drop the image.
 pub fn check_image(path: &Path) -> Result<(ImageSize, Option<Finding>), Finding> {
+    check_image_limited(path, DEFAULT_MAX_PIXELS)
+}
+
+/// [`check_image`] with a limit on the pixel count, checked on the header before decoding.
+///
+/// # Errors
+/// The finding that drops the image.
+pub fn check_image_limited(
+    path: &Path,
+    max_pixels: u64,
+) -> Result<(ImageSize, Option<Finding>), Finding> {
     let finding = |kind: FindingKind, message: String| Finding {
         file: path.to_path_buf(),
         line: None,
@@ -430,15 +475,26 @@ pub fn check_image(path: &Path) -> Result<(ImageSize, Option<Finding>), Finding>
             format!("cannot read image: {e}; image skipped"),
         )
     })?;
-    let decoded = decode_rgb8(&bytes, path).map_err(|e| {
-        let message = match e {
-            crate::CoreError::Image { message, .. } => message,
-            other => other.to_string(),
-        };
-        finding(
+    let decoded = decode_rgb8_limited(&bytes, path, max_pixels).map_err(|e| match e {
+        crate::CoreError::ImageTooLarge {
+            width,
+            height,
+            max_pixels,
+            ..
+        } => finding(
+            FindingKind::ImageTooLarge,
+            format!(
+                "image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels (not decoded); image skipped"
+            ),
+        ),
+        crate::CoreError::Image { message, .. } => finding(
             FindingKind::ImageCorrupt,
             format!("corrupt image: {message}; image skipped"),
-        )
+        ),
+        other => finding(
+            FindingKind::ImageCorrupt,
+            format!("corrupt image: {other}; image skipped"),
+        ),
     })?;
     let format_ok = matches!(
         decoded.format,
@@ -481,7 +537,7 @@ pub fn check_image(path: &Path) -> Result<(ImageSize, Option<Finding>), Finding>
     Ok((size, warning))
 }
 
-fn scan_one(image: &Path, nc: usize) -> ImageScan {
+fn scan_one(image: &Path, nc: usize, max_pixels: u64) -> ImageScan {
     let mut out = ImageScan {
         sample: None,
         missing: false,
@@ -491,7 +547,7 @@ fn scan_one(image: &Path, nc: usize) -> ImageScan {
         duplicates_removed: 0,
         findings: Vec::new(),
     };
-    let size = match check_image(image) {
+    let size = match check_image_limited(image, max_pixels) {
         Ok((size, warning)) => {
             out.findings.extend(warning);
             size
@@ -555,7 +611,13 @@ fn scan_one(image: &Path, nc: usize) -> ImageScan {
 /// Scans `images` (their labels found by `img2label_path`) in parallel with rayon, without the
 /// cache. Returns the valid samples in image order and the report. Never panics on bad files.
 pub fn scan(images: &[PathBuf], nc: usize) -> (Vec<Sample>, ScanReport) {
-    let results: Vec<ImageScan> = images.par_iter().map(|p| scan_one(p, nc)).collect();
+    scan_with(images, nc, DEFAULT_MAX_PIXELS)
+}
+
+/// [`scan`] with a limit on the pixel count of an image (see [`check_image_limited`]).
+pub fn scan_with(images: &[PathBuf], nc: usize, max_pixels: u64) -> (Vec<Sample>, ScanReport) {
+    let results: Vec<ImageScan> =
+        images.par_iter().map(|p| scan_one(p, nc, max_pixels)).collect();
     let mut report = ScanReport {
         total: images.len(),
         ..ScanReport::default()
@@ -588,6 +650,11 @@ pub fn cache_path(images: &[PathBuf]) -> Option<PathBuf> {
 /// the scan settings: Ultralytics' `get_hash(label_files + im_files + [scan_args])`. A file
 /// that is changed, added (a label file appearing) or removed changes the key.
 pub fn cache_key(images: &[PathBuf], nc: usize) -> String {
+    cache_key_with(images, nc, DEFAULT_MAX_PIXELS)
+}
+
+/// [`cache_key`] for a scan with a pixel limit other than the default.
+pub fn cache_key_with(images: &[PathBuf], nc: usize, max_pixels: u64) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
         for b in bytes {
@@ -612,7 +679,7 @@ pub fn cache_key(images: &[PathBuf], nc: usize) -> String {
             Err(_) => feed(b"\0"),
         }
     }
-    feed(format!("{CACHE_VERSION} nc={nc}").as_bytes());
+    feed(format!("{CACHE_VERSION} nc={nc} max_pixels={max_pixels}").as_bytes());
     format!("{h:016x}")
 }
 
@@ -630,10 +697,19 @@ struct CacheFile {
 /// As Ultralytics, nothing is written when no sample is valid; a cache that cannot be written
 /// gives a [`FindingKind::CacheNotSaved`] finding, not an error.
 pub fn scan_cached(images: &[PathBuf], nc: usize) -> (Vec<Sample>, ScanReport) {
+    scan_cached_with(images, nc, DEFAULT_MAX_PIXELS)
+}
+
+/// [`scan_cached`] with a limit on the pixel count of an image (part of the cache key).
+pub fn scan_cached_with(
+    images: &[PathBuf],
+    nc: usize,
+    max_pixels: u64,
+) -> (Vec<Sample>, ScanReport) {
     let Some(path) = cache_path(images) else {
-        return scan(images, nc);
+        return scan_with(images, nc, max_pixels);
     };
-    let key = cache_key(images, nc);
+    let key = cache_key_with(images, nc, max_pixels);
     if let Some(cache) = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
@@ -644,7 +720,7 @@ pub fn scan_cached(images: &[PathBuf], nc: usize) -> (Vec<Sample>, ScanReport) {
         report.cache = Some(path);
         return (cache.samples, report);
     }
-    let (samples, mut report) = scan(images, nc);
+    let (samples, mut report) = scan_with(images, nc, max_pixels);
     if !samples.is_empty() {
         let file = CacheFile {
             version: CACHE_VERSION.into(),
@@ -723,6 +799,10 @@ mod tests {
         assert_eq!(l.class, 2);
         assert!((l.cx - 0.3).abs() < 1e-6 && (l.cy - 0.4).abs() < 1e-6);
         assert!((l.w - 0.4).abs() < 1e-6 && (l.h - 0.4).abs() < 1e-6);
+        assert_eq!(c.findings.len(), 1, "the conversion is reported once");
+        assert_eq!(c.findings[0].kind, FindingKind::Polygon);
+        assert_eq!(c.findings[0].line, Some(1));
+        assert!(check("0 0.5 0.5 0.2 0.2\n", 3).findings.is_empty());
         assert!(check("2 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n0 0.5 0.5 0.1 0.1\n", 3).corrupt);
     }
 

@@ -1,5 +1,6 @@
 //! Datasets in the YOLO format, label checks, letterbox and the built-in `shapes` demo data.
 
+pub mod check;
 pub mod dataset;
 pub mod image;
 pub mod labels;
