@@ -21,6 +21,7 @@ pub mod neck;
 pub mod nms;
 pub mod nn;
 pub mod plots;
+pub mod runs;
 pub mod scale;
 pub mod val;
 pub mod weights;

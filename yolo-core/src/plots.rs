@@ -182,6 +182,60 @@ fn class_name(names: &[String], c: usize) -> String {
     names.get(c).cloned().unwrap_or_else(|| c.to_string())
 }
 
+/// Ultralytics' 20-colour palette (`utils/plotting.py`, `Colors`), indexed by class id.
+pub const BOX_PALETTE: [[u8; 3]; 20] = [
+    [0x04, 0x2A, 0xFF], [0x0B, 0xDB, 0xEB], [0xF3, 0xF3, 0xF3], [0x00, 0xDF, 0xB7],
+    [0x11, 0x1F, 0x68], [0xFF, 0x6F, 0xDD], [0xFF, 0x44, 0x4F], [0xCC, 0xED, 0x00],
+    [0x00, 0xF3, 0x44], [0xBD, 0x00, 0xFF], [0x00, 0xB4, 0xFF], [0xDD, 0x00, 0xBA],
+    [0x00, 0xFF, 0xFF], [0x26, 0xC0, 0x00], [0x01, 0xFF, 0xB3], [0x7D, 0x24, 0xFF],
+    [0x7B, 0x00, 0x68], [0xFF, 0x1B, 0x6C], [0xFC, 0x6D, 0x2F], [0xA2, 0xFF, 0x0B],
+];
+
+/// A box to draw: `[x1, y1, x2, y2]` in the image's pixels, its class (the colour) and the
+/// label written above it (e.g. `circle 0.87`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledBox {
+    pub xyxy: [f32; 4],
+    pub class: usize,
+    pub label: String,
+}
+
+/// Draws boxes with their labels on `img` as Ultralytics' `Annotator` lays them out: line
+/// width `max(round((w + h) / 2 * 0.003), 2)`, the label on a filled bar of the box's colour
+/// above its top-left corner (inside the box when there is no room above), text white or
+/// black, whichever reads better on the colour.
+pub fn draw_boxes(img: &mut RgbImage, boxes: &[LabelledBox]) {
+    let (w, h) = img.dimensions();
+    let lw = (((w + h) as f64 / 2.0 * 0.003).round() as u32).max(2);
+    let scale = (lw / 2).max(1);
+    let mut cv = Canvas(std::mem::take(img));
+    for b in boxes {
+        let [r, g, bl] = BOX_PALETTE[b.class % BOX_PALETTE.len()];
+        let c = Rgb([r, g, bl]);
+        let [x1, y1, x2, y2] = b.xyxy.map(|v| v as f64);
+        for (p, q) in [
+            ((x1, y1), (x2, y1)),
+            ((x2, y1), (x2, y2)),
+            ((x2, y2), (x1, y2)),
+            ((x1, y2), (x1, y1)),
+        ] {
+            cv.line(p, q, lw, c);
+        }
+        if b.label.is_empty() {
+            continue;
+        }
+        let tw = text_width(&b.label, scale) + 2 * scale as i64;
+        let th = 8 * scale as i64 + 2 * scale as i64;
+        let (x, y) = (x1.round() as i64, y1.round() as i64);
+        let top = if y - th >= 0 { y - th } else { y };
+        cv.rect(x, top, x + tw, top + th, c);
+        let luma = 0.299 * r as f64 + 0.587 * g as f64 + 0.114 * bl as f64;
+        let text = if luma > 160.0 { Rgb([0, 0, 0]) } else { WHITE };
+        cv.text(x + scale as i64, top + scale as i64, &b.label, scale, false, text);
+    }
+    *img = cv.0;
+}
+
 /// Size of the PR-curve image.
 pub const PR_SIZE: (u32, u32) = (960, 640);
 
