@@ -17,7 +17,9 @@ use yolo_infer::val::{self, ValArgs};
 #[command(
     name = "yolo-infer",
     version,
-    about = "Check datasets, validate (mAP quality gate), predict with and serve YOLOv8 detectors"
+    about = "Check datasets, validate (mAP quality gate), predict with and serve YOLOv8 detectors",
+    after_help = "Environment: YOLO_RS_PARSE_ONLY=1 exits 0 as soon as the command line parses (CI checks \
+                  the command lines of tekton/ against this CLI); usage errors still exit 2."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -265,6 +267,9 @@ struct ShapesCmd {
 fn main() -> ExitCode {
     yolo_core::backend::keep_freed_memory();
     let cli = Cli::parse();
+    if std::env::var_os("YOLO_RS_PARSE_ONLY").is_some_and(|v| v == "1") {
+        return ExitCode::SUCCESS;
+    }
     let result = match cli.command {
         Command::Val(c) => run_val(c),
         Command::CheckData(c) => run_check_data(c),

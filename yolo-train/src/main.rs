@@ -6,11 +6,19 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use yolo_core::data::shapes::{generate, ShapesConfig};
 use yolo_core::{backend, Multiples, Scale};
-use yolo_train::{resume, train, OptimizerKind, Report, TrainConfig, TrainSummary};
+use yolo_train::trainer::state_path;
+use yolo_train::{resume, train, OptimizerKind, Report, TrainConfig, TrainError, TrainSummary};
 
 /// Train a YOLOv8 detector (Ultralytics 8.4.190 training loop and augmentations).
 #[derive(Parser, Debug)]
-#[command(name = "yolo-train", version, about, long_about = None)]
+#[command(
+    name = "yolo-train",
+    version,
+    about,
+    long_about = None,
+    after_help = "Environment: YOLO_RS_PARSE_ONLY=1 exits 0 as soon as the command line parses (CI checks \
+                  the command lines of tekton/ against this CLI); usage errors still exit 2."
+)]
 struct Cli {
     /// data.yaml, or `shapes` for the built-in demo dataset (generated into datasets/shapes).
     #[arg(long, required_unless_present = "resume")]
@@ -19,6 +27,15 @@ struct Cli {
     /// with its saved settings; every other option is ignored.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    /// Resume <project>/<name> when its weights/last.state exists (with its saved settings, as
+    /// --resume), else start a new run in exactly <project>/<name> (never name2): a retried
+    /// job continues its run. A run whose epochs are all done is reported, not retrained.
+    #[arg(long, conflicts_with = "resume")]
+    auto_resume: bool,
+    /// Folder for Tekton result files: `best` (path of best.safetensors), `last`, `run-dir`
+    /// and `epochs` (epochs finished in the run folder).
+    #[arg(long, value_name = "DIR")]
+    results_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 100)]
     epochs: usize,
     #[arg(long, default_value_t = 640)]
@@ -107,6 +124,9 @@ fn shapes_data() -> Result<PathBuf> {
 fn main() -> Result<()> {
     yolo_core::backend::keep_freed_memory();
     let cli = Cli::parse();
+    if std::env::var_os("YOLO_RS_PARSE_ONLY").is_some_and(|v| v == "1") {
+        return Ok(());
+    }
     let report = if cli.json {
         Report::Json
     } else if cli.quiet {
@@ -119,7 +139,20 @@ fn main() -> Result<()> {
         let summary = resume(run_dir, &device, report)
             .with_context(|| format!("resuming {}", run_dir.display()))?;
         print_summary(&cli, &summary);
-        return Ok(());
+        return write_results(&cli, &summary.run_dir);
+    }
+    let auto_run_dir = cli.project.join(&cli.name);
+    if cli.auto_resume && state_path(&auto_run_dir).exists() {
+        eprintln!("auto-resume: {} has a training state; resuming it", auto_run_dir.display());
+        match resume(&auto_run_dir, &device, report) {
+            Ok(summary) => print_summary(&cli, &summary),
+            // Every epoch finished before (the job stopped after training): nothing to redo.
+            Err(TrainError::Resume { message, .. }) if message.contains("epochs are done") => {
+                eprintln!("auto-resume: {}: {message}; nothing to train", auto_run_dir.display());
+            }
+            Err(e) => return Err(e).with_context(|| format!("resuming {}", auto_run_dir.display())),
+        }
+        return write_results(&cli, &auto_run_dir);
     }
     let data_arg = cli.data.clone().expect("clap requires --data without --resume");
     let data = if data_arg == "shapes" {
@@ -156,7 +189,8 @@ fn main() -> Result<()> {
         cos_lr: cli.cos_lr,
         name: cli.name.clone(),
         project: cli.project.clone(),
-        exist_ok: cli.exist_ok,
+        // --auto-resume without a state: a new run in exactly <project>/<name>.
+        exist_ok: cli.exist_ok || cli.auto_resume,
         val: !cli.no_val,
         cache: cli.cache,
         ..defaults
@@ -165,6 +199,35 @@ fn main() -> Result<()> {
     let summary = train(&cfg, &device, report)
         .with_context(|| format!("training on {}", data.display()))?;
     print_summary(&cli, &summary);
+    write_results(&cli, &summary.run_dir)
+}
+
+/// Writes the `--results-dir` files for the run folder `run_dir`: short strings without a
+/// trailing newline, as Tekton results are read.
+fn write_results(cli: &Cli, run_dir: &Path) -> Result<()> {
+    let Some(dir) = &cli.results_dir else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let csv = run_dir.join("results.csv");
+    let text = std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
+    let epochs = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next()?.trim().parse::<usize>().ok())
+        .max()
+        .unwrap_or(0);
+    let weights = run_dir.join("weights");
+    for (name, value) in [
+        ("best", weights.join("best.safetensors").display().to_string()),
+        ("last", weights.join("last.safetensors").display().to_string()),
+        ("run-dir", run_dir.display().to_string()),
+        ("epochs", epochs.to_string()),
+    ] {
+        let path = dir.join(name);
+        yolo_core::weights::write_atomic(&path, value.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 
