@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -352,10 +353,11 @@ async fn image_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> 
 
 async fn detect(
     State(state): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
     req: Request,
 ) -> Result<Json<DetectResponse>, ApiError> {
     let bytes = image_bytes(req, &state).await?;
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let opts = parse_query(&q, &state.cfg.defaults, state.nc)
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     if bytes.is_empty() {

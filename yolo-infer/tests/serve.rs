@@ -228,6 +228,7 @@ fn detections_health_metrics_and_bad_input() {
         ("class out of range", "?classes=9", Some("image/png"), bytes.clone(), 400),
         ("max_det zero", "?max_det=0", Some("image/png"), bytes.clone(), 400),
         ("unknown parameter", "?confidence=0.5", Some("image/png"), bytes.clone(), 400),
+        ("malformed query", "?conf=%ZZ%", Some("image/png"), bytes.clone(), 400),
     ];
     let mut bad = 0;
     for (what, q, ctype, body, want) in &cases {
