@@ -11,6 +11,9 @@ use image::{ImageEncoder, Rgb, RgbImage};
 use yolo_core::data::dataset::img2label_path;
 use yolo_core::data::shapes::{generate, ShapesConfig};
 
+mod common;
+use common::bmp_header;
+
 fn write(path: &Path, bytes: impl AsRef<[u8]>) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, bytes).unwrap();
@@ -31,22 +34,6 @@ fn encode(w: u32, h: u32, seed: u8, jpeg: bool) -> Vec<u8> {
             .unwrap();
     }
     out
-}
-
-/// A 54-byte BMP whose header claims `w x h` pixels (no pixel data follows).
-fn bmp_header(w: u32, h: u32) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(b"BM");
-    b.extend_from_slice(&0u32.to_le_bytes()); // file size: unused by readers
-    b.extend_from_slice(&[0; 4]);
-    b.extend_from_slice(&54u32.to_le_bytes());
-    b.extend_from_slice(&40u32.to_le_bytes());
-    b.extend_from_slice(&w.to_le_bytes());
-    b.extend_from_slice(&h.to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes());
-    b.extend_from_slice(&24u16.to_le_bytes());
-    b.extend_from_slice(&[0; 24]);
-    b
 }
 
 /// Writes `images/<split>/<name>` and, when given, its label file.
@@ -336,8 +323,7 @@ fn val_prints_and_saves_the_findings() {
     write(&img, encode(64, 64, 9, false));
     write(&bad, "0 0.5 0.5 0.2\n");
     let out_dir = tmp.path().join("val");
-    let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../yolo-core/tests/fixtures/val/shapes_tiny.safetensors");
+    let weights = common::weights();
     let out = Command::new(env!("CARGO_BIN_EXE_yolo-infer"))
         .args(["val", "--imgsz", "64", "--weights"])
         .arg(weights)

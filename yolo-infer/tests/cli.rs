@@ -2,14 +2,13 @@
 //! Tekton result files. Uses the model trained by Ultralytics on the shapes data
 //! (yolo-core/tests/fixtures/val) on a freshly generated shapes val split.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use yolo_core::data::shapes::{generate, ShapesConfig};
 
-fn weights() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../yolo-core/tests/fixtures/val/shapes_tiny.safetensors")
-}
+mod common;
+use common::weights;
 
 fn val(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_yolo-infer"))

@@ -13,10 +13,8 @@ use yolo_core::data::image::read_rgb8;
 use yolo_core::data::shapes::{generate, ShapesConfig};
 use yolo_infer::detector::{DetectOptions, Detector};
 
-pub fn weights() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../yolo-core/tests/fixtures/val/shapes_tiny.safetensors")
-}
+mod common;
+use common::weights;
 
 fn shapes(root: &Path, val: usize) -> PathBuf {
     let cfg = ShapesConfig {

@@ -14,10 +14,8 @@ use image::{Rgb, RgbImage};
 use yolo_core::data::shapes::{generate, ShapesConfig};
 use yolo_infer::serve::{self, ServeConfig, ROUTES};
 
-fn weights() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../yolo-core/tests/fixtures/val/shapes_tiny.safetensors")
-}
+mod common;
+use common::{bmp_header, weights};
 
 /// Starts a server on a free port in a background runtime; the returned sender stops it.
 fn start(cfg: impl FnOnce(&mut ServeConfig)) -> (String, tokio::sync::oneshot::Sender<()>) {
@@ -120,20 +118,6 @@ fn multipart(field: &str, bytes: &[u8]) -> (String, Vec<u8>) {
     body.extend_from_slice(bytes);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-/// A BMP header claiming `w x h` pixels, no pixel data.
-fn bmp_header(w: u32, h: u32) -> Vec<u8> {
-    let mut b = b"BM".to_vec();
-    b.extend_from_slice(&[0; 8]);
-    b.extend_from_slice(&54u32.to_le_bytes());
-    b.extend_from_slice(&40u32.to_le_bytes());
-    b.extend_from_slice(&w.to_le_bytes());
-    b.extend_from_slice(&h.to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes());
-    b.extend_from_slice(&24u16.to_le_bytes());
-    b.extend_from_slice(&[0; 24]);
-    b
 }
 
 /// `name{labels} value` rows of the Prometheus text format.
