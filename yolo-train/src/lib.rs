@@ -28,6 +28,7 @@ pub mod iou;
 pub mod loader;
 pub mod loss;
 pub mod optim;
+pub mod push;
 pub mod resume;
 pub mod schedule;
 pub mod trainer;

@@ -7,7 +7,12 @@ use clap::Parser;
 use yolo_core::data::shapes::{generate, ShapesConfig};
 use yolo_core::{backend, Multiples, Scale};
 use yolo_train::trainer::state_path;
-use yolo_train::{resume, train, OptimizerKind, Report, TrainConfig, TrainError, TrainSummary};
+use std::ops::ControlFlow;
+use yolo_train::push::Pushgateway;
+use yolo_train::{
+    resume_with, train_with, EpochStats, OptimizerKind, Report, TrainConfig, TrainError,
+    TrainSummary,
+};
 
 /// Train a YOLOv8 detector (Ultralytics 8.4.190 training loop and augmentations).
 #[derive(Parser, Debug)]
@@ -96,6 +101,31 @@ struct Cli {
     /// One JSON object per epoch on stdout.
     #[arg(long)]
     json: bool,
+    /// Push each epoch's metrics (losses, mAP, images/s, epoch time, LR) to this Prometheus
+    /// Pushgateway (http://host:9091), group job="yolo-train", run=<name>; empty: no push. A
+    /// failed push is a warning; training goes on.
+    #[arg(long, value_name = "URL")]
+    pushgateway: Option<String>,
+}
+
+/// The `--pushgateway` client for a run, and the per-epoch callback that pushes.
+fn pusher(cli: &Cli, run: &str) -> Result<impl FnMut(&EpochStats) -> ControlFlow<()>> {
+    let gw = match &cli.pushgateway {
+        Some(url) if !url.is_empty() => Some(Pushgateway::new(url, "yolo-train", run).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
+    Ok(move |s: &EpochStats| {
+        if let Some(gw) = &gw {
+            if let Err(e) = gw.push(s) {
+                eprintln!("warning: {e}");
+            }
+        }
+        ControlFlow::Continue(())
+    })
+}
+
+fn run_name(dir: &Path) -> String {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn parse_scale(s: &str) -> Result<Scale> {
@@ -136,7 +166,7 @@ fn main() -> Result<()> {
     };
     let device = backend::default_device();
     if let Some(run_dir) = &cli.resume {
-        let summary = resume(run_dir, &device, report)
+        let summary = resume_with(run_dir, &device, report, pusher(&cli, &run_name(run_dir))?)
             .with_context(|| format!("resuming {}", run_dir.display()))?;
         print_summary(&cli, &summary);
         return write_results(&cli, &summary.run_dir);
@@ -144,7 +174,7 @@ fn main() -> Result<()> {
     let auto_run_dir = cli.project.join(&cli.name);
     if cli.auto_resume && state_path(&auto_run_dir).exists() {
         eprintln!("auto-resume: {} has a training state; resuming it", auto_run_dir.display());
-        match resume(&auto_run_dir, &device, report) {
+        match resume_with(&auto_run_dir, &device, report, pusher(&cli, &cli.name)?) {
             Ok(summary) => print_summary(&cli, &summary),
             // Every epoch finished before (the job stopped after training): nothing to redo.
             Err(TrainError::Resume { message, .. }) if message.contains("epochs are done") => {
@@ -196,7 +226,7 @@ fn main() -> Result<()> {
         ..defaults
     };
     let cfg = apply_overrides(cfg, &cli.set)?;
-    let summary = train(&cfg, &device, report)
+    let summary = train_with(&cfg, &device, report, pusher(&cli, &cfg.name)?)
         .with_context(|| format!("training on {}", data.display()))?;
     print_summary(&cli, &summary);
     write_results(&cli, &summary.run_dir)
