@@ -1325,11 +1325,43 @@ fn run_pipeline_task(
         let lookup = |r: &str| env.lookup(r);
         let mut cmd = if yolo_binary_of_image(s(&step["image"])).is_some() {
             let (bin, args) = step_argv(step, &env).unwrap();
-            run.log
-                .push(format!("  {tn}/{sn}: {bin} {}", args.join(" ")));
-            let mut cmd = Command::new(binary(&bin));
-            cmd.args(args);
-            cmd
+            if let Some(images) = pipeline_images() {
+                // The step's own image (params substituted) under podman, as the cluster
+                // runs it: no network, the non-root user, the workspaces at the same paths.
+                let image = subst(s(&step["image"]), &lookup).unwrap();
+                assert!(image.starts_with(&images.registry), "{image}");
+                let entrypoint = s(&step["command"][0]).to_string();
+                run.log
+                    .push(format!("  {tn}/{sn}: podman {image} {entrypoint} {}", args.join(" ")));
+                // The task's folder and every bound workspace, at their own paths.
+                let mut mounts: Vec<PathBuf> = vec![work.to_path_buf()];
+                mounts.extend(env.workspaces.values().flatten().cloned());
+                mounts.sort();
+                mounts.dedup();
+                for m in &mounts {
+                    open_to_the_container_user(m);
+                }
+                let dir = step["workingDir"]
+                    .as_str()
+                    .map(|w| PathBuf::from(subst(w, &lookup).unwrap()))
+                    .unwrap_or(cwd.clone());
+                let mut cmd = Command::new("podman");
+                cmd.args(["run", "--rm", "--network", "none", "--user", "65532:65532"]);
+                for m in &mounts {
+                    cmd.arg("-v").arg(format!("{0}:{0}", m.display()));
+                }
+                cmd.arg("-w")
+                    .arg(&dir)
+                    .args(["--entrypoint", &entrypoint, &image])
+                    .args(args);
+                cmd
+            } else {
+                run.log
+                    .push(format!("  {tn}/{sn}: {bin} {}", args.join(" ")));
+                let mut cmd = Command::new(binary(&bin));
+                cmd.args(args);
+                cmd
+            }
         } else if let Some(script) = step["script"].as_str() {
             // A shell-image step (busybox in the cluster): the same script with sh.
             let script = subst(script, &lookup).unwrap();
@@ -1381,6 +1413,32 @@ fn run_pipeline_task(
     Status::Succeeded
 }
 
+/// The images the local run uses instead of the binaries: `YOLO_RS_PIPELINE_REGISTRY` (e.g.
+/// `localhost`, what images/build.sh tags) and `YOLO_RS_PIPELINE_TAG`, both set (CI sets them
+/// after building the images); `None` runs the binaries from target/.
+struct PipelineImages {
+    registry: String,
+    tag: String,
+}
+
+fn pipeline_images() -> Option<PipelineImages> {
+    Some(PipelineImages {
+        registry: std::env::var("YOLO_RS_PIPELINE_REGISTRY").ok()?,
+        tag: std::env::var("YOLO_RS_PIPELINE_TAG").ok()?,
+    })
+}
+
+/// Lets the images' user (65532) write into the test's folders.
+fn open_to_the_container_user(work: &Path) {
+    let ok = Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(work)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "chmod -R a+rwX {}", work.display());
+}
+
 fn indent(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(15)..];
@@ -1392,7 +1450,13 @@ fn indent(text: &str) -> String {
 
 fn tiny_params(min_map50: &str) -> Vec<(&'static str, Val)> {
     let st = |x: &str| Val::Str(x.into());
-    vec![
+    let mut images = Vec::new();
+    if let Some(i) = pipeline_images() {
+        images.push(("image-registry", st(&i.registry)));
+        images.push(("image-tag", st(&i.tag)));
+        images.push(("train-image-tag", st(&i.tag)));
+    }
+    images.into_iter().chain(vec![
         ("git-url", st("https://example.invalid/yolo-rs.git")),
         ("data-git-url", st("https://example.invalid/yolo-rs.git")),
         ("gitops-url", st("https://example.invalid/gitops.git")),
@@ -1418,7 +1482,8 @@ fn tiny_params(min_map50: &str) -> Vec<(&'static str, Val)> {
                 .to_vec(),
             ),
         ),
-    ]
+    ])
+    .collect()
 }
 
 /// Fresh workspaces: `data` holds tiny shapes data (as fetch-data would clone it), `models` is empty.
