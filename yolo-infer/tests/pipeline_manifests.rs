@@ -673,6 +673,16 @@ fn tekton_references_resolve() {
     );
 }
 
+/// The Pipeline task `name` of the catalog's pipeline, to mutate.
+fn pipeline_task_mut<'a>(c: &'a mut Catalog, name: &str) -> &'a mut Value {
+    c.pipelines.get_mut("yolo-train-pipeline").unwrap()["spec"]["tasks"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|t| t["name"] == name)
+        .unwrap()
+}
+
 /// The checker is not vacuous: each injected mistake is reported.
 #[test]
 fn reference_checker_catches_injected_mistakes() {
@@ -681,13 +691,7 @@ fn reference_checker_catches_injected_mistakes() {
         (
             "greaterThan",
             |c| {
-                let p = c.pipelines.get_mut("yolo-train-pipeline").unwrap();
-                let t = p["spec"]["tasks"]
-                    .as_array_mut()
-                    .unwrap()
-                    .iter_mut()
-                    .find(|t| t["name"] == "yolo-export")
-                    .unwrap();
+                let t = pipeline_task_mut(c, "yolo-export");
                 t["when"][0]["operator"] = "greaterThan".into();
             },
             "when operator `greaterThan`",
@@ -695,13 +699,7 @@ fn reference_checker_catches_injected_mistakes() {
         (
             "result",
             |c| {
-                let p = c.pipelines.get_mut("yolo-train-pipeline").unwrap();
-                let t = p["spec"]["tasks"]
-                    .as_array_mut()
-                    .unwrap()
-                    .iter_mut()
-                    .find(|t| t["name"] == "yolo-export")
-                    .unwrap();
+                let t = pipeline_task_mut(c, "yolo-export");
                 t["when"][0]["input"] = "$(tasks.yolo-val.results.pass)".into();
             },
             "declares no result pass",
@@ -709,13 +707,7 @@ fn reference_checker_catches_injected_mistakes() {
         (
             "runAfter",
             |c| {
-                let p = c.pipelines.get_mut("yolo-train-pipeline").unwrap();
-                let t = p["spec"]["tasks"]
-                    .as_array_mut()
-                    .unwrap()
-                    .iter_mut()
-                    .find(|t| t["name"] == "yolo-val")
-                    .unwrap();
+                let t = pipeline_task_mut(c, "yolo-val");
                 t["runAfter"] = serde_json::json!(["yolo-training"]);
             },
             "which is no pipeline task",
@@ -739,13 +731,7 @@ fn reference_checker_catches_injected_mistakes() {
         (
             "task param",
             |c| {
-                let p = c.pipelines.get_mut("yolo-train-pipeline").unwrap();
-                let t = p["spec"]["tasks"]
-                    .as_array_mut()
-                    .unwrap()
-                    .iter_mut()
-                    .find(|t| t["name"] == "yolo-train")
-                    .unwrap();
+                let t = pipeline_task_mut(c, "yolo-train");
                 t["params"]
                     .as_array_mut()
                     .unwrap()
