@@ -6,11 +6,15 @@ shapes data with the same settings, in one run.
     .venv/bin/pip install ultralytics
     .venv/bin/python benches/train_compare.py --scale n --imgsz 320 --batch 16 --epochs 10
 
+    # the training-quality check of issue #26: 3 seeds each, cluttered data, default recipe
+    .venv/bin/python benches/train_compare.py --imgsz 320 --epochs 20 --train 256 --val 64 \
+        --clutter 6 --seeds 0,1,2 --out train_compare.json
+
 Both train from scratch with Ultralytics' defaults (optimizer auto, full augmentation) and the
 given epochs / batch / nbs, validating every epoch. Reported per framework: training images/s
 (train phase only, mean over epochs after the first; Ultralytics timed by its
 `on_train_epoch_start/end` callbacks, yolo-rs by its own per-epoch figure), and the final
-mAP50 / mAP50-95 of the EMA model on the val split (each framework's own validator, which
+mAP50 / mAP50-95 of the EMA model on the val split, and the best epoch's (highest mAP50-95) (each framework's own validator, which
 agree on the same weights: see yolo-core/tests/val.rs). Ultralytics runs with `workers=0`
 (data loading in the training process) like yolo-rs, which loads in the training thread;
 both use all cores for the math. Writes a JSON summary with --out.
@@ -33,9 +37,23 @@ SCALES = {"n": (0.33, 0.25, 1024), "s": (0.33, 0.50, 1024), "m": (0.67, 0.75, 76
           "x": (1.0, 1.25, 512)}
 
 
-def run_ours(args, data_yaml, work):
-    cmd = [args.ours, "--data", data_yaml, "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
-           "--batch", str(args.batch), "--nbs", str(args.nbs), "--project", work, "--name", "ours",
+def best_row(rows):
+    """(mAP50, mAP50-95) of the epoch with the highest mAP50-95 in a results.csv."""
+    rows = [{k.strip(): v for k, v in r.items()} for r in rows]
+    best = max(rows, key=lambda r: float(r["metrics/mAP50-95(B)"] or 0))
+    return float(best["metrics/mAP50(B)"]), float(best["metrics/mAP50-95(B)"])
+
+
+def losses(rows):
+    """Per-epoch train losses (box, cls, dfl) of a results.csv."""
+    rows = [{k.strip(): v for k, v in r.items()} for r in rows]
+    return [[round(float(r[f"train/{k}_loss"]), 4) for k in ("box", "cls", "dfl")] for r in rows]
+
+
+def run_ours(args, data_yaml, work, seed):
+    name = f"ours-seed{seed}"
+    cmd = [args.ours, "--seed", str(seed), "--data", data_yaml, "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
+           "--batch", str(args.batch), "--nbs", str(args.nbs), "--project", work, "--name", name,
            "--exist-ok", "--json"]
     if args.width is not None:
         cmd += ["--width-multiple", str(args.width), "--depth-multiple", str(args.depth)]
@@ -47,7 +65,14 @@ def run_ours(args, data_yaml, work):
     epochs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     ips = [e["images_per_s"] for e in epochs]
     last = epochs[-1]["metrics"] or {}
+    with open(os.path.join(work, name, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    b50, b5095 = best_row(rows)
     return {
+        "seed": seed,
+        "best_map50": b50,
+        "best_map50_95": b5095,
+        "train_losses": losses(rows),
         "images_per_s": sum(ips[1:]) / max(len(ips) - 1, 1) if len(ips) > 1 else ips[0],
         "images_per_s_per_epoch": ips,
         "map50": last.get("map50"),
@@ -56,7 +81,7 @@ def run_ours(args, data_yaml, work):
     }
 
 
-def run_ultralytics(args, data_yaml, work):
+def run_ultralytics(args, data_yaml, work, seed):
     import oracle_env  # noqa: F401
     import yaml
     from ultralytics import YOLO
@@ -77,15 +102,20 @@ def run_ultralytics(args, data_yaml, work):
     model.add_callback("on_train_epoch_end", lambda tr: times.append(time.time() - start["t"]))
     t = time.time()
     model.train(data=data_yaml, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, nbs=args.nbs,
-                device="cpu", workers=0, project=work, name="ultralytics", exist_ok=True, amp=False,
-                plots=False, seed=0, deterministic=True, verbose=False)
+                device="cpu", workers=0, project=work, name=f"ultralytics-seed{seed}", exist_ok=True,
+                amp=False, plots=False, seed=seed, deterministic=True, verbose=False)
     wall = time.time() - t
-    with open(os.path.join(work, "ultralytics", "results.csv")) as f:
+    with open(os.path.join(work, f"ultralytics-seed{seed}", "results.csv")) as f:
         rows = list(csv.DictReader(f))
+    b50, b5095 = best_row(rows)
     n_train = len(os.listdir(os.path.join(os.path.dirname(data_yaml), "images", "train")))
     ips = [n_train / s for s in times]
     last = {k.strip(): v for k, v in rows[-1].items()}
     return {
+        "seed": seed,
+        "best_map50": b50,
+        "best_map50_95": b5095,
+        "train_losses": losses(rows),
         "images_per_s": sum(ips[1:]) / max(len(ips) - 1, 1) if len(ips) > 1 else ips[0],
         "images_per_s_per_epoch": ips,
         "map50": float(last["metrics/mAP50(B)"]),
@@ -105,34 +135,59 @@ def main():
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--train", type=int, default=200, help="generated training images")
     p.add_argument("--val", type=int, default=50)
+    p.add_argument("--clutter", type=int, default=0, help="unlabelled distractors per image (up to)")
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated (the data is the same)")
     p.add_argument("--ours", default=os.path.join(ROOT, "target", "release", "yolo-train"))
     p.add_argument("--infer", default=os.path.join(ROOT, "target", "release", "yolo-infer"))
     p.add_argument("--only", choices=["ours", "ultralytics"])
-    p.add_argument("--out", help="write the JSON summary here")
+    p.add_argument("--data", help="use this data.yaml instead of generating one")
+    p.add_argument("--out", help="write the JSON summary here (rewritten after every run)")
     args = p.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",")]
 
     work = tempfile.mkdtemp(prefix="train-compare-")
-    data = os.path.join(work, "shapes")
-    subprocess.run([args.infer, "shapes", "--out", data, "--train", str(args.train), "--val", str(args.val),
-                    "--imgsz", str(args.imgsz)], check=True, capture_output=True)
-    data_yaml = os.path.join(data, "data.yaml")
-    res = {"settings": vars(args), "cpu_threads": os.cpu_count()}
-    if args.only != "ultralytics":
-        res["yolo-rs"] = run_ours(args, data_yaml, work)
-        print("yolo-rs", json.dumps(res["yolo-rs"]), flush=True)
-    if args.only != "ours":
-        res["ultralytics"] = run_ultralytics(args, data_yaml, work)
-        print("ultralytics", json.dumps(res["ultralytics"]), flush=True)
-    if "yolo-rs" in res and "ultralytics" in res:
-        r = res["yolo-rs"]["images_per_s"] / res["ultralytics"]["images_per_s"]
-        res["ratio_images_per_s"] = r
-        print(f"training images/s: yolo-rs {res['yolo-rs']['images_per_s']:.2f}, "
-              f"Ultralytics {res['ultralytics']['images_per_s']:.2f} (ratio {r:.2f}); "
-              f"mAP50-95 after {args.epochs} epochs: yolo-rs {res['yolo-rs']['map50_95']:.4f}, "
-              f"Ultralytics {res['ultralytics']['map50_95']:.4f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+    if args.data:
+        data_yaml = os.path.abspath(args.data)
+    else:
+        data = os.path.join(work, "shapes")
+        subprocess.run([args.infer, "shapes", "--out", data, "--train", str(args.train), "--val", str(args.val),
+                        "--imgsz", str(args.imgsz), "--clutter", str(args.clutter)], check=True, capture_output=True)
+        data_yaml = os.path.join(data, "data.yaml")
+    res = {"settings": vars(args), "cpu_threads": os.cpu_count(), "work": work}
+    frameworks = [f for f in ("yolo-rs", "ultralytics") if args.only in (None, {"yolo-rs": "ours"}.get(f, f))]
+
+    def save():
+        if args.out:
+            with open(args.out + ".tmp", "w") as f:
+                json.dump(res, f, indent=2)
+            os.replace(args.out + ".tmp", args.out)
+
+    for seed in seeds:
+        for fw in frameworks:
+            run = run_ours if fw == "yolo-rs" else run_ultralytics
+            r = run(args, data_yaml, work, seed)
+            res.setdefault(fw, {}).setdefault("runs", []).append(r)
+            print(fw, json.dumps(r), flush=True)
+            save()
+    for fw in frameworks:
+        runs = res[fw]["runs"]
+        for k in ("best_map50", "best_map50_95", "map50", "map50_95", "images_per_s"):
+            v = [r[k] for r in runs]
+            mean = sum(v) / len(v)
+            res[fw][k] = {"mean": mean, "min": min(v), "max": max(v),
+                          "std": (sum((x - mean) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5}
+    if len(frameworks) == 2:
+        ours, ul = res["yolo-rs"], res["ultralytics"]
+        res["ratio_images_per_s"] = ours["images_per_s"]["mean"] / ul["images_per_s"]["mean"]
+        res["delta_best_map50_95"] = ours["best_map50_95"]["mean"] - ul["best_map50_95"]["mean"]
+        print(f"seeds {seeds}: best mAP50-95 yolo-rs {ours['best_map50_95']['mean']:.4f} "
+              f"(min {ours['best_map50_95']['min']:.4f}, max {ours['best_map50_95']['max']:.4f}), "
+              f"Ultralytics {ul['best_map50_95']['mean']:.4f} "
+              f"(min {ul['best_map50_95']['min']:.4f}, max {ul['best_map50_95']['max']:.4f}); "
+              f"best mAP50 {ours['best_map50']['mean']:.4f} vs {ul['best_map50']['mean']:.4f}; "
+              f"training images/s {ours['images_per_s']['mean']:.2f} vs {ul['images_per_s']['mean']:.2f} "
+              f"(ratio {res['ratio_images_per_s']:.2f})")
+    save()
 
 
 if __name__ == "__main__":

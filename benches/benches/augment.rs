@@ -22,6 +22,7 @@ fn augment(c: &mut Criterion) {
                 val: 1,
                 imgsz: imgsz as u32,
                 seed: 0,
+                clutter: 0,
             },
             &root,
         )

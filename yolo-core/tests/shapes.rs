@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use yolo_core::data::shapes::{
-    generate, render, ShapeClass, ShapesConfig, ShapesImage, Split, CLASS_NAMES,
+    generate, render, ShapeClass, ShapesConfig, ShapesImage, Split, CLASS_NAMES, PALETTE,
 };
 
 fn small() -> ShapesConfig {
@@ -13,6 +13,7 @@ fn small() -> ShapesConfig {
         val: 10,
         imgsz: 160,
         seed: 7,
+        clutter: 0,
     }
 }
 
@@ -207,6 +208,40 @@ fn every_box_holds_its_object_and_is_tight() {
     );
 }
 
+/// Images with palette-coloured pixels outside every labelled box (at least 20 of them) in
+/// `n` images of `config`, after checking that each box still holds its object.
+fn images_with_unlabelled_colour(config: &ShapesConfig, n: usize) -> usize {
+    (0..n)
+        .filter(|&i| {
+            let s = render(config, Split::Train, i);
+            for (k, o) in s.objects.iter().enumerate() {
+                let (frac, edges) = coverage(&s, k);
+                assert!(edges && frac >= 0.40, "image {i} object {k} {o:?}: {frac:.3}, tight {edges}");
+            }
+            let outside = s
+                .image
+                .enumerate_pixels()
+                .filter(|(x, y, p)| {
+                    PALETTE.contains(&p.0)
+                        && !s.objects.iter().any(|o| (o.x1..o.x2).contains(x) && (o.y1..o.y2).contains(y))
+                })
+                .count();
+            outside >= 20
+        })
+        .count()
+}
+
+/// `clutter` draws unlabelled distractors under the objects: the boxes still hold their
+/// objects, and most images get palette colours outside every box, which without clutter
+/// (where the boxes cover every object pixel) almost never happens.
+#[test]
+fn clutter_adds_unlabelled_distractors_under_the_objects() {
+    let cluttered = images_with_unlabelled_colour(&ShapesConfig { clutter: 6, ..small() }, 60);
+    let plain = images_with_unlabelled_colour(&small(), 60);
+    assert!(cluttered >= 40, "{cluttered} of 60 cluttered images show a distractor");
+    assert!(plain <= 3, "{plain} of 60 images without clutter show unlabelled palette colours");
+}
+
 #[test]
 fn two_hundred_images_are_fast() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,6 +250,7 @@ fn two_hundred_images_are_fast() {
         val: 40,
         imgsz: 160,
         seed: 0,
+        clutter: 0,
     };
     let t = Instant::now();
     generate(&config, dir.path()).unwrap();

@@ -22,6 +22,7 @@ fn val_matches_ultralytics_on_shapes() {
         val: num(&g["val"]) as usize,
         imgsz: num(&g["imgsz"]) as u32,
         seed: num(&g["seed"]),
+        clutter: 0,
     };
     let tmp = tempfile::tempdir().unwrap();
     // Only the val split is needed; the train split is generated too so the dataset is the

@@ -262,6 +262,9 @@ struct ShapesCmd {
     imgsz: u32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Up to N unlabelled distractors (rings, crosses, lines) per image, under the objects.
+    #[arg(long, default_value_t = 0)]
+    clutter: u32,
 }
 
 fn main() -> ExitCode {
@@ -292,6 +295,7 @@ fn run_shapes(c: ShapesCmd) -> anyhow::Result<i32> {
         val: c.val,
         imgsz: c.imgsz,
         seed: c.seed,
+        clutter: c.clutter,
     };
     let s = shapes::generate(&cfg, &c.out)
         .with_context(|| format!("writing the shapes dataset to {}", c.out.display()))?;

@@ -243,6 +243,7 @@ fn clean_data_passes_and_thresholds_apply() {
         val: 4,
         imgsz: 64,
         seed: 3,
+        clutter: 0,
     };
     let s = generate(&cfg, &tmp.path().join("shapes")).unwrap();
     let results = tmp.path().join("results");
@@ -316,6 +317,7 @@ fn val_prints_and_saves_the_findings() {
         val: 6,
         imgsz: 64,
         seed: 5,
+        clutter: 0,
     };
     let s = generate(&cfg, &tmp.path().join("shapes")).unwrap();
     let bad = tmp.path().join("shapes/labels/val/zzz_bad.txt");

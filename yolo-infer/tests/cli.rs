@@ -31,6 +31,7 @@ fn gate_exit_codes_and_result_files() {
         val: 24,
         imgsz: 160,
         seed: 0,
+        clutter: 0,
     };
     let s = generate(&cfg, &tmp.path().join("shapes")).unwrap();
     let out = tmp.path().join("val");

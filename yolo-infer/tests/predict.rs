@@ -22,6 +22,7 @@ fn shapes(root: &Path, val: usize) -> PathBuf {
         val,
         imgsz: 160,
         seed: 0,
+        clutter: 0,
     };
     generate(&cfg, root).unwrap();
     root.join("images/val")

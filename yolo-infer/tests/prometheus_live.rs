@@ -119,6 +119,7 @@ fn prometheus_scrapes_serve_and_the_pushgateway() {
             val: 4,
             imgsz: 64,
             seed: 2,
+            clutter: 0,
         },
         &tmp.path().join("shapes"),
     )

@@ -146,6 +146,7 @@ fn shapes_image(dir: &Path) -> PathBuf {
         val: 2,
         imgsz: 160,
         seed: 0,
+        clutter: 0,
     };
     generate(&cfg, dir).unwrap();
     dir.join("images/val/000000.png")

@@ -37,5 +37,5 @@ pub use assigner::{Assignment, TaskAlignedAssigner};
 pub use config::{OptimizerKind, TrainConfig};
 pub use error::{Result, TrainError};
 pub use loss::{v8_detection_loss, LossConfig, LossOutput, Target, Targets};
-pub use trainer::{resume, resume_with, train, train_with, EpochStats, Report, TrainSummary};
+pub use trainer::{resume, resume_with, train, train_traced, train_with, EpochStats, Report, StepTrace, TrainSummary};
 pub use yolo_core;

@@ -121,6 +121,34 @@ pub struct EpochStats {
     pub steps: u64,
 }
 
+/// What one iteration of the loop did, after its optimizer step if it made one: the schedule
+/// Ultralytics' `BaseTrainer._do_train` follows (see tests/schedule.rs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepTrace {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Batch index in the epoch.
+    pub batch: usize,
+    /// Global iteration `batch + nb * epoch`.
+    pub ni: usize,
+    /// Batches accumulated per optimizer step at this iteration.
+    pub accumulate: usize,
+    /// LR of the groups (weights, BatchNorm weights, biases).
+    pub lr: [f64; 3],
+    /// SGD's momentum, or AdamW's `beta_1`.
+    pub momentum: f64,
+    /// Weight decay of the weights group (scaled by `batch * accumulate / nbs`).
+    pub weight_decay: f64,
+    /// Whether this iteration stepped the optimizer.
+    pub optimizer_step: bool,
+    /// Optimizer steps (= EMA updates) so far.
+    pub ema_updates: u64,
+    /// Whether Mosaic was on for this batch.
+    pub mosaic: bool,
+    /// Images in the batch.
+    pub images: usize,
+}
+
 /// The result of a training run.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
@@ -268,6 +296,18 @@ pub fn train_with(
     report: Report,
     on_epoch: impl FnMut(&EpochStats) -> ControlFlow<()>,
 ) -> Result<TrainSummary> {
+    train_traced(cfg, device, report, on_epoch, |_| {})
+}
+
+/// [`train_with`] with a second callback after every iteration, with what it did (LR,
+/// momentum, accumulation, optimizer step, mosaic).
+pub fn train_traced(
+    cfg: &TrainConfig,
+    device: &Device,
+    report: Report,
+    on_epoch: impl FnMut(&EpochStats) -> ControlFlow<()>,
+    on_step: impl FnMut(&StepTrace),
+) -> Result<TrainSummary> {
     cfg.validate()?;
     let run_dir = increment_path(&cfg.project.join(&cfg.name), cfg.exist_ok);
     let weights_dir = run_dir.join("weights");
@@ -275,7 +315,7 @@ pub fn train_with(
     cfg.save_yaml(&run_dir.join("args.yaml"))?;
     let csv_path = run_dir.join("results.csv");
     std::fs::write(&csv_path, RESULTS_HEADER.join(",") + "\n").map_err(|e| TrainError::io(&csv_path, e))?;
-    run(cfg, run_dir, None, device, report, on_epoch)
+    run(cfg, run_dir, None, device, report, on_epoch, on_step)
 }
 
 /// The training state file of a run folder.
@@ -328,7 +368,7 @@ pub fn resume_with(
         }
     }
     weights::write_atomic(&csv_path, kept.as_bytes())?;
-    run(&cfg, run_dir.to_path_buf(), Some(restored), device, report, on_epoch)
+    run(&cfg, run_dir.to_path_buf(), Some(restored), device, report, on_epoch, |_| {})
 }
 
 /// The loop, from scratch or from a restored state.
@@ -339,6 +379,7 @@ fn run(
     device: &Device,
     report: Report,
     mut on_epoch: impl FnMut(&EpochStats) -> ControlFlow<()>,
+    mut on_step: impl FnMut(&StepTrace),
 ) -> Result<TrainSummary> {
     let data = DataConfig::from_yaml(&cfg.data)?;
     let nc = data.nc();
@@ -408,17 +449,15 @@ fn run(
     };
 
     let train_samples_len = train_samples.len();
+    // Ultralytics closes mosaic at epoch `epochs - close_mosaic` (never when negative).
+    let close_mosaic_from = cfg.epochs.checked_sub(cfg.close_mosaic).unwrap_or(usize::MAX);
     let train = std::sync::Arc::new(Loader {
         samples: train_samples,
         imgsz: cfg.imgsz,
         batch: cfg.batch,
         seed: cfg.seed,
         shuffle: true,
-        // Ultralytics closes mosaic at epoch `epochs - close_mosaic` (never when negative).
-        augment: Some((
-            cfg.aug.clone(),
-            cfg.epochs.checked_sub(cfg.close_mosaic).unwrap_or(usize::MAX),
-        )),
+        augment: Some((cfg.aug.clone(), close_mosaic_from)),
         cache: cfg
             .cache
             .then(|| std::sync::Arc::new(crate::loader::RamCache::new(train_samples_len))),
@@ -555,6 +594,22 @@ fn run(
             });
             model = next;
             let items = items?;
+            on_step(&StepTrace {
+                epoch,
+                batch: i,
+                ni,
+                accumulate: accumulate_now,
+                lr,
+                momentum: match choice.kind {
+                    crate::config::OptimizerKind::AdamW => choice.momentum,
+                    _ => momentum,
+                },
+                weight_decay,
+                optimizer_step: last_opt_step == ni as i64,
+                ema_updates: ema.updates,
+                mosaic: cfg.aug.mosaic > 0.0 && epoch < close_mosaic_from,
+                images: idx.len(),
+            });
             for k in 0..3 {
                 tloss[k] = (tloss[k] * i as f64 + items[k]) / (i + 1) as f64;
             }

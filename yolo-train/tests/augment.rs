@@ -754,6 +754,7 @@ fn ram_cache_gives_the_same_batches() {
             val: 1,
             imgsz: 64,
             seed: 3,
+            clutter: 0,
         },
         tmp.path(),
     )

@@ -27,6 +27,7 @@ fn short_training_run_learns_and_writes_the_run_folder() {
             val: 16,
             imgsz: 96,
             seed: 0,
+            clutter: 0,
         },
         &data_root,
     )
@@ -141,6 +142,7 @@ fn resumed_run_matches_an_uninterrupted_one() {
             val: 8,
             imgsz: 64,
             seed: 1,
+            clutter: 0,
         },
         &dir.path().join("shapes"),
     )

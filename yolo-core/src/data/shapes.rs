@@ -104,6 +104,11 @@ pub struct ShapesConfig {
     pub imgsz: u32,
     /// Seed of the whole dataset.
     pub seed: u64,
+    /// Up to this many unlabelled distractors per image (0: none, the default): rings,
+    /// crosses and thick lines in the objects' palette, drawn under the objects, so a
+    /// detector has to tell the three classes from other coloured shapes.
+    #[serde(default)]
+    pub clutter: u32,
 }
 
 impl Default for ShapesConfig {
@@ -113,6 +118,7 @@ impl Default for ShapesConfig {
             val: 50,
             imgsz: 160,
             seed: 0,
+            clutter: 0,
         }
     }
 }
@@ -230,6 +236,12 @@ pub fn render(config: &ShapesConfig, split: Split, index: usize) -> ShapesImage 
     let side = |rng: &mut ChaCha8Rng| (config.imgsz as f64 * rng.random_range(0.75..=1.0)).round();
     let (width, height) = (side(&mut rng) as u32, side(&mut rng) as u32);
     let mut image = background(&mut rng, width, height);
+    // Without clutter no draw is made, so datasets without it are what they always were.
+    if config.clutter > 0 {
+        for _ in 0..rng.random_range(0..=config.clutter) {
+            draw_distractor(&mut rng, &mut image);
+        }
+    }
 
     let n = if rng.random_bool(BACKGROUND_FRACTION) {
         0
@@ -375,6 +387,50 @@ fn random_shape(rng: &mut ChaCha8Rng, width: u32, height: u32) -> (ShapeObject, 
         y2,
     };
     (obj, pixels)
+}
+
+/// One unlabelled distractor (ring, cross or thick line) in a palette colour, anywhere in the
+/// image, from [`MIN_SIDE`] to half the short image side. Drawn before the labelled objects,
+/// which are painted over it and keep every pixel.
+fn draw_distractor(rng: &mut ChaCha8Rng, image: &mut RgbImage) {
+    let (width, height) = image.dimensions();
+    let color = Rgb(PALETTE[rng.random_range(0..PALETTE.len())]);
+    let max_side = (width.min(height) as f64 / 2.0).max(MIN_SIDE + 1.0);
+    let side = (rng.random_range(MIN_SIDE.ln()..=max_side.ln())).exp();
+    let cx = rng.random_range(0.0..width as f64);
+    let cy = rng.random_range(0.0..height as f64);
+    let r = side / 2.0;
+    let thick = rng.random_range(1.5..=(r / 3.0).max(2.0));
+    let kind = rng.random_range(0..3);
+    let angle: f64 = rng.random_range(0.0..std::f64::consts::PI);
+    let (ca, sa) = (angle.cos(), angle.sin());
+    // Pixel-centre test relative to the centre, in the distractor's turned frame.
+    let inside = |dx: f64, dy: f64| -> bool {
+        let (u, v) = (dx * ca + dy * sa, -dx * sa + dy * ca);
+        let bar = |a: f64, b: f64| a.abs() <= r && b.abs() <= thick / 2.0;
+        match kind {
+            // Ring: an annulus, hollow unlike the ellipse class.
+            0 => {
+                let d = dx.hypot(dy);
+                d <= r && d >= r - thick
+            }
+            // Cross: two perpendicular bars through the centre.
+            1 => bar(u, v) || bar(v, u),
+            // Line: one bar of length `side`.
+            _ => bar(u, v),
+        }
+    };
+    let x0 = (cx - r).floor().max(0.0) as u32;
+    let y0 = (cy - r).floor().max(0.0) as u32;
+    let x1 = ((cx + r).ceil() as u32).min(width);
+    let y1 = ((cy + r).ceil() as u32).min(height);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            if inside(x as f64 + 0.5 - cx, y as f64 + 0.5 - cy) {
+                image.put_pixel(x, y, color);
+            }
+        }
+    }
 }
 
 /// Point-in-triangle by the signs of the three edge functions (either winding).
