@@ -1,5 +1,5 @@
 """Fit the degree-6 polynomial for exp(r) on [-ln2/2, ln2/2] used by the AVX2 SiLU
-(yolo-core/src/nn/act.rs, `fma::P`): exp(r) ~ 1 + r + r^2 * (P0 + P1 r + ... + P4 r^4),
+(yolo-core/src/cpu/simd.rs, `fma::P`): exp(r) ~ 1 + r + r^2 * (P0 + P1 r + ... + P4 r^4),
 minimax in relative error, by Lawson's iteratively reweighted least squares.
 
     python tools/fit_exp_poly.py     # numpy only; prints the coefficients and the error

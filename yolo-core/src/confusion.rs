@@ -141,20 +141,7 @@ impl ConfusionMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(x: f32, conf: f32, class: usize) -> PredBox {
-        PredBox {
-            xyxy: [x, 0.0, x + 10.0, 10.0],
-            conf,
-            class,
-        }
-    }
-    fn t(x: f32, class: usize) -> TruthBox {
-        TruthBox {
-            xyxy: [x, 0.0, x + 10.0, 10.0],
-            class,
-        }
-    }
+    use crate::metrics::tests::{p, t};
 
     #[test]
     fn counts_tp_confusion_fp_fn() {

@@ -301,18 +301,23 @@ pub fn ap_per_class(stats: &DetStats) -> Vec<ClassAp> {
         .collect()
 }
 
-/// Dataset-level summary (`DetMetrics.box`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Mean precision over classes with truth.
-    pub mp: f64,
-    pub mr: f64,
+/// How [`DetMetrics::fitness`] ranks results, as written in checkpoints and run summaries.
+pub const FITNESS_RULE: &str = "mAP50-95";
+
+/// Dataset-level detection metrics (Ultralytics' `DetMetrics.box` means: `mp`, `mr`, `map50`,
+/// `map`), the one type the validation loop, `yolo-infer val` and the trainer report.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DetMetrics {
+    /// Mean precision over classes with truth (`mp`).
+    pub precision: f64,
+    /// Mean recall over classes with truth (`mr`).
+    pub recall: f64,
     pub map50: f64,
-    /// mAP50-95.
-    pub map: f64,
+    /// mAP50-95 (`map`).
+    pub map50_95: f64,
 }
 
-impl Summary {
+impl DetMetrics {
     pub fn from_classes(c: &[ClassAp]) -> Self {
         let mean = |f: &dyn Fn(&ClassAp) -> f64| {
             if c.is_empty() {
@@ -322,36 +327,40 @@ impl Summary {
             }
         };
         Self {
-            mp: mean(&|c| c.precision),
-            mr: mean(&|c| c.recall),
+            precision: mean(&|c| c.precision),
+            recall: mean(&|c| c.recall),
             map50: mean(&|c| c.ap50()),
-            map: mean(&|c| c.ap50_95()),
+            map50_95: mean(&|c| c.ap50_95()),
         }
     }
 
-    /// Fitness as Ultralytics 8.4.190's `DetMetrics.fitness`: mAP50-95 alone.
+    /// Fitness as Ultralytics 8.4.190's `DetMetrics.fitness`: mAP50-95 alone. What the
+    /// trainer's `best` checkpoint, early stopping and `yolo-infer val` use ([`FITNESS_RULE`]).
     pub fn fitness(&self) -> f64 {
-        self.map
+        self.map50_95
     }
 
-    /// Fitness of the v8-era releases: `0.1 * mAP50 + 0.9 * mAP50-95`.
+    /// Fitness of the v8-era releases: `0.1 * mAP50 + 0.9 * mAP50-95` (for comparing with
+    /// runs of those releases; nothing here selects by it).
     pub fn fitness_v8(&self) -> f64 {
-        0.1 * self.map50 + 0.9 * self.map
+        0.1 * self.map50 + 0.9 * self.map50_95
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn p(x: f32, conf: f32, class: usize) -> PredBox {
+    /// A 10x10 prediction at `(x, 0)` (the confusion matrix's tests use these too).
+    pub(crate) fn p(x: f32, conf: f32, class: usize) -> PredBox {
         PredBox {
             xyxy: [x, 0.0, x + 10.0, 10.0],
             conf,
             class,
         }
     }
-    fn t(x: f32, class: usize) -> TruthBox {
+    /// A 10x10 truth box at `(x, 0)`.
+    pub(crate) fn t(x: f32, class: usize) -> TruthBox {
         TruthBox {
             xyxy: [x, 0.0, x + 10.0, 10.0],
             class,
@@ -411,11 +420,11 @@ mod tests {
         for c in &c {
             assert!((c.ap50_95() - 0.995).abs() < 1e-9, "{c:?}");
         }
-        let sum = Summary::from_classes(&c);
-        assert!((sum.map50 - 0.995).abs() < 1e-9 && (sum.mp - 1.0).abs() < 1e-9);
+        let sum = DetMetrics::from_classes(&c);
+        assert!((sum.map50 - 0.995).abs() < 1e-9 && (sum.precision - 1.0).abs() < 1e-9);
         // A class with truth but no predictions counts with AP 0.
         s.add_image(&[], &[t(0.0, 2)]);
-        let sum = Summary::from_classes(&ap_per_class(&s));
+        let sum = DetMetrics::from_classes(&ap_per_class(&s));
         assert!((sum.map50 - 0.995 * 2.0 / 3.0).abs() < 1e-9);
     }
 }

@@ -1,12 +1,13 @@
 //! The YOLOv8 detection model: backbone + neck + Detect head.
 
 use burn::module::Module;
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::Backbone;
 use crate::error::{CoreError, Result};
-use crate::neck::Neck;
+use crate::nn::backbone::Backbone;
+use crate::nn::neck::Neck;
 use crate::nn::{decode, Detect, DetectConfig, HeadMeta, HeadOutput};
 use crate::scale::{Multiples, Scale};
 
@@ -152,10 +153,11 @@ impl YoloV8 {
     /// weights, biases, BatchNorm affine terms and the fixed DFL projection, but not the
     /// BatchNorm running statistics (which Burn's `num_params` includes).
     pub fn num_parameters(&self) -> usize {
-        crate::weights::expected_keys(self)
+        // The tensors under PyTorch's names, as `weights::expected_keys` lists them.
+        self.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
             .iter()
-            .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
-            .map(|(_, shape)| shape.iter().product::<usize>())
+            .filter(|t| !t.name.ends_with(".running_mean") && !t.name.ends_with(".running_var"))
+            .map(|t| t.shape.iter().product::<usize>())
             .sum()
     }
 

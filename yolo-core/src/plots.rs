@@ -161,7 +161,7 @@ impl Canvas {
         self.0
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
             .expect("PNG encoding of an in-memory RGB image");
-        crate::weights::write_atomic(path, &png)
+        crate::files::write_atomic(path, &png)
     }
 }
 
@@ -496,4 +496,243 @@ pub fn plot_confusion_matrix(path: &Path, matrix: &[Vec<f64>], names: &[String])
         BLACK,
     );
     cv.save(path)
+}
+
+/// One bar of a [`BarChart`]: its value and a range drawn as a whisker (e.g. the minimum and
+/// maximum of the runs whose median is `value`; `low == high == value` draws none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bar {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// One series of a [`BarChart`]: a bar per group, `None` where it has no value there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarSeries {
+    pub name: String,
+    pub bars: Vec<Option<Bar>>,
+}
+
+/// A grouped bar chart: for each group (x axis) one bar per series, side by side, with the
+/// series' colours in a legend (the first series in the mean-curve blue).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarChart {
+    pub title: String,
+    pub y_label: String,
+    pub groups: Vec<String>,
+    pub series: Vec<BarSeries>,
+    /// A logarithmic y axis (for values spanning decades, such as latencies of batch 1 and 8);
+    /// every value and range must then be positive.
+    pub log_y: bool,
+}
+
+const BAR_W: u32 = 16;
+const GROUP_GAP: u32 = 28;
+
+/// Legend entries longer than this are cut.
+const LEGEND_CHARS: usize = 32;
+
+/// The size [`plot_grouped_bars`] gives `chart`: at least 720 x 440, wider with more bars,
+/// taller with more legend rows.
+pub fn bar_chart_size(chart: &BarChart) -> (u32, u32) {
+    let per_group = chart.series.len().max(1) as u32 * BAR_W + GROUP_GAP;
+    let w = (110 + chart.groups.len() as u32 * per_group).max(720);
+    (w, 424 + 16 * legend_layout(chart, w).2)
+}
+
+/// Legend columns, column width and rows for an image `w` wide.
+fn legend_layout(chart: &BarChart, w: u32) -> (u32, u32, u32) {
+    let longest = chart.series.iter().map(|s| s.name.chars().count().min(LEGEND_CHARS)).max().unwrap_or(0) as u32;
+    let col_w = 20 + 8 * longest + 16;
+    let cols = ((w - 40) / col_w).max(1);
+    (cols, col_w, (chart.series.len() as u32).div_ceil(cols))
+}
+
+/// Draws `chart` (see [`plot_grouped_bars`]).
+///
+/// # Errors
+/// A series whose bar count is not the group count, a non-finite value, a range that does not
+/// hold its value, or (with `log_y`) a value or range that is not positive: `Config` naming the
+/// series and group.
+pub fn grouped_bars_image(chart: &BarChart) -> Result<RgbImage> {
+    let bad = |field: String, message: String| crate::CoreError::Config { field, message };
+    let mut lo_all = f64::INFINITY;
+    let mut hi_all: f64 = 0.0;
+    for (si, s) in chart.series.iter().enumerate() {
+        if s.bars.len() != chart.groups.len() {
+            return Err(bad(
+                format!("chart.series[{si}].bars"),
+                format!("{} bars for {} groups", s.bars.len(), chart.groups.len()),
+            ));
+        }
+        for (gi, b) in s.bars.iter().enumerate() {
+            let Some(b) = b else { continue };
+            let field = format!("chart.series[{si}] ({}).bars[{gi}]", s.name);
+            if ![b.value, b.low, b.high].iter().all(|v| v.is_finite())
+                || b.low > b.value
+                || b.value > b.high
+            {
+                return Err(bad(field, format!("{b:?} is not finite with low <= value <= high")));
+            }
+            if chart.log_y && b.low <= 0.0 {
+                return Err(bad(field, format!("{b:?}: a log axis needs positive values")));
+            }
+            lo_all = lo_all.min(b.low);
+            hi_all = hi_all.max(b.high);
+        }
+    }
+    let (w, h) = bar_chart_size(chart);
+    let (cols, col_w, legend_rows) = legend_layout(chart, w);
+    let mut cv = Canvas::new(w, h);
+    let (left, top, right, bottom) = (80.0, 52.0 + 16.0 * legend_rows as f64, w as f64 - 20.0, h as f64 - 50.0);
+    // The y range and its ticks: decades with 1-2-5 steps on a log axis, else 0 to a round
+    // value above the highest whisker.
+    let (y0, y1, ticks): (f64, f64, Vec<f64>) = if !lo_all.is_finite() {
+        (0.0, 1.0, vec![0.0, 0.5, 1.0])
+    } else if chart.log_y {
+        let (a, b) = (lo_all.log10().floor(), hi_all.log10().ceil().max(lo_all.log10().floor() + 1.0));
+        let mut t = Vec::new();
+        for d in a as i32..=b as i32 {
+            for m in [1.0, 2.0, 5.0] {
+                let v = m * 10f64.powi(d);
+                if v >= 10f64.powf(a) && v <= 10f64.powf(b) {
+                    t.push(v);
+                }
+            }
+        }
+        (a, b, t)
+    } else {
+        let step = nice_step(hi_all / 5.0);
+        let top_v = (hi_all / step).ceil().max(1.0) * step;
+        (0.0, top_v, (0..=(top_v / step).round() as usize).map(|k| k as f64 * step).collect())
+    };
+    let map = |v: f64| if chart.log_y { v.log10() } else { v };
+    let py = |v: f64| bottom - (map(v) - y0) / (y1 - y0) * (bottom - top);
+    for &t in &ticks {
+        let y = py(t);
+        cv.line((left, y), (right, y), 1, GRID);
+        let label = format_tick(t);
+        cv.text(left as i64 - 6 - text_width(&label, 1), y as i64 - 4, &label, 1, false, BLACK);
+    }
+    let title = truncate(&chart.title, (w as usize - 20) / 16);
+    cv.text(w as i64 / 2 - text_width(&title, 2) / 2, 10, &title, 2, false, BLACK);
+    cv.text(
+        14,
+        ((top + bottom) / 2.0) as i64 + text_width(&chart.y_label, 1) / 2,
+        &chart.y_label,
+        1,
+        true,
+        BLACK,
+    );
+    let color = |si: usize| if si == 0 { MEAN_BLUE } else { PALETTE[(si - 1) % PALETTE.len()] };
+    for (si, s) in chart.series.iter().enumerate() {
+        let (col, row) = ((si as u32 % cols) as i64, (si as u32 / cols) as i64);
+        let (x, y) = (20 + col * col_w as i64, 36 + row * 16);
+        cv.rect(x, y, x + 14, y + 10, color(si));
+        cv.text(x + 20, y + 1, &truncate(&s.name, LEGEND_CHARS), 1, false, BLACK);
+    }
+    let ns = chart.series.len().max(1) as f64;
+    let slot = (right - left) / chart.groups.len().max(1) as f64;
+    for (gi, g) in chart.groups.iter().enumerate() {
+        let centre = left + slot * (gi as f64 + 0.5);
+        let x_first = centre - ns * BAR_W as f64 / 2.0;
+        for (si, s) in chart.series.iter().enumerate() {
+            let Some(b) = s.bars[gi] else { continue };
+            let x0 = x_first + si as f64 * BAR_W as f64;
+            let base = if chart.log_y { bottom } else { py(0.0) };
+            cv.rect(x0 as i64 + 1, py(b.value) as i64, (x0 + BAR_W as f64) as i64 - 1, base as i64, color(si));
+            let xm = x0 + BAR_W as f64 / 2.0;
+            if b.high > b.low {
+                cv.line((xm, py(b.high)), (xm, py(b.low)), 1, BLACK);
+                cv.line((xm - 3.0, py(b.high)), (xm + 3.0, py(b.high)), 1, BLACK);
+                cv.line((xm - 3.0, py(b.low)), (xm + 3.0, py(b.low)), 1, BLACK);
+            }
+            let label = format_tick(b.value);
+            cv.text(xm as i64 - 4, py(b.high) as i64 - 4, &label, 1, true, BLACK);
+        }
+        let label = truncate(g, (slot / 8.0).max(3.0) as usize);
+        cv.text(centre as i64 - text_width(&label, 1) / 2, bottom as i64 + 8, &label, 1, false, BLACK);
+    }
+    cv.line((left, top), (left, bottom), 1, BLACK);
+    cv.line((left, bottom), (right, bottom), 1, BLACK);
+    Ok(cv.0)
+}
+
+/// Writes `chart` as a PNG ([`bar_chart_size`]) atomically: bars with min-max whiskers and
+/// their values written above them, group names under the axis, a legend under the title.
+///
+/// # Errors
+/// As [`grouped_bars_image`]; and the file cannot be written.
+pub fn plot_grouped_bars(path: &Path, chart: &BarChart) -> Result<()> {
+    Canvas(grouped_bars_image(chart)?).save(path)
+}
+
+/// A 1, 2 or 5 times a power of ten at or above `raw`.
+fn nice_step(raw: f64) -> f64 {
+    if !(raw.is_finite() && raw > 0.0) {
+        return 1.0;
+    }
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|&s| s >= raw).unwrap_or(10.0 * p)
+}
+
+/// A tick or bar label with about three significant digits (whole numbers without decimals).
+fn format_tick(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod bar_chart_tests {
+    use super::*;
+
+    fn chart(log_y: bool) -> BarChart {
+        let bar = |v: f64| Some(Bar { value: v, low: v * 0.9, high: v * 1.2 });
+        BarChart {
+            title: "latency".into(),
+            y_label: "ms".into(),
+            groups: vec!["n 320 b1".into(), "n 640 b8".into()],
+            series: vec![
+                BarSeries { name: "ours".into(), bars: vec![bar(8.0), bar(400.0)] },
+                BarSeries { name: "ref".into(), bars: vec![bar(10.0), None] },
+            ],
+            log_y,
+        }
+    }
+
+    #[test]
+    fn draws_the_bars_in_their_series_colours() {
+        for log_y in [true, false] {
+            let c = chart(log_y);
+            let img = grouped_bars_image(&c).unwrap();
+            assert_eq!(img.dimensions(), bar_chart_size(&c));
+            let count = |col: Rgb<u8>| img.pixels().filter(|p| **p == col).count();
+            // Both series drew bars (the legend swatch alone is 14 x 10 = 140 pixels).
+            assert!(count(MEAN_BLUE) > 300, "log_y {log_y}: {}", count(MEAN_BLUE));
+            assert!(count(PALETTE[0]) > 200, "log_y {log_y}: {}", count(PALETTE[0]));
+        }
+    }
+
+    #[test]
+    fn bad_charts_are_errors_naming_the_bar() {
+        let mut c = chart(true);
+        c.series[1].bars.pop();
+        assert!(grouped_bars_image(&c).unwrap_err().to_string().contains("series[1].bars"));
+        let mut c = chart(true);
+        c.series[0].bars[1] = Some(Bar { value: 0.0, low: 0.0, high: 0.0 });
+        let e = grouped_bars_image(&c).unwrap_err().to_string();
+        assert!(e.contains("series[0] (ours).bars[1]") && e.contains("positive"), "{e}");
+        let mut c = chart(false);
+        c.series[0].bars[0] = Some(Bar { value: f64::NAN, low: 0.0, high: 1.0 });
+        assert!(grouped_bars_image(&c).is_err());
+    }
 }

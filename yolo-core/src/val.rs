@@ -18,7 +18,7 @@ use crate::data::image::{read_rgb8, to_chw, ImageSize};
 use crate::data::labels::Sample;
 use crate::data::letterbox::{resize_long_side, LetterBox};
 use crate::error::Result;
-use crate::metrics::{ap_per_class, DetStats, PredBox, Summary, TruthBox};
+use crate::metrics::{ap_per_class, DetMetrics, DetStats, PredBox, TruthBox};
 use crate::nms::{non_max_suppression, NmsConfig};
 use crate::model::{YoloV8, MAX_STRIDE};
 use crate::nn::{decode, HeadOutput};
@@ -298,7 +298,7 @@ pub fn evaluate(
         }
     })?;
     let classes = ap_per_class(&stats);
-    let summary = Summary::from_classes(&classes);
+    let summary = DetMetrics::from_classes(&classes);
     let count = |v: &[usize], c: usize| v.iter().filter(|&&x| x == c).count();
     let per_class = classes
         .iter()
@@ -319,10 +319,10 @@ pub fn evaluate(
     Ok(ValMetrics {
         images: stats.images,
         instances: stats.target_cls.len(),
-        precision: summary.mp,
-        recall: summary.mr,
+        precision: summary.precision,
+        recall: summary.recall,
         map50: summary.map50,
-        map50_95: summary.map,
+        map50_95: summary.map50_95,
         fitness: summary.fitness(),
         per_class,
         ms_per_image: start.elapsed().as_secs_f64() * 1e3 / stats.images.max(1) as f64,

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CoreError, Result, WeightProblem};
 use crate::model::{ModelConfig, YoloV8};
 
+/// Kept here for existing callers; it lives in [`crate::files`], where new code finds it.
+use crate::files::write_atomic;
+
 /// The one mapping from Ultralytics' `model.{i}` rows to our module tree. Rows 10, 11, 13, 14,
 /// 17 and 20 (Upsample, Concat) hold no parameters.
 pub const LAYER_TABLE: [(usize, &str); 17] = [
@@ -310,30 +313,4 @@ pub fn to_bytes(model: &YoloV8, meta: &CheckpointMeta) -> Result<Vec<u8>> {
 pub fn save_model(model: &YoloV8, meta: &CheckpointMeta, path: impl AsRef<Path>) -> Result<()> {
     let bytes = to_bytes(model, meta)?;
     write_atomic(path.as_ref(), &bytes)
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
-/// partial file and a crash never destroys the previous version.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        CoreError::io(path, e)
-    })
 }

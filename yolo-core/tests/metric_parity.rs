@@ -12,75 +12,24 @@
 //! TP matrices, instance counts, class list and confusion matrices. On the `main` set (no
 //! ties) default and stable runs are identical and we match them.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{
+    assert_class_counts, assert_same_kept, assert_tp_matrices, f64s, f64ss, images, nms_config,
+    stats_of, usizes, Image,
+};
 use serde_json::Value;
 use yolo_core::confusion::ConfusionMatrix;
-use yolo_core::metrics::{ap_per_class, match_predictions, DetStats, PredBox, Summary, TruthBox};
-use yolo_core::nms::{non_max_suppression, NmsConfig};
+use yolo_core::metrics::{ap_per_class, DetMetrics, DetStats};
+use yolo_core::nms::non_max_suppression;
 use yolo_core::plots::{confusion_size, plot_confusion_matrix, plot_pr_curve, pr_curves, PR_SIZE};
 
 const TOL: f64 = 1e-6;
 
 fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/metric_parity")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-fn f64ss(v: &Value) -> Vec<Vec<f64>> {
-    v.as_array().unwrap().iter().map(f64s).collect()
-}
-fn xyxy(v: &Value) -> [f32; 4] {
-    let b = f64s(v);
-    [b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32]
-}
-
-struct Image {
-    preds: Vec<PredBox>,
-    truth: Vec<TruthBox>,
-}
-
-fn images(set: &Value) -> Vec<Image> {
-    set["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|im| {
-            let conf = f64s(&im["pred_conf"]);
-            let preds = im["pred_xyxy"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(&conf)
-                .zip(im["pred_cls"].as_array().unwrap())
-                .map(|((b, &c), k)| PredBox {
-                    xyxy: xyxy(b),
-                    conf: c as f32,
-                    class: k.as_u64().unwrap() as usize,
-                })
-                .collect();
-            let truth = im["gt_xyxy"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(im["gt_cls"].as_array().unwrap())
-                .map(|(b, k)| TruthBox {
-                    xyxy: xyxy(b),
-                    class: k.as_u64().unwrap() as usize,
-                })
-                .collect();
-            Image { preds, truth }
-        })
-        .collect()
+    common::fixture("metric_parity", name)
 }
 
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -91,44 +40,14 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn stats_of(ims: &[Image]) -> DetStats {
-    let mut s = DetStats::default();
-    for im in ims {
-        s.add_image(&im.preds, &im.truth);
-    }
-    s
-}
-
 /// Asserts the order-independent parts: TP matrices, counts, classes, confusion matrices.
 fn check_order_independent(set: &Value, ims: &[Image], stats: &DetStats) {
     let u = &set["ultralytics"];
     let nc = set["nc"].as_u64().unwrap() as usize;
-    for (k, im) in ims.iter().enumerate() {
-        let ours: Vec<Vec<u64>> = match_predictions(&im.preds, &im.truth)
-            .iter()
-            .map(|r| r.iter().map(|&b| b as u64).collect())
-            .collect();
-        let theirs: Vec<Vec<u64>> = u["tp"][k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap())
-                    .collect()
-            })
-            .collect();
-        assert_eq!(ours, theirs, "tp matrix of image {k}");
-    }
-    let count = |v: &[usize], c: usize| v.iter().filter(|&&x| x == c).count() as f64;
-    let nt: Vec<f64> = (0..nc).map(|c| count(&stats.target_cls, c)).collect();
-    let ni: Vec<f64> = (0..nc).map(|c| count(&stats.target_img, c)).collect();
-    assert_eq!(nt, f64s(&u["nt_per_class"]));
-    assert_eq!(ni, f64s(&u["nt_per_image"]));
-    let classes: Vec<f64> = ap_per_class(stats).iter().map(|c| c.class as f64).collect();
-    assert_eq!(classes, f64s(&u["classes"]));
+    assert_tp_matrices(u, ims, "order-independent");
+    assert_class_counts(u, stats, nc, "order-independent");
+    let classes: Vec<usize> = ap_per_class(stats).iter().map(|c| c.class).collect();
+    assert_eq!(classes, usizes(&u["classes"]));
     for (key, conf) in [("confusion_conf025", 0.25), ("confusion_conf0001", 0.001)] {
         let mut cm = ConfusionMatrix::new(nc).with_conf(conf);
         for im in ims {
@@ -146,13 +65,13 @@ fn check_order_independent(set: &Value, ims: &[Image], stats: &DetStats) {
 /// Asserts metrics, per-class results and PR curves within [`TOL`]; returns the max difference.
 fn check_metrics(stats: &DetStats, u: &Value) -> f64 {
     let classes = ap_per_class(stats);
-    let sum = Summary::from_classes(&classes);
+    let sum = DetMetrics::from_classes(&classes);
     let mut worst = 0.0f64;
     for (ours, key) in [
-        (sum.mp, "mp"),
-        (sum.mr, "mr"),
+        (sum.precision, "mp"),
+        (sum.recall, "mr"),
         (sum.map50, "map50"),
-        (sum.map, "map"),
+        (sum.map50_95, "map"),
         (sum.fitness(), "fitness"),
     ] {
         let d = (ours - u[key].as_f64().unwrap()).abs();
@@ -227,9 +146,9 @@ fn coco_map_is_close_to_ours() {
         eprintln!("fixture has no pycocotools result; skipped");
         return;
     };
-    let sum = Summary::from_classes(&ap_per_class(&stats_of(&images(&set))));
+    let sum = DetMetrics::from_classes(&ap_per_class(&stats_of(&images(&set))));
     let d50 = (sum.map50 - coco["map50"].as_f64().unwrap()).abs();
-    let d = (sum.map - coco["map50_95"].as_f64().unwrap()).abs();
+    let d = (sum.map50_95 - coco["map50_95"].as_f64().unwrap()).abs();
     eprintln!("COCO vs ours: mAP50 diff {d50:.5}, mAP50-95 diff {d:.5}");
     assert!(
         d50 < 0.005 && d < 0.005,
@@ -244,29 +163,10 @@ fn nms_matches_ultralytics() {
     for case in fx["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let nc = case["nc"].as_u64().unwrap() as usize;
-        let c = &case["config"];
-        let cfg = NmsConfig {
-            conf: c["conf"].as_f64().unwrap() as f32,
-            iou: c["iou"].as_f64().unwrap() as f32,
-            max_det: c["max_det"].as_u64().unwrap() as usize,
-            max_nms: c["max_nms"].as_u64().unwrap() as usize,
-            max_wh: 7680.0,
-            multi_label: c["multi_label"].as_bool().unwrap(),
-            agnostic: c["agnostic"].as_bool().unwrap(),
-        };
+        let cfg = nms_config(&case["config"]);
         let pred: Vec<f32> = f64s(&case["pred"]).iter().map(|&v| v as f32).collect();
         let ours = non_max_suppression(&pred, nc, &cfg);
-        let theirs = f64ss(&case["kept"]);
-        assert_eq!(ours.len(), theirs.len(), "{name}: number kept");
-        for (k, (d, t)) in ours.iter().zip(&theirs).enumerate() {
-            for i in 0..4 {
-                let diff = (d.xyxy[i] - t[i] as f32).abs();
-                worst = worst.max(diff);
-                assert!(diff < 1e-4, "{name} #{k}: {:?} vs {t:?}", d.xyxy);
-            }
-            assert_eq!(d.conf, t[4] as f32, "{name} #{k}: score");
-            assert_eq!(d.class, t[5] as usize, "{name} #{k}: class");
-        }
+        worst = worst.max(assert_same_kept(name, &ours, &case["kept"]));
     }
     eprintln!("NMS: max coordinate difference {worst:e}");
 }

@@ -12,81 +12,20 @@
 //!   exactly; including tied scores, a class filter, IoU exactly at a 0.6 threshold and scores
 //!   exactly at `conf`.
 
-use std::path::PathBuf;
+mod common;
 
-use serde_json::Value;
-use yolo_core::metrics::{
-    ap_per_class, match_predictions, ClassAp, DetStats, PredBox, Summary, TruthBox,
+use common::{
+    assert_class_counts, assert_same_kept, assert_tp_matrices, f64s, images, nms_config,
+    stats_of, usizes,
 };
-use yolo_core::nms::{non_max_suppression, non_max_suppression_classes, NmsConfig};
+use serde_json::Value;
+use yolo_core::metrics::{ap_per_class, match_predictions, ClassAp, DetMetrics};
+use yolo_core::nms::{non_max_suppression, non_max_suppression_classes};
 
 const TOL: f64 = 1e-6;
 
 fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/metrics")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect()
-}
-
-fn boxes(v: &Value) -> Vec<[f32; 4]> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            let b = f64s(b);
-            [b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32]
-        })
-        .collect()
-}
-
-/// One image of a metrics set: predictions in NMS order and truth.
-struct Image {
-    preds: Vec<PredBox>,
-    truth: Vec<TruthBox>,
-}
-
-fn images(set: &Value) -> Vec<Image> {
-    set["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|im| {
-            let conf = f64s(&im["pred_conf"]);
-            let preds = boxes(&im["pred_xyxy"])
-                .into_iter()
-                .zip(conf)
-                .zip(usizes(&im["pred_cls"]))
-                .map(|((xyxy, conf), class)| PredBox {
-                    xyxy,
-                    conf: conf as f32,
-                    class,
-                })
-                .collect();
-            let truth = boxes(&im["gt_xyxy"])
-                .into_iter()
-                .zip(usizes(&im["gt_cls"]))
-                .map(|(xyxy, class)| TruthBox { xyxy, class })
-                .collect();
-            Image { preds, truth }
-        })
-        .collect()
+    common::fixture("metrics", name)
 }
 
 /// Asserts `|ours - theirs| < TOL` elementwise and returns the largest difference.
@@ -106,30 +45,9 @@ fn check_set(name: &str, set: &Value) -> f64 {
     let u = &set["ultralytics"];
     let nc = set["nc"].as_u64().unwrap() as usize;
     let ims = images(set);
-    let mut stats = DetStats::default();
-    for (k, im) in ims.iter().enumerate() {
-        let ours: Vec<Vec<u64>> = match_predictions(&im.preds, &im.truth)
-            .iter()
-            .map(|row| row.iter().map(|&b| b as u64).collect())
-            .collect();
-        let theirs: Vec<Vec<u64>> = u["tp"][k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| usizes(row).into_iter().map(|x| x as u64).collect())
-            .collect();
-        assert_eq!(ours, theirs, "{name}: TP matrix of image {k}");
-        stats.add_image(&im.preds, &im.truth);
-    }
-    let count = |v: &[usize], c: usize| v.iter().filter(|&&x| x == c).count();
-    let nt: Vec<usize> = (0..nc).map(|c| count(&stats.target_cls, c)).collect();
-    let ni: Vec<usize> = (0..nc).map(|c| count(&stats.target_img, c)).collect();
-    assert_eq!(
-        nt,
-        usizes(&u["nt_per_class"]),
-        "{name}: instances per class"
-    );
-    assert_eq!(ni, usizes(&u["nt_per_image"]), "{name}: images per class");
+    assert_tp_matrices(u, &ims, name);
+    let stats = stats_of(&ims);
+    assert_class_counts(u, &stats, nc, name);
 
     let classes = ap_per_class(&stats);
     let ids: Vec<usize> = classes.iter().map(|c| c.class).collect();
@@ -168,8 +86,8 @@ fn check_set(name: &str, set: &Value) -> f64 {
             &f64s(theirs),
         ));
     }
-    let s = Summary::from_classes(&classes);
-    let ours = [s.mp, s.mr, s.map50, s.map, s.fitness()];
+    let s = DetMetrics::from_classes(&classes);
+    let ours = [s.precision, s.recall, s.map50, s.map50_95, s.fitness()];
     let theirs = ["mp", "mr", "map50", "map", "fitness"].map(|k| u[k].as_f64().unwrap());
     worst = worst.max(close(
         &format!("{name}: mp, mr, map50, map, fitness"),
@@ -241,30 +159,12 @@ fn nms_matches_ultralytics_on_edge_cases() {
             (4 + nc) * input["anchors"].as_u64().unwrap() as usize
         );
         let c = &case["config"];
-        let cfg = NmsConfig {
-            conf: c["conf"].as_f64().unwrap() as f32,
-            iou: c["iou"].as_f64().unwrap() as f32,
-            max_det: c["max_det"].as_u64().unwrap() as usize,
-            max_nms: c["max_nms"].as_u64().unwrap() as usize,
-            max_wh: 7680.0,
-            multi_label: c["multi_label"].as_bool().unwrap(),
-            agnostic: c["agnostic"].as_bool().unwrap(),
-        };
+        let cfg = nms_config(c);
         let ours = match c.get("classes").filter(|v| !v.is_null()) {
             Some(classes) => non_max_suppression_classes(&pred, nc, &cfg, &usizes(classes)),
             None => non_max_suppression(&pred, nc, &cfg),
         };
-        let theirs: Vec<Vec<f64>> = case["kept"].as_array().unwrap().iter().map(f64s).collect();
-        assert_eq!(ours.len(), theirs.len(), "{name}: number kept");
-        for (k, (d, t)) in ours.iter().zip(&theirs).enumerate() {
-            for i in 0..4 {
-                let diff = (d.xyxy[i] - t[i] as f32).abs();
-                worst = worst.max(diff);
-                assert!(diff < 1e-4, "{name} #{k}: {:?} vs {t:?}", d.xyxy);
-            }
-            assert_eq!(d.conf, t[4] as f32, "{name} #{k}: score");
-            assert_eq!(d.class, t[5] as usize, "{name} #{k}: class");
-        }
+        worst = worst.max(assert_same_kept(name, &ours, &case["kept"]));
         eprintln!("nms {name}: {} kept, same as Ultralytics", ours.len());
     }
     eprintln!("NMS: max coordinate difference {worst:e}");

@@ -51,7 +51,7 @@ pub fn export_checkpoint(weights: &Path, output: &Path, opts: &ExportOptions) ->
         .unwrap_or_default();
     let description = format!("yolo-rs YOLOv8 model {stem} ({} classes)", meta.model.nc);
     let exported = export_model(&model, &meta.names, &description, opts)?;
-    yolo_core::weights::write_atomic(output, &exported.bytes).map_err(|source| ExportError::Write {
+    yolo_core::files::write_atomic(output, &exported.bytes).map_err(|source| ExportError::Write {
         path: output.to_path_buf(),
         source,
     })?;

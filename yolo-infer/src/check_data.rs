@@ -109,7 +109,7 @@ impl DataOutcome {
             ("skipped", self.skipped.to_string()),
             ("passed", self.passed.to_string()),
         ] {
-            yolo_core::weights::write_atomic(&dir.join(name), value.as_bytes())?;
+            yolo_core::files::write_atomic(&dir.join(name), value.as_bytes())?;
         }
         Ok(())
     }
@@ -173,7 +173,7 @@ pub fn run(a: &CheckDataArgs) -> anyhow::Result<i32> {
         outcome: &outcome,
     };
     let bytes = serde_json::to_vec_pretty(&json).expect("the report serialises");
-    yolo_core::weights::write_atomic(&a.report, &bytes)
+    yolo_core::files::write_atomic(&a.report, &bytes)
         .with_context(|| format!("writing {}", a.report.display()))?;
     if let Some(dir) = &a.results_dir {
         outcome

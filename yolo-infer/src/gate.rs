@@ -68,7 +68,7 @@ impl GateOutcome {
             ("passed", self.passed.to_string()),
         ];
         for (name, value) in files {
-            yolo_core::weights::write_atomic(&dir.join(name), value.as_bytes())?;
+            yolo_core::files::write_atomic(&dir.join(name), value.as_bytes())?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use yolo_core::data::dataset::image_files;
 use yolo_core::data::image::{decode_rgb8_limited, has_image_extension};
 use yolo_core::plots::{draw_boxes, LabelledBox};
 use yolo_core::runs::increment_path;
-use yolo_core::weights::write_atomic;
+use yolo_core::files::write_atomic;
 
 use crate::detector::{DetectOptions, Detection, Detector, Timings};
 

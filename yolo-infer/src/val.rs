@@ -8,7 +8,7 @@ use yolo_core::data::check::{check_dataset, CheckOptions, PRINT_FINDINGS};
 use yolo_core::data::dataset::{DataConfig, Split};
 use yolo_core::data::shapes::{self, ShapesConfig};
 use yolo_core::val::{evaluate, ValConfig, ValMetrics};
-use yolo_core::{backend, weights};
+use yolo_core::{backend, files, weights};
 
 /// Arguments of one validation run.
 #[derive(Debug, Clone)]
@@ -88,7 +88,7 @@ pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
     }
     let metrics = evaluate(&model, &samples, &data.names, &a.cfg, &device)?;
     let json = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
-    weights::write_atomic(&a.out.join("metrics.json"), &json)
+    files::write_atomic(&a.out.join("metrics.json"), &json)
         .with_context(|| format!("writing {}", a.out.join("metrics.json").display()))?;
     yolo_core::plots::plot_pr_curve(&a.out.join("PR_curve.png"), &metrics.pr_curves, &data.names)?;
     yolo_core::plots::plot_confusion_matrix(

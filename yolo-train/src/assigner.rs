@@ -15,7 +15,7 @@
 use yolo_core::burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::iou::bbox_ciou;
-use yolo_core::nn::cpu_conv::is_flex;
+use yolo_core::cpu::flex::is_flex;
 
 /// Hyper-parameters of the assigner; `Default` is what `v8DetectionLoss` builds.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -70,7 +70,7 @@ impl ModuleMapper for Blend {
             let shape = ema.shape();
             let src = src.to_device(&ema.device()).reshape(shape);
             // One parallel pass on the CPU backend (the same bits as the tensor ops).
-            yolo_core::nn::sgd_op::blend(&ema, &src, d, 1.0 - d).unwrap_or_else(|| ema.mul_scalar(d) + src.mul_scalar(1.0 - d))
+            yolo_core::ops::sgd::blend(&ema, &src, d, 1.0 - d).unwrap_or_else(|| ema.mul_scalar(d) + src.mul_scalar(1.0 - d))
         })
     }
 }

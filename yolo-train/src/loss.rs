@@ -6,10 +6,11 @@
 //! assignment), a few hundred rows instead of every anchor of the batch.
 
 use yolo_core::burn::tensor::activation::log_softmax;
-use yolo_core::nn::act::sigmoid;
-use yolo_core::nn::bce_op::bce_with_logits_sum;
 use yolo_core::burn::tensor::{Bool, Int, Tensor, TensorData};
-use yolo_core::nn::head::{dfl_expectation, make_anchors};
+use yolo_core::nn::head::make_anchors;
+use yolo_core::ops::act::sigmoid;
+use yolo_core::ops::bce::bce_with_logits_sum;
+use yolo_core::ops::dfl::dfl_expectation;
 use yolo_core::{HeadMeta, HeadOutput};
 
 use crate::assigner::{Assignment, TaskAlignedAssigner};

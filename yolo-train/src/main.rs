@@ -255,7 +255,7 @@ fn write_results(cli: &Cli, run_dir: &Path) -> Result<()> {
         ("epochs", epochs.to_string()),
     ] {
         let path = dir.join(name);
-        yolo_core::weights::write_atomic(&path, value.as_bytes())
+        yolo_core::files::write_atomic(&path, value.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -185,7 +185,7 @@ impl Optimizer for NesterovSgd {
         let m = self.momentum.get();
         // The same update in one parallel pass on the CPU backend (the same bits).
         let v = state.as_ref().map(|s| &s.velocity);
-        if let Some((p, velocity)) = yolo_core::nn::sgd_op::nesterov_sgd_step(&tensor, &grad, v, self.weight_decay, m, lr) {
+        if let Some((p, velocity)) = yolo_core::ops::sgd::nesterov_sgd_step(&tensor, &grad, v, self.weight_decay, m, lr) {
             return (p, Some(VelocityState { velocity }));
         }
         let g = if self.weight_decay != 0.0 {
@@ -320,7 +320,7 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f6
     impl ModuleVisitor for Norm<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.get::<D>(param.id) {
-                if let Some(s) = yolo_core::nn::sgd_op::sum_squares(&g) {
+                if let Some(s) = yolo_core::ops::sgd::sum_squares(&g) {
                     self.cpu_sum = Some(self.cpu_sum.unwrap_or(0.0) + s);
                     return;
                 }
@@ -339,7 +339,7 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f6
     impl ModuleMapper for Scale {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             if let Some(g) = self.grads.remove::<D>(param.id) {
-                let g = yolo_core::nn::sgd_op::scale(&g, self.coef).unwrap_or_else(|| g.mul_scalar(self.coef));
+                let g = yolo_core::ops::sgd::scale(&g, self.coef).unwrap_or_else(|| g.mul_scalar(self.coef));
                 self.grads.register(param.id, g);
             }
             param

@@ -159,7 +159,7 @@ pub fn save_state(
     md.insert("state".into(), serde_json::to_string(state).expect("state serialises"));
     md.insert("meta".into(), serde_json::to_string(meta).expect("meta serialises"));
     let bytes = safetensors::serialize(views, Some(md)).map_err(bad)?;
-    weights::write_atomic(path, &bytes)?;
+    yolo_core::files::write_atomic(path, &bytes)?;
     Ok(())
 }
 

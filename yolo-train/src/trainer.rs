@@ -45,8 +45,13 @@ pub const RESULTS_HEADER: [&str; 14] = [
     "lr/pg2",
 ];
 
-/// How `best` is chosen when mAP is measured (see [`DetMetrics::fitness`]).
-pub const FITNESS_MAP: &str = "0.1*mAP50+0.9*mAP50-95";
+/// How `best` is chosen when mAP is measured: [`DetMetrics::fitness`], mAP50-95 alone, as
+/// Ultralytics 8.4.190 (v8-era releases weighted 0.1·mAP50 + 0.9·mAP50-95; runs resumed from
+/// states written under that rule continue under this one).
+pub const FITNESS_MAP: &str = yolo_core::metrics::FITNESS_RULE;
+
+/// The rule states written before the switch to [`FITNESS_MAP`] name.
+const FITNESS_MAP_V8: &str = "0.1*mAP50+0.9*mAP50-95";
 
 /// Batches loaded ahead of the training step.
 pub const PREFETCH: usize = 2;
@@ -65,23 +70,7 @@ pub enum Report {
     Json,
 }
 
-/// Detection metrics of the validation split (box task).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct DetMetrics {
-    pub precision: f64,
-    pub recall: f64,
-    pub map50: f64,
-    pub map50_95: f64,
-}
-
-impl DetMetrics {
-    /// What `best` is chosen by: the YOLOv8 fitness `0.1 * mAP50 + 0.9 * mAP50-95` (weights
-    /// `[0, 0, 0.1, 0.9]` of v8-era `DetMetrics.fitness`; Ultralytics 8.4.190 uses mAP50-95
-    /// alone, which ranks epochs almost always the same way).
-    pub fn fitness(&self) -> f64 {
-        0.1 * self.map50 + 0.9 * self.map50_95
-    }
-}
+pub use yolo_core::metrics::DetMetrics;
 
 /// mAP of the EMA model on the validation split, with yolo-core's validation loop (the one
 /// `yolo-infer val` uses): Ultralytics' rect batches, conf 0.001, IoU 0.7, max_det 300.
@@ -367,7 +356,7 @@ pub fn resume_with(
             _ => {}
         }
     }
-    weights::write_atomic(&csv_path, kept.as_bytes())?;
+    yolo_core::files::write_atomic(&csv_path, kept.as_bytes())?;
     run(&cfg, run_dir.to_path_buf(), Some(restored), device, report, on_epoch, |_| {})
 }
 
@@ -529,7 +518,7 @@ fn run(
         best_epoch = state.best_epoch;
         first_epoch = state.epoch;
         fitness_from_used = match state.fitness_from.as_str() {
-            FITNESS_MAP => FITNESS_MAP,
+            FITNESS_MAP | FITNESS_MAP_V8 => FITNESS_MAP,
             "val loss" => "val loss",
             _ => "train loss",
         };

@@ -16,6 +16,7 @@ fn tiny_data(dir: &Path) -> std::path::PathBuf {
         val: 4,
         imgsz: 64,
         seed: 1,
+        clutter: 0,
     };
     generate(&cfg, dir).unwrap().data_yaml
 }

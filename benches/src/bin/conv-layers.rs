@@ -1,5 +1,5 @@
 //! Times every convolution of yolov8n's forward pass on its own (same shapes, random weights):
-//! the project's fused CPU conv (`nn::cpu_conv`, conv + bias + SiLU; `direct`: the same
+//! the project's fused CPU conv (`cpu::conv`, conv + bias + SiLU; `direct`: the same
 //! without Winograd), the `gemm`-crate paths (im2col, shifted) and Burn's conv followed by
 //! SiLU, with GFLOP/s (direct-conv FLOPs, also for Winograd). This is the per-layer profile that guides the CPU work.
 //!
@@ -12,8 +12,8 @@ use yolo_benches::{cpu_ms, time_ms};
 use yolo_core::burn::nn::conv::Conv2dConfig;
 use yolo_core::burn::nn::PaddingConfig2d;
 use yolo_core::burn::tensor::{Distribution, Tensor};
-use yolo_core::nn::act::silu;
-use yolo_core::nn::cpu_conv::{self, Activation, Method};
+use yolo_core::ops::act::silu;
+use yolo_core::cpu::conv::{self as cpu_conv, Activation, Method};
 
 #[derive(Parser)]
 struct Args {
@@ -58,7 +58,7 @@ struct Args {
 
 /// GFLOP/s of the micro-kernel on L1-resident panels (`kc` = 256), one thread.
 fn kernel_peak() {
-    let Some(kern) = yolo_core::nn::gemm_kernel::kernel() else {
+    let Some(kern) = yolo_core::cpu::gemm_kernel::kernel() else {
         println!("no micro-kernel for this CPU (the gemm crate runs the convs)");
         return;
     };

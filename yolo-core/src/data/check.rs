@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::data::dataset::{img2label_path, DataConfig, Split};
+use crate::data::dataset::{DataConfig, Split};
 use crate::data::image::DEFAULT_MAX_PIXELS;
-use crate::data::labels::{scan_cached_with, Action, Finding, FindingKind, Sample, ScanReport};
+use crate::data::labels::{img2label_path, scan_cached_with, Action, Finding, FindingKind, Sample, ScanReport};
 use crate::error::{CoreError, Result};
 
 /// Layout version of `data_report.json`.
@@ -219,7 +219,7 @@ impl DataReport {
     /// [`CoreError::Io`] when the file cannot be written.
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).expect("the report serialises");
-        crate::weights::write_atomic(path, &json)
+        crate::files::write_atomic(path, &json)
     }
 }
 

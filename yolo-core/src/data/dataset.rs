@@ -2,7 +2,9 @@
 //!
 //! Matches Ultralytics 8.4.190: `check_det_dataset` (`ultralytics/data/utils.py`) for the yaml,
 //! `BaseDataset.get_img_files` (`ultralytics/data/base.py`) for the image lists and
-//! `img2label_paths` for the label paths. Deliberate differences are marked "Differs".
+//! `img2label_paths` for the label paths ([`img2label_path`], which lives in
+//! [`labels`](crate::data::labels) beside the scan that uses it). Deliberate differences are
+//! marked "Differs".
 
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
@@ -10,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use serde_yaml::Value;
 
 use crate::data::image::has_image_extension;
+pub use crate::data::labels::img2label_path;
 use crate::data::labels::{scan_cached, Sample, ScanReport};
 use crate::error::{CoreError, Result};
 
@@ -354,24 +357,6 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut HashSet<PathBuf>) -> Resu
     Ok(())
 }
 
-/// The label file of an image, Ultralytics' `img2label_paths`: the last `/images/` becomes
-/// `/labels/` and the extension becomes `.txt` (`…/images/train/a.jpg` →
-/// `…/labels/train/a.txt`).
-pub fn img2label_path(image: &Path) -> PathBuf {
-    let sep = std::path::MAIN_SEPARATOR;
-    let s = image.to_string_lossy();
-    let (sa, sb) = (format!("{sep}images{sep}"), format!("{sep}labels{sep}"));
-    let swapped = match s.rfind(&sa) {
-        Some(i) => format!("{}{sb}{}", &s[..i], &s[i + sa.len()..]),
-        None => s.into_owned(),
-    };
-    let stem = match swapped.rfind('.') {
-        Some(i) => &swapped[..i],
-        None => &swapped[..],
-    };
-    PathBuf::from(format!("{stem}.txt"))
-}
-
 /// Reads, checks and caches the labels of one split: [`DataConfig::image_files`], then
 /// [`scan_cached`] with `nc` classes. Like Ultralytics' `YOLODataset.get_labels`, a split
 /// with no valid image is an error that lists the reasons.
@@ -464,19 +449,6 @@ fn scalar_string(v: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_path_replaces_last_images_dir_and_extension() {
-        let p = Path::new("/d/images/x/images/train/a.b.JPG");
-        assert_eq!(
-            img2label_path(p),
-            PathBuf::from("/d/images/x/labels/train/a.b.txt")
-        );
-        assert_eq!(
-            img2label_path(Path::new("/d/imgs/a.png")),
-            PathBuf::from("/d/imgs/a.txt")
-        );
-    }
 
     #[test]
     fn image_extensions_follow_ultralytics() {

@@ -39,8 +39,25 @@ use image::ImageFormat;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::dataset::img2label_path;
 use crate::data::image::{decode_rgb8_limited, ImageSize, DEFAULT_MAX_PIXELS};
+
+/// The label file of an image, Ultralytics' `img2label_paths`: the last `/images/` becomes
+/// `/labels/` and the extension becomes `.txt` (`…/images/train/a.jpg` →
+/// `…/labels/train/a.txt`).
+pub fn img2label_path(image: &Path) -> PathBuf {
+    let sep = std::path::MAIN_SEPARATOR;
+    let s = image.to_string_lossy();
+    let (sa, sb) = (format!("{sep}images{sep}"), format!("{sep}labels{sep}"));
+    let swapped = match s.rfind(&sa) {
+        Some(i) => format!("{}{sb}{}", &s[..i], &s[i + sa.len()..]),
+        None => s.into_owned(),
+    };
+    let stem = match swapped.rfind('.') {
+        Some(i) => &swapped[..i],
+        None => &swapped[..],
+    };
+    PathBuf::from(format!("{stem}.txt"))
+}
 
 /// Ultralytics rejects images with a side below this many pixels (`check_image`).
 pub const MIN_IMAGE_SIDE: u32 = 10;
@@ -730,7 +747,7 @@ pub fn scan_cached_with(
         };
         let written = serde_json::to_vec(&file)
             .map_err(|e| e.to_string())
-            .and_then(|b| crate::weights::write_atomic(&path, &b).map_err(|e| e.to_string()));
+            .and_then(|b| crate::files::write_atomic(&path, &b).map_err(|e| e.to_string()));
         if let Err(e) = written {
             report.messages.push(Finding {
                 file: path.clone(),
@@ -758,6 +775,19 @@ pub fn count_by_kind(findings: &[Finding]) -> HashMap<FindingKind, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_path_replaces_last_images_dir_and_extension() {
+        let p = Path::new("/d/images/x/images/train/a.b.JPG");
+        assert_eq!(
+            img2label_path(p),
+            PathBuf::from("/d/images/x/labels/train/a.b.txt")
+        );
+        assert_eq!(
+            img2label_path(Path::new("/d/imgs/a.png")),
+            PathBuf::from("/d/imgs/a.txt")
+        );
+    }
 
     fn check(text: &str, nc: usize) -> LabelCheck {
         check_labels(text, Path::new("l.txt"), nc)

@@ -534,7 +534,7 @@ pub fn generate(config: &ShapesConfig, root: &Path) -> Result<ShapesSummary> {
         config.train, config.val, config.imgsz, config.seed
     );
     let data_yaml = root.join("data.yaml");
-    crate::weights::write_atomic(&data_yaml, (header + &yaml).as_bytes())?;
+    crate::files::write_atomic(&data_yaml, (header + &yaml).as_bytes())?;
     Ok(ShapesSummary {
         root: abs_root,
         data_yaml,

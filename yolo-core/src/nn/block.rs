@@ -7,7 +7,7 @@ use burn::nn::PaddingConfig2d;
 use burn::tensor::{Device, Tensor};
 
 use super::conv::{Conv, ConvConfig};
-use super::cpu_pool;
+use crate::ops::max_pool;
 
 /// Configuration of [`Bottleneck`] with Ultralytics' C2f arguments (`k = (3, 3)`, `e = 1.0`).
 #[derive(Config, Debug)]
@@ -199,7 +199,7 @@ impl Sppf {
     }
 
     /// The k x k max-pool (stride 1, same size): separable and vectorised on the CPU backend
-    /// (inference and training, `cpu_pool`), Burn's op elsewhere.
+    /// (inference and training, [`max_pool`]), Burn's op elsewhere.
     fn pool(&self, x: Tensor<4>) -> Tensor<4> {
         let m = &self.m;
         let [k, kw] = m.kernel_size;
@@ -211,7 +211,7 @@ impl Sppf {
         if !same {
             return m.forward(x);
         }
-        cpu_pool::max_pool_same(x, k).unwrap_or_else(|x| m.forward(x))
+        max_pool::max_pool_same(x, k).unwrap_or_else(|x| m.forward(x))
     }
 
     /// # Shapes

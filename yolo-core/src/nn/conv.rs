@@ -4,9 +4,9 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
-use crate::nn::act::silu;
-use crate::nn::{bn_op, conv_op};
-use crate::nn::cpu_conv::{self, Activation, PackCache};
+use crate::cpu::conv::{self as cpu_conv, Activation, PackCache};
+use crate::ops::act::silu;
+use crate::ops::{batch_norm, conv as conv_op};
 use burn::tensor::{Device, Tensor};
 
 /// BatchNorm epsilon Ultralytics sets in `initialize_weights`.
@@ -82,7 +82,7 @@ impl Conv {
             // Training: the conv as one op with its own backward on the CPU backend.
             let y = conv_op::conv2d(x, &self.conv).unwrap_or_else(|x| conv_op::conv2d_any(x, &self.conv));
             // BatchNorm + SiLU as one op there too.
-            bn_op::batch_norm_silu_train(&self.bn, y).unwrap_or_else(|y| bn_op::burn_batch_norm_silu(&self.bn, y))
+            batch_norm::batch_norm_silu_train(&self.bn, y).unwrap_or_else(|y| batch_norm::burn_batch_norm_silu(&self.bn, y))
         }
     }
 
@@ -102,7 +102,7 @@ impl Conv {
         } else {
             xs
         };
-        self.forward(super::cat_op::cat(xs, 1))
+        self.forward(crate::ops::cat::cat(xs, 1))
     }
 
     /// Whether the BatchNorm is folded into the conv.

@@ -3,13 +3,13 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::activation::{sigmoid, softmax};
-use burn::backend::Dispatch;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::conv::{Conv, ConvConfig};
-use super::cpu_conv::{self, Activation};
-use super::dfl_op::DflOps;
+use crate::cpu::conv::{self as cpu_conv, Activation};
+use crate::cpu::flex;
+use crate::ops::dfl::dfl_expectation;
 
 /// Strides of the three detection levels (P3, P4, P5).
 pub const STRIDES: [usize; 3] = [8, 16, 32];
@@ -77,7 +77,7 @@ impl HeadOutput {
                 )
             })
             .unzip();
-        (super::cat_op::cat(boxes, 2), super::cat_op::cat(scores, 2))
+        (crate::ops::cat::cat(boxes, 2), crate::ops::cat::cat(scores, 2))
     }
 }
 
@@ -99,29 +99,6 @@ pub fn make_anchors(grid_sizes: &[(usize, usize)], strides: &[usize]) -> (Vec<f3
         }
     }
     (points, stride_of)
-}
-
-/// DFL expectation: softmax over the `reg_max` bins of each side, dotted with `0..reg_max`.
-///
-/// # Shapes
-/// - `boxes`: `[B, 4 * reg_max, A]`
-/// - output: `[B, 4, A]` distances in grid units (left, top, right, bottom)
-pub fn dfl_expectation(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
-    if super::cpu_conv::is_flex(&boxes.device()) && boxes.dtype() == DType::F32 {
-        // One fused op with its own backward (`dfl_op`).
-        return Tensor::from_dispatch(<Dispatch as DflOps>::dfl_expectation(boxes.into_dispatch(), reg_max));
-    }
-    dfl_expectation_burn(boxes, reg_max)
-}
-
-/// [`dfl_expectation`] from Burn ops (every backend other than `flex`).
-pub(crate) fn dfl_expectation_burn(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
-    let [b, _, a] = boxes.dims();
-    let device = boxes.device();
-    let prob = softmax(boxes.reshape([b, 4, reg_max, a]), 2);
-    let proj: Vec<f32> = (0..reg_max).map(|i| i as f32).collect();
-    let proj = Tensor::<4>::from_data(TensorData::new(proj, [1, 1, reg_max, 1]), &device);
-    (prob * proj).sum_dim(2).reshape([b, 4, a])
 }
 
 /// Turns the raw head output into Ultralytics' eval-mode prediction.
@@ -153,9 +130,9 @@ pub fn decode(out: &HeadOutput, meta: &HeadMeta) -> Tensor<3> {
 /// [`decode`] in one pass over the head's buffers, for plain f32 tensors on the CPU backend
 /// (`None` elsewhere): Burn's version is a dozen tensor ops with scalar `exp` (9% of yolov8n's
 /// inference at 640). Same arithmetic in the same order, with the vectorised exp of
-/// [`super::act`].
+/// [`crate::cpu::simd`].
 fn decode_cpu(out: &HeadOutput, meta: &HeadMeta) -> Option<Tensor<3>> {
-    use super::act::{exp_slice, sigmoid_slice};
+    use crate::cpu::simd::{exp_slice, sigmoid_slice};
     use rayon::prelude::*;
 
     let first = out.levels.first()?;
@@ -171,8 +148,8 @@ fn decode_cpu(out: &HeadOutput, meta: &HeadMeta) -> Option<Tensor<3>> {
         if lb != b || cb != 4 * r || nc != meta.nc {
             return None;
         }
-        let boxes = cpu_conv::flex_f32(l.boxes.clone())?;
-        let scores = cpu_conv::flex_f32(l.scores.clone())?;
+        let boxes = flex::flex_f32(l.boxes.clone())?;
+        let scores = flex::flex_f32(l.scores.clone())?;
         levels.push((boxes, scores, h * w));
     }
     let a: usize = levels.iter().map(|l| l.2).sum();
@@ -191,7 +168,7 @@ fn decode_cpu(out: &HeadOutput, meta: &HeadMeta) -> Option<Tensor<3>> {
             }
         }
     }
-    let dist_ptr = cpu_conv::OutPtr(dist.as_mut_ptr());
+    let dist_ptr = flex::OutPtr(dist.as_mut_ptr());
     tasks.par_iter().for_each(|&(img, side, li, a0)| {
         let dist_ptr = dist_ptr;
         let (boxes, _, hw) = &levels[li];
@@ -246,7 +223,7 @@ fn decode_cpu(out: &HeadOutput, meta: &HeadMeta) -> Option<Tensor<3>> {
             *v = if c < 2 { (lo + hi) / 2.0 } else { hi - lo } * strides[i];
         }
     });
-    Some(cpu_conv::flex_tensor(pred, [b, rows, a]))
+    Some(flex::flex_tensor(pred, [b, rows, a]))
 }
 
 /// One layer of a branch (`nn.Sequential(Conv, Conv, Conv2d)` in Ultralytics). An enum so the
@@ -262,8 +239,8 @@ impl BranchLayer {
         match self {
             Self::Conv(m) => m.forward(x),
             Self::Out(m) => cpu_conv::conv2d(x, m, Activation::Identity)
-                .or_else(|x| super::conv_op::conv2d(x, m))
-                .unwrap_or_else(|x| super::conv_op::conv2d_any(x, m)),
+                .or_else(|x| crate::ops::conv::conv2d(x, m))
+                .unwrap_or_else(|x| crate::ops::conv::conv2d_any(x, m)),
         }
     }
 }
@@ -396,7 +373,7 @@ impl Detect {
 /// Not under autodiff, whose graph would be recorded in a varying order; the outputs are
 /// the same either way (every conv writes its output alone).
 pub(crate) fn concurrent(xs: &[Tensor<4>]) -> bool {
-    rayon::current_num_threads() > 1 && xs.iter().all(cpu_conv::is_plain_flex)
+    rayon::current_num_threads() > 1 && xs.iter().all(flex::is_plain_flex)
 }
 
 impl Detect {

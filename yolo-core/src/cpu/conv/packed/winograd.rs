@@ -29,7 +29,7 @@ use super::*;
 
 /// The output block of a Winograd conv: `F(2x2, 3x3)` or `F(4x4, 3x3)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(in crate::nn::cpu_conv) enum Tile {
+pub(in crate::cpu::conv) enum Tile {
     F2,
     F4,
 }
@@ -57,7 +57,7 @@ impl Tile {
 /// bottleneck, 80x80 at 320, took 0.77x the direct conv's time (160x160 at 640: 0.64x;
 /// interleaved A/B, one thread). `F(2x2)` from 32 channels on the smaller maps: at 16 the
 /// direct conv was faster.
-pub(in crate::nn::cpu_conv) fn tile(g: &Geometry) -> Option<Tile> {
+pub(in crate::cpu::conv) fn tile(g: &Geometry) -> Option<Tile> {
     let k3 = g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1;
     let f4 = k3 && g.c_in.min(g.c_out) >= 16 && g.oh.min(g.ow) >= F4_MIN_SIDE && g.c_in.max(g.c_out) <= F4_MAX_CHANNELS;
     if f4 {
@@ -102,7 +102,7 @@ fn g_rows(tile: Tile, a: f64, b: f64, c: f64) -> [f64; 6] {
 /// their places in the positions' panels (`np · 16 · mr` values, in L1 and L2). Through
 /// an intermediate `[C_out, C_in, np]` array, the 36 position passes each read all of it
 /// (one value per 144-byte stride): 2.9% of a 320 px, batch-8 train step's CPU time.
-pub(in crate::nn::cpu_conv) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, tile: Tile) -> Vec<f32> {
+pub(in crate::cpu::conv) fn pack_weights(g: &Geometry, w: &[f32], mr: usize, tile: Tile) -> Vec<f32> {
     assert!(self::tile(g).is_some(), "Winograd weights for {g:?}");
     let (co, ci) = (g.c_out, g.c_in);
     assert_eq!(w.len(), co * ci * 9, "weights for {g:?}");
@@ -170,7 +170,7 @@ thread_local! {
 /// The conv with Winograd `tile` (see the module docs); `a` comes from [`pack_weights`] for
 /// the same tile. Returns the NCHW output.
 #[allow(clippy::too_many_arguments)]
-pub(in crate::nn::cpu_conv) fn run(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel, tile: Tile) -> Vec<f32> {
+pub(in crate::cpu::conv) fn run(g: &Geometry, batch: usize, x: &[f32], a: &[f32], bias: Option<&[f32]>, act: Activation, kern: Kernel, tile: Tile) -> Vec<f32> {
     assert!(self::tile(g).is_some(), "Winograd conv for {g:?}");
     assert_eq!(a.len(), tile.positions() * g.c_out.div_ceil(kern.mr) * g.c_in * kern.mr, "Winograd weights for {g:?}");
     let len = batch * g.c_out * g.oh * g.ow;
@@ -470,7 +470,7 @@ fn input_tiles4(p: &[f32], ps: usize, wq: usize, len: usize, v: &mut [f32], xs: 
     let n = len.div_ceil(8) * 8;
     assert!(3 * ps + 5 * wq + n <= p.len() && 35 * xs + n <= v.len(), "Winograd input tiles out of bounds");
     #[cfg(target_arch = "x86_64")]
-    if crate::nn::act::avx2_fma() {
+    if crate::cpu::simd::avx2_fma() {
         // SAFETY: AVX2 and FMA are present; reads stay below p[3·ps + 5·wq + n] and writes
         // below v[35·xs + n] (asserted in bounds).
         return unsafe { x86::input_tiles4(p.as_ptr(), ps, wq, n, v.as_mut_ptr(), xs) };
@@ -500,7 +500,7 @@ fn output_tiles4(m: &[f32], xs: usize, len: usize, ys: &mut [&mut [f32]]) {
     let n = len.div_ceil(8) * 8;
     assert!(35 * xs + n <= m.len() && ys.len() == 4 && ys.iter().all(|y| 4 * n <= y.len()), "Winograd output tiles out of bounds");
     #[cfg(target_arch = "x86_64")]
-    if crate::nn::act::avx2_fma() {
+    if crate::cpu::simd::avx2_fma() {
         let y: [*mut f32; 4] = std::array::from_fn(|i| ys[i].as_mut_ptr());
         // SAFETY: AVX2 and FMA are present; reads reach m[35·xs + n − 1], writes y[i][4n − 1]
         // (asserted).
@@ -766,7 +766,7 @@ mod tests {
     /// reach on AVX2 machines), over 16 tiles.
     #[test]
     fn f4_transforms_match_the_portable_ones() {
-        if !crate::nn::act::avx2_fma() {
+        if !crate::cpu::simd::avx2_fma() {
             return;
         }
         let (ps, wq, xs, n) = (211, 13, 24, 16);

@@ -17,10 +17,10 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-#[cfg_attr(any(target_arch = "aarch64", target_feature = "fma"), allow(unused_imports))] // all their builds use `act::fused`
-use super::act::{log1p_exp_neg_abs, sigmoid_f32};
-use super::act::multiversion;
-use super::cpu_conv::{flex_primitive, flex_values, is_flex, par_fill};
+#[cfg_attr(any(target_arch = "aarch64", target_feature = "fma"), allow(unused_imports))] // all their builds use `simd::fused`
+use crate::cpu::simd::{log1p_exp_neg_abs, sigmoid_f32};
+use crate::cpu::flex::{flex_primitive, flex_values, is_flex, par_fill};
+use crate::cpu::simd::multiversion;
 
 /// Elements per parallel chunk; the chunks' sums are added in order, so the result does not
 /// depend on the thread count.
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn softplus_tail_is_accurate() {
         // Both forms: split, and fused (what the AVX2 and AVX-512 builds run).
-        for tail in [log1p_exp_neg_abs as fn(f32) -> f32, crate::nn::act::fused::log1p_exp_neg_abs] {
+        for tail in [log1p_exp_neg_abs as fn(f32) -> f32, crate::cpu::simd::fused::log1p_exp_neg_abs] {
             let mut x = -100.0f32;
             while x < 100.0 {
                 let want = (-(x.abs() as f64)).exp().ln_1p();

@@ -21,7 +21,7 @@ use burn::tensor::{DType, Slice, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::cpu_conv::{flex_primitive, flex_values, is_flex, OutPtr};
+use crate::cpu::flex::{flex_primitive, flex_values, is_flex, OutPtr};
 
 /// `Tensor::cat(xs, dim)`, on all cores on the CPU backend for 2 to 4 f32 parts (with or
 /// without autodiff); Burn's `cat` otherwise.

@@ -11,7 +11,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use super::cpu_conv::{flex_f32, flex_tensor};
+use crate::cpu::flex::{flex_f32, flex_tensor};
 
 /// Values per task.
 const CHUNK: usize = 1 << 14;

@@ -1,4 +1,4 @@
-//! Packed f32 GEMM micro-kernels for the CPU convolution (`nn::cpu_conv`).
+//! Packed f32 GEMM micro-kernels for the CPU convolution (`cpu::conv`).
 //!
 //! A micro-kernel computes one `MR x NR` block of `C = A · B` from two packed panels:
 //! `a` holds `kc` columns of `MR` rows (`a[k·MR + i] = A[i, k]`), `b` holds `kc` rows of `NR`
@@ -65,7 +65,7 @@ impl Kernel {
 }
 
 /// The widest kernel this CPU runs (AVX-512F, then AVX2 + FMA), detected once; `None` on
-/// other CPUs, where `cpu_conv` uses the `gemm` crate.
+/// other CPUs, where `cpu::conv` uses the `gemm` crate.
 pub fn kernel() -> Option<Kernel> {
     static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
     *KERNEL.get_or_init(detect)
@@ -356,14 +356,14 @@ pub unsafe fn dot_edge(n: usize, a: *const f32, lda: usize, b: *const f32, ldb: 
             // SAFETY: rows i of a and j of b hold n values; c[i·ldc + j] is writable.
             unsafe {
                 let (ra, rb) = (std::slice::from_raw_parts(a.add(i * lda), n), std::slice::from_raw_parts(b.add(j * ldb), n));
-                *c.add(i * ldc + j) += crate::nn::act::dot(ra, rb);
+                *c.add(i * ldc + j) += crate::cpu::simd::dot(ra, rb);
             }
         }
     }
 }
 
 /// The widest dot-product kernel this CPU runs (AVX-512F `4 x 6`, AVX2 + FMA `3 x 4`),
-/// detected once; `None` on other CPUs, where `cpu_conv` uses the `gemm` crate.
+/// detected once; `None` on other CPUs, where `cpu::conv` uses the `gemm` crate.
 pub fn dot_kernel() -> Option<DotKernel> {
     static KERNEL: std::sync::OnceLock<Option<DotKernel>> = std::sync::OnceLock::new();
     *KERNEL.get_or_init(|| {

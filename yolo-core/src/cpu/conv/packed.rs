@@ -2,7 +2,7 @@
 //! ([`PackCache`]), convs that read the padded input's phase planes in place
 //! ([`run_packed_shifted`]) or pack their im2col columns into the kernel's panels
 //! ([`run_packed`]), and the dot-product weight gradient ([`grad_weight_dot`]). A child of
-//! `cpu_conv`, whose geometry, buffers and epilogues it shares.
+//! `cpu::conv`, whose geometry, buffers and epilogues it shares.
 
 use super::*;
 use std::mem::MaybeUninit;
@@ -400,7 +400,7 @@ fn epilogue_copy(src: &[f32], dst: &mut [f32], bias: Option<f32>, act: Activatio
         dst.copy_from_slice(src);
         return;
     }
-    crate::nn::act::bias_act_copy(src, dst, bias.unwrap_or(0.0), act == Activation::Silu)
+    crate::cpu::simd::bias_act_copy(src, dst, bias.unwrap_or(0.0), act == Activation::Silu)
 }
 
 /// A row length for an accumulator of rows of `n` values: whole `nr`-blocks, and rows not a

@@ -4,7 +4,7 @@
 //! Burn's `flex` backward of a conv (0.22.1) computes `dX` with its transposed conv and `dW`
 //! by re-running its forward conv on transposed copies of `X` and `dY` (for 1x1 convs that is
 //! one matrix-vector product per input channel). [`ConvOps::conv2d_plain`] instead runs the
-//! kernels of [`super::cpu_conv`] forward, and in the backward pass:
+//! kernels of [`crate::cpu::conv`] forward, and in the backward pass:
 //! - `dX`: for stride 1, the forward kernel on `dY` with the flipped, transposed weights; for
 //!   other strides `Wᵀ·dY` in column blocks added back into `dX` (col2im);
 //! - `dW`: `dY · im2col(X)ᵀ` as GEMMs over pixel tiles, summed over tiles and images.
@@ -23,7 +23,8 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{DType, Shape, Slice, Tensor};
 use burn_flex::FlexTensor;
 
-use super::cpu_conv::{self, flex_values, Activation, Geometry, Method};
+use crate::cpu::conv::{self as cpu_conv, Activation, Geometry, Method};
+use crate::cpu::flex::{self, dims4, flex_values};
 
 /// A conv without bias, groups 1, dilation 1, symmetric padding, as one backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -57,7 +58,7 @@ pub trait ConvGrads: Backend {
 
 
 fn from_vec(v: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    cpu_conv::flex_primitive(v, Shape::new(shape))
+    flex::flex_primitive(v, Shape::new(shape))
 }
 
 /// The geometry and batch size of a call.
@@ -89,19 +90,14 @@ impl ConvGrads for Flex {
     ) -> [Option<FlexTensor>; 2] {
         let (g, b) = geometry(&x, &weight, stride, padding);
         let dyv = flex_values(&dy);
-        let dx = need_x.then(|| from_vec(cpu_conv::grad_input(&g, b, &dyv, &flex_values(&weight)), dims4(&x)));
-        let dw = need_w.then(|| from_vec(cpu_conv::grad_weight(&g, b, &flex_values(&x), &dyv), dims4(&weight)));
+        let dx = need_x.then(|| from_vec(cpu_conv::grad_input(&g, b, &dyv, &flex_values(&weight)), dims4(&x, "conv2d_plain")));
+        let dw = need_w.then(|| from_vec(cpu_conv::grad_weight(&g, b, &flex_values(&x), &dyv), dims4(&weight, "conv2d_plain")));
         [dx, dw]
     }
 
     fn conv2d_plain_input(x: FlexTensor) -> FlexTensor {
-        cpu_conv::flex_contiguous(x)
+        flex::flex_contiguous(x)
     }
-}
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.shape();
-    [s[0], s[1], s[2], s[3]]
 }
 
 impl<B: Backend + ConvOps + ConvGrads, C: CheckpointStrategy> ConvOps for Autodiff<B, C> {
@@ -149,7 +145,7 @@ impl<B: Backend + ConvOps + ConvGrads, C: CheckpointStrategy> ConvOps for Autodi
 /// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
 pub fn conv2d(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
     let device = x.device();
-    if !cpu_conv::is_flex(&device) || x.dtype() != DType::F32 {
+    if !flex::is_flex(&device) || x.dtype() != DType::F32 {
         return Err(x);
     }
     let Some(padding) = cpu_conv::plain_padding(x.dims(), conv) else {
@@ -180,7 +176,7 @@ pub fn conv2d(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
 /// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
 pub fn conv2d_any(x: Tensor<4>, conv: &Conv2d) -> Tensor<4> {
     let device = x.device();
-    if !cpu_conv::is_flex(&device) {
+    if !flex::is_flex(&device) {
         let matmul = match gpu_conv_mode() {
             GpuConv::Matmul => true,
             GpuConv::Direct => false,

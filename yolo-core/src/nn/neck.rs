@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use crate::backbone::Features;
+use crate::nn::backbone::Features;
 use crate::nn::{C2f, C2fConfig, Conv, ConvConfig};
 use crate::scale::Multiples;
 
@@ -27,8 +27,8 @@ pub struct Neck {
 /// - `x`: `[B, C, H, W]`
 /// - output: `[B, C, 2H, 2W]`
 pub fn upsample2x(x: Tensor<4>) -> Tensor<4> {
-    // One pass each way on the CPU backend (`nn::upsample_op`).
-    let x = match crate::nn::upsample_op::upsample2x(x) {
+    // One pass each way on the CPU backend (`ops::upsample`).
+    let x = match crate::ops::upsample::upsample2x(x) {
         Ok(y) => return y,
         Err(x) => x,
     };

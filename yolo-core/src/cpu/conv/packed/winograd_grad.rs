@@ -31,12 +31,12 @@
 //! result is the same bits however the tasks are run.
 
 use super::*;
-use crate::nn::act::multiversion;
+use crate::cpu::simd::multiversion;
 
 /// Whether `g` is a conv [`grad_weight`] can run: 3x3 kernels at stride 1 with padding 1
 /// (every 3x3 stride-1 conv in YOLOv8), and `16·C_out·C_in` per-group sums of at most 2^22
 /// values (16 MB; 512 x 512 channels: yolov8x's 640-channel convs keep the direct path).
-pub(in crate::nn::cpu_conv) fn supports(g: &Geometry) -> bool {
+pub(in crate::cpu::conv) fn supports(g: &Geometry) -> bool {
     g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1 && 16 * g.c_out * g.c_in <= 1 << 22
 }
 
@@ -44,7 +44,7 @@ pub(in crate::nn::cpu_conv) fn supports(g: &Geometry) -> bool {
 /// the tiles make at least 4 chunks. Fewer would leave a core idle, and the smaller maps'
 /// short dot products (a 10x10 map has 30 slots an image) pay their final reductions too
 /// often: there the direct dot products over pixels were faster.
-pub(in crate::nn::cpu_conv) fn pays(g: &Geometry, batch: usize) -> bool {
+pub(in crate::cpu::conv) fn pays(g: &Geometry, batch: usize) -> bool {
     let p = g.w.div_ceil(2) + 1;
     supports(g) && (batch * g.h.div_ceil(2)).div_ceil((CHUNK_SLOTS / p).max(1)) >= 4
 }
@@ -65,7 +65,7 @@ const MAX_GROUPS: usize = 8;
 ///
 /// # Shapes
 /// - `x`: `[B, C_in, H, W]`, `dy`: `[B, C_out, H, W]`; output `[C_out, C_in, 3, 3]`
-pub(in crate::nn::cpu_conv) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: DotKernel) -> Vec<f32> {
+pub(in crate::cpu::conv) fn grad_weight(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: DotKernel) -> Vec<f32> {
     grad_weight_chunked(g, batch, x, dy, kern, CHUNK_SLOTS)
 }
 
@@ -79,7 +79,7 @@ pub(in crate::nn::cpu_conv) fn grad_weight(g: &Geometry, batch: usize, x: &[f32]
 /// transform is a few contiguous vector loops over the chunk's slots, and the phase planes
 /// (read four times, once per row of positions) stay in L2. The last slot of each row is no
 /// tile: its `dY` side is zero (and its input side is zeroed), so it adds nothing.
-pub(in crate::nn::cpu_conv) fn grad_weight_chunked(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: DotKernel, target: usize) -> Vec<f32> {
+pub(in crate::cpu::conv) fn grad_weight_chunked(g: &Geometry, batch: usize, x: &[f32], dy: &[f32], kern: DotKernel, target: usize) -> Vec<f32> {
     assert!(supports(g), "Winograd dW needs a 3x3 stride-1 conv with padding 1");
     g.check(batch, Some(x), None, Some(dy), None);
     let (c_in, c_out, h, w) = (g.c_in, g.c_out, g.h, g.w);

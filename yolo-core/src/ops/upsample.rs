@@ -16,7 +16,7 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, Tensor
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 
-use super::cpu_conv::{flex_primitive, flex_values, is_flex, par_fill};
+use crate::cpu::flex::{dims4, flex_primitive, flex_values, is_flex, par_fill};
 
 /// `[B, C, 2H, 2W]` from `[B, C, H, W]`, each pixel repeated over a 2x2 block, on the CPU
 /// backend (with or without autodiff); `Err(x)` elsewhere or for another dtype.
@@ -39,16 +39,9 @@ pub trait UpsampleOps: Backend {
     fn upsample2x_backward(grad: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// `[B, C, H, W]` of a 4-D tensor.
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.shape();
-    assert_eq!(s.num_dims(), 4, "upsample2x takes NCHW tensors, got {s:?}");
-    [s[0], s[1], s[2], s[3]]
-}
-
 impl UpsampleOps for Flex {
     fn upsample2x(x: FlexTensor) -> FlexTensor {
-        let [b, c, h, w] = dims4(&x);
+        let [b, c, h, w] = dims4(&x, "upsample2x");
         let src = flex_values(&x);
         let (out, _) = par_fill(b * c * 4 * h * w, 4 * h * w, |i, dst| {
             let plane = &src[i * h * w..(i + 1) * h * w];
@@ -65,7 +58,7 @@ impl UpsampleOps for Flex {
     }
 
     fn upsample2x_backward(grad: FlexTensor) -> FlexTensor {
-        let [b, c, h2, w2] = dims4(&grad);
+        let [b, c, h2, w2] = dims4(&grad, "upsample2x");
         let (h, w) = (h2 / 2, w2 / 2);
         let g = flex_values(&grad);
         let (out, _) = par_fill(b * c * h * w, h * w, |i, dst| {

@@ -26,10 +26,10 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-#[cfg_attr(any(target_arch = "aarch64", target_feature = "fma"), allow(unused_imports))] // all their builds use `act::fused`
-use super::act::{sigmoid_f32, silu_f32};
-use super::act::multiversion;
-use super::cpu_conv::{flex_primitive, flex_values, par_init};
+#[cfg_attr(any(target_arch = "aarch64", target_feature = "fma"), allow(unused_imports))] // all their builds use `simd::fused`
+use crate::cpu::simd::{sigmoid_f32, silu_f32};
+use crate::cpu::flex::{flex_primitive, flex_values, is_flex, par_init};
+use crate::cpu::simd::multiversion;
 use std::mem::MaybeUninit;
 
 /// `(x − mean)·γ/√(var + ε) + β` per channel, where `mean` and `var` are the batch's own
@@ -199,15 +199,15 @@ fn dx_value([k, mean, inv, mean_d, mean_dx]: [f32; 5], x: f32, d: f32) -> f32 {
 }
 
 /// AVX-512 versions of the two passes through SiLU (the forward's [`apply_plane`], the
-/// backward's [`plane_silu_grad_sums`]) with the conv epilogue's `exp` (`act::fma`: a degree-6
+/// backward's [`plane_silu_grad_sums`]) with the conv epilogue's `exp` (`simd::fma`: a degree-6
 /// polynomial after a one-step reduction, in explicit FMAs). The loops over the generic `exp`
 /// are bound by its dependency chains: the epilogue's SiLU takes 0.27 ns a value where a
-/// loop over [`super::act::fused::silu_f32`] took 0.52 (Emerald Rapids, one core). The same
+/// loop over [`crate::cpu::simd::fused::silu_f32`] took 0.52 (Emerald Rapids, one core). The same
 /// sums in 16 lanes per [`SUM_BLOCK`], added up in f64; a partial last vector is masked.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::SUM_BLOCK;
-    use crate::nn::act::fma::{lanes16 as lanes, one_plus_exp_neg16};
+    use crate::cpu::simd::fma::{lanes16 as lanes, one_plus_exp_neg16};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -289,7 +289,7 @@ mod x86 {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn avx512() -> bool {
-    crate::nn::act::fma::available512()
+    crate::cpu::simd::fma::available512()
 }
 
 /// `(batch, channels, pixels per plane)` of an NCHW tensor.
@@ -376,16 +376,17 @@ impl BatchNormGrads for Flex {
         } else {
             (Vec::new(), (0..b * c).into_par_iter().map(|plane| plane_sums(plane, &mut [])).collect())
         };
+        // Per-channel `1/√(var + ε)`, in f64 for the sums and as f32 in the dX coefficients.
+        let inv: Vec<f64> = v.iter().map(|&v| 1.0 / (v as f64 + epsilon).sqrt()).collect();
         let sums: Vec<(f64, f64)> = (0..c)
             .map(|ch| {
-                let inv = 1.0 / (v[ch] as f64 + epsilon).sqrt();
                 let (s, sx) = (0..b).map(|img| per_plane[img * c + ch]).fold((0f64, 0f64), |a, t| (a.0 + t.0, a.1 + t.1));
-                (s, sx * inv)
+                (s, sx * inv[ch])
             })
             .collect();
         let coef = |plane: usize| {
             let ch = plane % c;
-            let inv = (1.0 / (v[ch] as f64 + epsilon).sqrt()) as f32;
+            let inv = inv[ch] as f32;
             [g[ch] * inv, m[ch], inv, (sums[ch].0 / n) as f32, (sums[ch].1 / n) as f32]
         };
         if silu {
@@ -489,7 +490,7 @@ pub fn batch_norm_silu_train(bn: &BatchNorm, x: Tensor<4>) -> Result<Tensor<4>, 
 
 fn batch_norm_train_act(bn: &BatchNorm, x: Tensor<4>, silu: bool) -> Result<Tensor<4>, Tensor<4>> {
     let device = x.device();
-    if !device.is_autodiff() || !super::cpu_conv::is_flex(&device) || !bn.training.is_enabled() || x.dtype() != DType::F32 {
+    if !device.is_autodiff() || !is_flex(&device) || !bn.training.is_enabled() || x.dtype() != DType::F32 {
         return Err(x);
     }
     let [b, c, h, w] = x.dims();

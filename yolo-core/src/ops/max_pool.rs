@@ -21,12 +21,12 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
-use rayon::prelude::*;
 
-use super::cpu_conv::{flex_primitive, flex_values, is_flex, par_fill};
+use crate::cpu::flex::{dims4, flex_primitive, flex_values, is_flex};
+use crate::cpu::pool;
 
 /// `k x k` max-pool, stride 1, padding `k / 2` (the output has the input's size); `k` odd.
 /// On the `flex` backend with or without autodiff (the backward is [`MaxPoolOps`]'s).
@@ -52,113 +52,17 @@ pub trait MaxPoolOps: Backend {
     fn max_pool_same_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, k: usize) -> FloatTensor<Self>;
 }
 
-/// The larger of `m` and `v`, NaN if either is (as the pools' scan keeps a NaN).
-#[inline(always)]
-fn max_nan(m: f32, v: f32) -> f32 {
-    if v > m || v.is_nan() {
-        v
-    } else {
-        m
-    }
-}
-
-/// `[B, C, H, W]` of a 4-D tensor.
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.shape();
-    assert_eq!(s.num_dims(), 4, "max_pool_same takes NCHW tensors, got {s:?}");
-    [s[0], s[1], s[2], s[3]]
-}
-
 impl MaxPoolOps for Flex {
     fn max_pool_same(x: FlexTensor, k: usize) -> FlexTensor {
-        let [b, c, h, w] = dims4(&x);
-        if h * w == 0 {
-            return flex_primitive(Vec::new(), Shape::new([b, c, h, w]));
-        }
-        let xs = flex_values(&x);
-        let r = k / 2;
-        let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(h * w).zip(xs.par_chunks(h * w)).for_each_init(
-            || vec![0f32; h * w],
-            |rowmax, (dst, src)| {
-                // Rows: rowmax[y, x] = max over src[y, x - r ..= x + r] (clamped to the row).
-                for (d, s) in rowmax.chunks_exact_mut(w).zip(src.chunks_exact(w)) {
-                    for (x, v) in d.iter_mut().enumerate() {
-                        *v = s[x.saturating_sub(r)..(x + r + 1).min(w)].iter().copied().fold(f32::NEG_INFINITY, max_nan);
-                    }
-                }
-                // Columns: dst[y] = elementwise max of rowmax[y - r ..= y + r] (clamped), one
-                // whole row at a time, which vectorises.
-                for (y, d) in dst.chunks_exact_mut(w).enumerate() {
-                    let (y0, y1) = (y.saturating_sub(r), (y + r + 1).min(h));
-                    d.copy_from_slice(&rowmax[y0 * w..(y0 + 1) * w]);
-                    for yy in y0 + 1..y1 {
-                        for (a, b) in d.iter_mut().zip(&rowmax[yy * w..(yy + 1) * w]) {
-                            *a = max_nan(*a, *b);
-                        }
-                    }
-                }
-            },
-        );
+        let [b, c, h, w] = dims4(&x, "max_pool_same");
+        let out = pool::max_pool_same(&flex_values(&x), [b, c, h, w], k);
         flex_primitive(out, Shape::new([b, c, h, w]))
     }
 
     fn max_pool_same_backward(x: FlexTensor, grad: FlexTensor, k: usize) -> FlexTensor {
-        let [b, c, h, w] = dims4(&x);
-        assert_eq!(dims4(&grad), [b, c, h, w], "max_pool_same_backward: the gradient has the input's shape");
-        let (xs, gs) = (flex_values(&x), flex_values(&grad));
-        let r = k / 2;
-        let plane = h * w;
-        let (out, _) = par_fill(b * c * plane, plane.max(1), |i, dst| {
-            let src = &xs[i * plane..(i + 1) * plane];
-            let g = &gs[i * plane..(i + 1) * plane];
-            // Rows: the first column of each row window holding its maximum (the last NaN if
-            // there is one), and that maximum; the window's first column when all of it is
-            // -inf.
-            let mut rowmax = vec![0f32; plane];
-            let mut rowarg = vec![0u32; plane];
-            for y in 0..h {
-                let (s, m, a) = (&src[y * w..(y + 1) * w], &mut rowmax[y * w..(y + 1) * w], &mut rowarg[y * w..(y + 1) * w]);
-                for x in 0..w {
-                    m[x] = s[x.saturating_sub(r)];
-                    a[x] = x.saturating_sub(r) as u32;
-                }
-                // Offsets in window order: a later column wins only when strictly greater (or
-                // NaN), as in the scan of Burn's and PyTorch's pools.
-                for t in 0..k {
-                    for x in 0..w {
-                        let xx = x + t;
-                        if xx < r || xx - r >= w {
-                            continue;
-                        }
-                        let v = s[xx - r];
-                        if v > m[x] || v.is_nan() {
-                            m[x] = v;
-                            a[x] = (xx - r) as u32;
-                        }
-                    }
-                }
-            }
-            // Columns: the first row of each column window whose row maximum is the largest.
-            let (mut best, mut arg) = (vec![0f32; w], vec![0usize; w]);
-            for y in 0..h {
-                let (y0, y1) = (y.saturating_sub(r), (y + r + 1).min(h));
-                best.copy_from_slice(&rowmax[y0 * w..(y0 + 1) * w]);
-                arg.iter_mut().for_each(|a| *a = y0);
-                for yy in y0 + 1..y1 {
-                    for ((m, a), v) in best.iter_mut().zip(arg.iter_mut()).zip(&rowmax[yy * w..(yy + 1) * w]) {
-                        if *v > *m || v.is_nan() {
-                            *m = *v;
-                            *a = yy;
-                        }
-                    }
-                }
-                for x in 0..w {
-                    let yy = arg[x];
-                    dst[yy * w + rowarg[yy * w + x] as usize] += g[y * w + x];
-                }
-            }
-        });
+        let [b, c, h, w] = dims4(&x, "max_pool_same_backward");
+        assert_eq!(dims4(&grad, "max_pool_same_backward"), [b, c, h, w], "max_pool_same_backward: the gradient has the input's shape");
+        let out = pool::max_pool_same_backward(&flex_values(&x), &flex_values(&grad), [b, c, h, w], k);
         flex_primitive(out, Shape::new([b, c, h, w]))
     }
 }

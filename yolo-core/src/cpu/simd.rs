@@ -1,27 +1,12 @@
-//! SiLU (`x * sigmoid(x)`) and sigmoid, with fast paths on the CPU backend, and the
-//! vectorisable math they share with the other CPU ops (`exp`, `ln`, `log1p`, and
-//! [`multiversion!`] to compile a loop for AVX-512 / AVX2 picked at run time).
+//! Vectorised f32 math for the CPU kernels: `exp`, `ln`, `log1p`, sigmoid and SiLU in forms
+//! whose loops vectorise (Cephes' `expf` polynomial, about 2 ulp), maps over slices, a dot
+//! product, the conv epilogue's bias + SiLU with explicit AVX2 / AVX-512 FMA, and
+//! [`multiversion!`] to compile a loop for AVX-512 / AVX2 picked at run time.
 //!
 //! Burn's `silu` is two ops (a sigmoid with scalar `expf`, then a multiply): on the CPU
-//! backend it was a quarter of yolov8n's inference time. On `flex`, with or without
-//! autodiff, [`silu`] and [`sigmoid`] are backend operations ([`SiluOps`], [`SigmoidOps`])
-//! that map the values once, on all cores, with an exp that vectorises (Cephes' `expf`
-//! polynomial, about 2 ulp; the result stays within float rounding of the exact function),
-//! and have their own one-pass backward. GPU devices use Burn's ops.
-
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
-use burn::backend::ops::{ActivationOps, FloatTensorOps};
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
-use burn::tensor::activation;
-use burn::tensor::{DType, Tensor};
-use burn_flex::FlexTensor;
-use rayon::prelude::*;
-
-use super::cpu_conv::flex_primitive as flex_from_vec;
+//! backend it was a quarter of yolov8n's inference time. The SiLU and sigmoid backend
+//! operations built on these loops are in [`crate::ops::act`]; the other ops and the conv
+//! kernels use them too.
 
 /// [`exp_f32`]'s clamp of its argument.
 const EXP_MIN: f32 = -87.3;
@@ -180,180 +165,6 @@ pub(crate) mod fused {
     }
 }
 
-/// `x * sigmoid(x)`.
-///
-/// On the CPU backend this is one op ([`SiluOps`]), with or without autodiff: one vectorised
-/// pass forward, and one backward (`dy · s · (1 + x · (1 − s))`, `s = sigmoid(x)`), where
-/// Burn's composition of sigmoid and multiply takes three scalar-`exp` passes and five
-/// temporaries. Other backends use Burn's `activation::silu`.
-///
-/// # Shapes
-/// - `x`: any; output: the same
-pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !super::cpu_conv::is_flex(&x.device()) {
-        return activation::silu(x);
-    }
-    Tensor::from_dispatch(<Dispatch as SiluOps>::silu(x.into_dispatch()))
-}
-
-/// SiLU as a backend operation with its own backward, for the CPU backend (and its autodiff
-/// wrapper), so that training does not pay for Burn's sigmoid-times-input composition.
-#[backend_extension(Flex, Autodiff)]
-pub trait SiluOps: Backend {
-    /// `x * sigmoid(x)`.
-    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// `grad * silu'(x)`, with `silu'(x) = s · (1 + x · (1 − s))`, `s = sigmoid(x)`.
-    fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
-}
-
-/// The contiguous f32 values of a flex tensor (copied only if it is a strided view), or `None`
-/// for another dtype.
-fn flex_values(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
-    (t.dtype() == DType::F32).then(|| super::cpu_conv::flex_values(t))
-}
-
-impl SiluOps for Flex {
-    fn silu(x: FlexTensor) -> FlexTensor {
-        let Some(v) = flex_values(&x) else {
-            // Not f32: Burn's composition.
-            return Flex::float_mul(x.clone(), Flex::sigmoid(x));
-        };
-        let mut out = v.into_owned();
-        out.par_chunks_mut(1 << 14).for_each(silu_slice);
-        flex_from_vec(out, x.shape())
-    }
-
-    fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let (Some(xv), Some(gv)) = (flex_values(&x), flex_values(&grad)) else {
-            let s = Flex::sigmoid(x.clone());
-            let one_minus_s = Flex::float_add_scalar(Flex::float_neg(s.clone()), 1.0.into());
-            let inner = Flex::float_add_scalar(Flex::float_mul(x, one_minus_s), 1.0.into());
-            return Flex::float_mul(grad, Flex::float_mul(s, inner));
-        };
-        assert_eq!(xv.len(), gv.len(), "silu_backward: input and gradient sizes differ");
-        let mut out = gv.into_owned();
-        out.par_chunks_mut(1 << 14)
-            .zip(xv.par_chunks(1 << 14))
-            .for_each(|(g, x)| silu_grad_slice(g, x));
-        flex_from_vec(out, grad.shape())
-    }
-}
-
-impl<B: Backend + SiluOps, C: CheckpointStrategy> SiluOps for Autodiff<B, C> {
-    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct SiluBackward;
-
-        impl<B: Backend + SiluOps> Backward<B, 1> for SiluBackward {
-            // The input, kept for the backward pass (Burn's own sigmoid keeps it too).
-            type State = FloatTensor<B>;
-
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let x = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::silu_backward(x, grad));
-            }
-        }
-
-        let (x, node) = x.into_parts();
-        match SiluBackward.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(x.clone(), B::silu(x)),
-            OpsKind::UnTracked(prep) => prep.finish(B::silu(x)),
-        }
-    }
-
-    fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        // Only reached for a second derivative: Burn's differentiable ops.
-        let s = Self::sigmoid(x.clone());
-        let one_minus_s = Self::float_add_scalar(Self::float_neg(s.clone()), 1.0.into());
-        let inner = Self::float_add_scalar(Self::float_mul(x, one_minus_s), 1.0.into());
-        Self::float_mul(grad, Self::float_mul(s, inner))
-    }
-}
-
-/// `1 / (1 + exp(-x))`.
-///
-/// On the CPU backend one vectorised pass ([`SigmoidOps`]; backward `g · s · (1 − s)` from
-/// the kept output), where Burn's runs a scalar `exp` per value; other backends use Burn's
-/// `activation::sigmoid`.
-///
-/// # Shapes
-/// - `x`: any; output: the same
-pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !super::cpu_conv::is_flex(&x.device()) || x.dtype() != DType::F32 {
-        return activation::sigmoid(x);
-    }
-    Tensor::from_dispatch(<Dispatch as SigmoidOps>::sigmoid_fast(x.into_dispatch()))
-}
-
-/// Sigmoid as a backend operation with its own backward, for the CPU backend.
-#[backend_extension(Flex, Autodiff)]
-pub trait SigmoidOps: Backend {
-    /// `1 / (1 + exp(-x))`.
-    fn sigmoid_fast(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// `grad · s · (1 − s)` for the sigmoid's output `s`.
-    fn sigmoid_fast_backward(s: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
-}
-
-multiversion! {
-    /// `g[i] *= s[i] · (1 − s[i])` in place (the sigmoid backward from its output).
-    fn sigmoid_grad_slice(g: &mut [f32], s: &[f32]) {
-        for (g, &s) in g.iter_mut().zip(s) {
-            *g *= s * (1.0 - s);
-        }
-    }
-}
-
-impl SigmoidOps for Flex {
-    fn sigmoid_fast(x: FlexTensor) -> FlexTensor {
-        let v = super::cpu_conv::flex_values(&x);
-        let (out, _) = super::cpu_conv::par_fill(v.len(), 1 << 14, |i, o| {
-            o.copy_from_slice(&v[i << 14..(i << 14) + o.len()]);
-            sigmoid_slice(o)
-        });
-        flex_from_vec(out, x.shape())
-    }
-
-    fn sigmoid_fast_backward(s: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let sv = super::cpu_conv::flex_values(&s);
-        let mut out = super::cpu_conv::flex_values(&grad).into_owned();
-        assert_eq!(sv.len(), out.len(), "sigmoid backward: output and gradient sizes differ");
-        out.par_chunks_mut(1 << 14).zip(sv.par_chunks(1 << 14)).for_each(|(g, s)| sigmoid_grad_slice(g, s));
-        flex_from_vec(out, grad.shape())
-    }
-}
-
-impl<B: Backend + SigmoidOps, C: CheckpointStrategy> SigmoidOps for Autodiff<B, C> {
-    fn sigmoid_fast(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct SigmoidBackward;
-
-        impl<B: Backend + SigmoidOps> Backward<B, 1> for SigmoidBackward {
-            // The output.
-            type State = FloatTensor<B>;
-
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let s = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::sigmoid_fast_backward(s, grad));
-            }
-        }
-
-        let (x, node) = x.into_parts();
-        match SigmoidBackward.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let s = B::sigmoid_fast(x);
-                prep.finish(s.clone(), s)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::sigmoid_fast(x)),
-        }
-    }
-
-    fn sigmoid_fast_backward(s: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        // Only reached for a second derivative: Burn's differentiable ops.
-        let one_minus_s = Self::float_add_scalar(Self::float_neg(s.clone()), 1.0.into());
-        Self::float_mul(grad, Self::float_mul(s, one_minus_s))
-    }
-}
-
 /// Defines a function whose body is compiled three times (AVX-512F, AVX2 + FMA, baseline),
 /// the widest the CPU has picked at run time: the portable build targets baseline x86-64,
 /// whose 4-wide SSE2 would otherwise be all that loops over [`exp_f32`] and friends get.
@@ -366,7 +177,7 @@ macro_rules! multiversion {
             fn imp($($a: $t),*) $(-> $r)? {
                 #[cfg(any(target_arch = "aarch64", target_feature = "fma"))]
                 #[allow(unused_imports)]
-                use $crate::nn::act::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
+                use $crate::cpu::simd::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
                 $body
             }
             #[cfg(target_arch = "x86_64")]
@@ -375,13 +186,13 @@ macro_rules! multiversion {
                 #[target_feature(enable = "avx512f")]
                 unsafe fn avx512($($a: $t),*) $(-> $r)? {
                     #[allow(unused_imports)]
-                    use $crate::nn::act::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
+                    use $crate::cpu::simd::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
                     $body
                 }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($a: $t),*) $(-> $r)? {
                     #[allow(unused_imports)]
-                    use $crate::nn::act::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
+                    use $crate::cpu::simd::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
                     $body
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
@@ -419,7 +230,7 @@ macro_rules! dispatch {
             }
             // `$f` again, with the fused `exp` and friends.
             #[allow(unused_imports)]
-            use $crate::nn::act::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
+            use $crate::cpu::simd::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports AVX-512F (checked just above).
                 return unsafe { avx512($v, $f) };
@@ -433,7 +244,7 @@ macro_rules! dispatch {
         }
         #[cfg(any(target_arch = "aarch64", target_feature = "fma"))]
         #[allow(unused_imports)]
-        use $crate::nn::act::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
+        use $crate::cpu::simd::fused::{exp_f32, log1p_exp_neg_abs, sigmoid_f32, silu_f32};
         map($v, $f)
     }};
 }
@@ -450,7 +261,7 @@ pub fn silu_slice(v: &mut [f32]) {
     bias_silu_slice(v, 0.0)
 }
 
-/// `v[i] = silu(v[i] + bias)` in place: the epilogue of a fused conv (see `nn::cpu_conv`).
+/// `v[i] = silu(v[i] + bias)` in place: the epilogue of a fused conv (see `cpu::conv`).
 pub fn bias_silu_slice(v: &mut [f32], bias: f32) {
     #[cfg(target_arch = "x86_64")]
     if fma::available() {
@@ -812,66 +623,4 @@ mod tests {
         assert_eq!(exp_f32(-200.0), exp_f32(-87.3));
         assert!(exp_f32(200.0).is_finite());
     }
-
-    #[test]
-    fn silu_matches_the_definition() {
-        for &x in &[-100.0f32, -20.0, -3.5, -1.0, -1e-3, 0.0, 1e-3, 0.5, 2.0, 7.0, 30.0, 100.0] {
-            let want = (x as f64) / (1.0 + (-(x as f64)).exp());
-            let got = silu_f32(x) as f64;
-            assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "silu({x}) = {got}, want {want}");
-        }
-        let device = crate::backend::cpu_device();
-        let t = Tensor::<2>::from_data(burn::tensor::TensorData::new(vec![-2.0f32, -0.5, 0.0, 0.5, 2.0, 9.0], [2, 3]), &device);
-        let fast: Vec<f32> = silu(t.clone()).into_data().try_to_vec().unwrap();
-        let burn: Vec<f32> = activation::silu(t).into_data().try_to_vec().unwrap();
-        for (a, b) in fast.iter().zip(&burn) {
-            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
-        }
-    }
-
-    #[test]
-    fn sigmoid_matches_burn_with_gradient() {
-        let device = crate::backend::cpu_device().autodiff();
-        let data = Tensor::<2>::random([5, 333], burn::tensor::Distribution::Normal(0.0, 5.0), &device).into_data();
-        let w = Tensor::<2>::random([333, 5], burn::tensor::Distribution::Default, &device);
-        let run = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
-            let x = Tensor::<2>::from_data(data.clone(), &device).require_grad();
-            let y = f(x.clone().transpose());
-            let g = (y.clone() * w.clone()).sum().backward();
-            let gx: Vec<f32> = x.grad(&g).unwrap().into_data().try_to_vec().unwrap();
-            (y.into_data().try_to_vec::<f32>().unwrap(), gx)
-        };
-        let (y_ours, g_ours) = run(&|x| sigmoid(x));
-        let (y_burn, g_burn) = run(&|x| activation::sigmoid(x));
-        for (a, b) in y_ours.iter().zip(&y_burn).chain(g_ours.iter().zip(&g_burn)) {
-            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
-        }
-    }
-
-    #[test]
-    fn silu_gradient_matches_burn() {
-        let device = crate::backend::cpu_device().autodiff();
-        let data = Tensor::<2>::random([7, 300], burn::tensor::Distribution::Normal(0.0, 4.0), &device).into_data();
-        // Weights on the output so the incoming gradient is not all ones; a transposed view so
-        // the strided-input path runs too.
-        let w = Tensor::<2>::random([300, 7], burn::tensor::Distribution::Default, &device);
-        let run = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
-            let x = Tensor::<2>::from_data(data.clone(), &device).require_grad();
-            let y = f(x.clone().transpose());
-            let loss = (y.clone() * w.clone()).sum();
-            let g = loss.backward();
-            let gx: Vec<f32> = x.grad(&g).unwrap().into_data().try_to_vec().unwrap();
-            let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
-            (y, gx)
-        };
-        let (y_ours, g_ours) = run(&|x| silu(x));
-        let (y_burn, g_burn) = run(&|x| activation::silu(x));
-        for (a, b) in y_ours.iter().zip(&y_burn) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "forward {a} vs {b}");
-        }
-        for (a, b) in g_ours.iter().zip(&g_burn) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "gradient {a} vs {b}");
-        }
-    }
-
 }
