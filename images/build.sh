@@ -4,6 +4,7 @@
 # No Docker daemon and no base image from a registry are needed: buildah builds FROM scratch.
 #
 #   bash images/build.sh [--tag 0.1.0] [--registry localhost/yolo-rs] [--only yolo-infer]
+#   bash images/build.sh --only yolo-bench   # the benchmark image (yolo-bench + yolo-infer; not built by default)
 #
 # Needs buildah (Debian: apt-get install buildah). Prints each image's size and fails when one
 # exceeds its budget (BUDGET_MB below).
@@ -22,14 +23,21 @@ while [ $# -gt 0 ]; do
 done
 BINS=(yolo-train yolo-infer yolo-export)
 [ -n "$ONLY" ] && BINS=("$ONLY")
-declare -A BUDGET_MB=([yolo-train]=40 [yolo-infer]=40 [yolo-export]=30)
+declare -A BUDGET_MB=([yolo-train]=40 [yolo-infer]=40 [yolo-export]=30 [yolo-bench]=80)
+# The package of each binary, and the binaries each image holds besides its own (yolo-bench
+# drives `yolo-infer serve` found next to it).
+declare -A PACKAGE=([yolo-train]=yolo-train [yolo-infer]=yolo-infer [yolo-export]=yolo-export [yolo-bench]=yolo-benches)
+declare -A ALSO=([yolo-bench]=yolo-infer)
 TARGET=x86_64-unknown-linux-gnu
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 
 # Static binaries: a separate target folder keeps these flags from rebuilding target/release.
 export RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols"
 PKGS=()
-for b in "${BINS[@]}"; do PKGS+=(-p "$b" --bin "$b"); done
+for b in "${BINS[@]}"; do
+    PKGS+=(-p "${PACKAGE[$b]}" --bin "$b")
+    for x in ${ALSO[$b]:-}; do PKGS+=(-p "${PACKAGE[$x]}" --bin "$x"); done
+done
 cargo build --release --locked --target "$TARGET" --target-dir target/static "${PKGS[@]}"
 
 CTX=$(mktemp -d)
@@ -47,6 +55,7 @@ for b in "${BINS[@]}"; do
         exit 1
     fi
     cp "$bin" "$CTX/$b"
+    for x in ${ALSO[$b]:-}; do cp "target/static/$TARGET/release/$x" "$CTX/$x"; done
     image="$REGISTRY/$b:$TAG"
     "${BUILDAH[@]}" bud --quiet --isolation chroot --layers=false \
         --build-arg VERSION="$TAG" --build-arg REVISION="$REVISION" \
@@ -60,4 +69,5 @@ for b in "${BINS[@]}"; do
         exit 1
     fi
     rm "$CTX/$b"
+    for x in ${ALSO[$b]:-}; do rm "$CTX/$x"; done
 done

@@ -1,4 +1,7 @@
-//! Shared helpers for the benchmarks: building inputs and timing on any backend.
+//! Shared helpers for the benchmarks: building inputs and timing on any backend; and the
+//! `yolo-bench` suite ([`suite`]).
+
+pub mod suite;
 
 use std::time::Instant;
 

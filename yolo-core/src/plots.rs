@@ -543,7 +543,12 @@ pub fn bar_chart_size(chart: &BarChart) -> (u32, u32) {
 
 /// Legend columns, column width and rows for an image `w` wide.
 fn legend_layout(chart: &BarChart, w: u32) -> (u32, u32, u32) {
-    let longest = chart.series.iter().map(|s| s.name.chars().count().min(LEGEND_CHARS)).max().unwrap_or(0) as u32;
+    let longest = chart
+        .series
+        .iter()
+        .map(|s| s.name.chars().count().min(LEGEND_CHARS))
+        .max()
+        .unwrap_or(0) as u32;
     let col_w = 20 + 8 * longest + 16;
     let cols = ((w - 40) / col_w).max(1);
     (cols, col_w, (chart.series.len() as u32).div_ceil(cols))
@@ -573,10 +578,16 @@ pub fn grouped_bars_image(chart: &BarChart) -> Result<RgbImage> {
                 || b.low > b.value
                 || b.value > b.high
             {
-                return Err(bad(field, format!("{b:?} is not finite with low <= value <= high")));
+                return Err(bad(
+                    field,
+                    format!("{b:?} is not finite with low <= value <= high"),
+                ));
             }
             if chart.log_y && b.low <= 0.0 {
-                return Err(bad(field, format!("{b:?}: a log axis needs positive values")));
+                return Err(bad(
+                    field,
+                    format!("{b:?}: a log axis needs positive values"),
+                ));
             }
             lo_all = lo_all.min(b.low);
             hi_all = hi_all.max(b.high);
@@ -585,15 +596,25 @@ pub fn grouped_bars_image(chart: &BarChart) -> Result<RgbImage> {
     let (w, h) = bar_chart_size(chart);
     let (cols, col_w, legend_rows) = legend_layout(chart, w);
     let mut cv = Canvas::new(w, h);
-    let (left, top, right, bottom) = (80.0, 52.0 + 16.0 * legend_rows as f64, w as f64 - 20.0, h as f64 - 50.0);
+    let (left, top, right, bottom) = (
+        80.0,
+        52.0 + 16.0 * legend_rows as f64,
+        w as f64 - 20.0,
+        h as f64 - 50.0,
+    );
     // The y range and its ticks: decades with 1-2-5 steps on a log axis, else 0 to a round
     // value above the highest whisker.
     let (y0, y1, ticks): (f64, f64, Vec<f64>) = if !lo_all.is_finite() {
         (0.0, 1.0, vec![0.0, 0.5, 1.0])
     } else if chart.log_y {
-        let (a, b) = (lo_all.log10().floor(), hi_all.log10().ceil().max(lo_all.log10().floor() + 1.0));
+        // From the decade below the lowest whisker to a quarter decade above the highest
+        // (room for the value labels).
+        let (a, b) = (
+            lo_all.log10().floor(),
+            (hi_all.log10() + 0.25).max(lo_all.log10().floor() + 1.0),
+        );
         let mut t = Vec::new();
-        for d in a as i32..=b as i32 {
+        for d in a as i32..=b.ceil() as i32 {
             for m in [1.0, 2.0, 5.0] {
                 let v = m * 10f64.powi(d);
                 if v >= 10f64.powf(a) && v <= 10f64.powf(b) {
@@ -605,7 +626,13 @@ pub fn grouped_bars_image(chart: &BarChart) -> Result<RgbImage> {
     } else {
         let step = nice_step(hi_all / 5.0);
         let top_v = (hi_all / step).ceil().max(1.0) * step;
-        (0.0, top_v, (0..=(top_v / step).round() as usize).map(|k| k as f64 * step).collect())
+        (
+            0.0,
+            top_v,
+            (0..=(top_v / step).round() as usize)
+                .map(|k| k as f64 * step)
+                .collect(),
+        )
     };
     let map = |v: f64| if chart.log_y { v.log10() } else { v };
     let py = |v: f64| bottom - (map(v) - y0) / (y1 - y0) * (bottom - top);
@@ -613,10 +640,24 @@ pub fn grouped_bars_image(chart: &BarChart) -> Result<RgbImage> {
         let y = py(t);
         cv.line((left, y), (right, y), 1, GRID);
         let label = format_tick(t);
-        cv.text(left as i64 - 6 - text_width(&label, 1), y as i64 - 4, &label, 1, false, BLACK);
+        cv.text(
+            left as i64 - 6 - text_width(&label, 1),
+            y as i64 - 4,
+            &label,
+            1,
+            false,
+            BLACK,
+        );
     }
     let title = truncate(&chart.title, (w as usize - 20) / 16);
-    cv.text(w as i64 / 2 - text_width(&title, 2) / 2, 10, &title, 2, false, BLACK);
+    cv.text(
+        w as i64 / 2 - text_width(&title, 2) / 2,
+        10,
+        &title,
+        2,
+        false,
+        BLACK,
+    );
     cv.text(
         14,
         ((top + bottom) / 2.0) as i64 + text_width(&chart.y_label, 1) / 2,
@@ -625,12 +666,25 @@ pub fn grouped_bars_image(chart: &BarChart) -> Result<RgbImage> {
         true,
         BLACK,
     );
-    let color = |si: usize| if si == 0 { MEAN_BLUE } else { PALETTE[(si - 1) % PALETTE.len()] };
+    let color = |si: usize| {
+        if si == 0 {
+            MEAN_BLUE
+        } else {
+            PALETTE[(si - 1) % PALETTE.len()]
+        }
+    };
     for (si, s) in chart.series.iter().enumerate() {
         let (col, row) = ((si as u32 % cols) as i64, (si as u32 / cols) as i64);
         let (x, y) = (20 + col * col_w as i64, 36 + row * 16);
         cv.rect(x, y, x + 14, y + 10, color(si));
-        cv.text(x + 20, y + 1, &truncate(&s.name, LEGEND_CHARS), 1, false, BLACK);
+        cv.text(
+            x + 20,
+            y + 1,
+            &truncate(&s.name, LEGEND_CHARS),
+            1,
+            false,
+            BLACK,
+        );
     }
     let ns = chart.series.len().max(1) as f64;
     let slot = (right - left) / chart.groups.len().max(1) as f64;
@@ -641,7 +695,13 @@ pub fn grouped_bars_image(chart: &BarChart) -> Result<RgbImage> {
             let Some(b) = s.bars[gi] else { continue };
             let x0 = x_first + si as f64 * BAR_W as f64;
             let base = if chart.log_y { bottom } else { py(0.0) };
-            cv.rect(x0 as i64 + 1, py(b.value) as i64, (x0 + BAR_W as f64) as i64 - 1, base as i64, color(si));
+            cv.rect(
+                x0 as i64 + 1,
+                py(b.value) as i64,
+                (x0 + BAR_W as f64) as i64 - 1,
+                base as i64,
+                color(si),
+            );
             let xm = x0 + BAR_W as f64 / 2.0;
             if b.high > b.low {
                 cv.line((xm, py(b.high)), (xm, py(b.low)), 1, BLACK);
@@ -652,7 +712,14 @@ pub fn grouped_bars_image(chart: &BarChart) -> Result<RgbImage> {
             cv.text(xm as i64 - 4, py(b.high) as i64 - 4, &label, 1, true, BLACK);
         }
         let label = truncate(g, (slot / 8.0).max(3.0) as usize);
-        cv.text(centre as i64 - text_width(&label, 1) / 2, bottom as i64 + 8, &label, 1, false, BLACK);
+        cv.text(
+            centre as i64 - text_width(&label, 1) / 2,
+            bottom as i64 + 8,
+            &label,
+            1,
+            false,
+            BLACK,
+        );
     }
     cv.line((left, top), (left, bottom), 1, BLACK);
     cv.line((left, bottom), (right, bottom), 1, BLACK);
@@ -674,7 +741,11 @@ fn nice_step(raw: f64) -> f64 {
         return 1.0;
     }
     let p = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|&s| s >= raw).unwrap_or(10.0 * p)
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * p)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * p)
 }
 
 /// A tick or bar label with about three significant digits (whole numbers without decimals).
@@ -696,14 +767,26 @@ mod bar_chart_tests {
     use super::*;
 
     fn chart(log_y: bool) -> BarChart {
-        let bar = |v: f64| Some(Bar { value: v, low: v * 0.9, high: v * 1.2 });
+        let bar = |v: f64| {
+            Some(Bar {
+                value: v,
+                low: v * 0.9,
+                high: v * 1.2,
+            })
+        };
         BarChart {
             title: "latency".into(),
             y_label: "ms".into(),
             groups: vec!["n 320 b1".into(), "n 640 b8".into()],
             series: vec![
-                BarSeries { name: "ours".into(), bars: vec![bar(8.0), bar(400.0)] },
-                BarSeries { name: "ref".into(), bars: vec![bar(10.0), None] },
+                BarSeries {
+                    name: "ours".into(),
+                    bars: vec![bar(8.0), bar(400.0)],
+                },
+                BarSeries {
+                    name: "ref".into(),
+                    bars: vec![bar(10.0), None],
+                },
             ],
             log_y,
         }
@@ -717,8 +800,16 @@ mod bar_chart_tests {
             assert_eq!(img.dimensions(), bar_chart_size(&c));
             let count = |col: Rgb<u8>| img.pixels().filter(|p| **p == col).count();
             // Both series drew bars (the legend swatch alone is 14 x 10 = 140 pixels).
-            assert!(count(MEAN_BLUE) > 300, "log_y {log_y}: {}", count(MEAN_BLUE));
-            assert!(count(PALETTE[0]) > 200, "log_y {log_y}: {}", count(PALETTE[0]));
+            assert!(
+                count(MEAN_BLUE) > 300,
+                "log_y {log_y}: {}",
+                count(MEAN_BLUE)
+            );
+            assert!(
+                count(PALETTE[0]) > 200,
+                "log_y {log_y}: {}",
+                count(PALETTE[0])
+            );
         }
     }
 
@@ -726,13 +817,27 @@ mod bar_chart_tests {
     fn bad_charts_are_errors_naming_the_bar() {
         let mut c = chart(true);
         c.series[1].bars.pop();
-        assert!(grouped_bars_image(&c).unwrap_err().to_string().contains("series[1].bars"));
+        assert!(grouped_bars_image(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("series[1].bars"));
         let mut c = chart(true);
-        c.series[0].bars[1] = Some(Bar { value: 0.0, low: 0.0, high: 0.0 });
+        c.series[0].bars[1] = Some(Bar {
+            value: 0.0,
+            low: 0.0,
+            high: 0.0,
+        });
         let e = grouped_bars_image(&c).unwrap_err().to_string();
-        assert!(e.contains("series[0] (ours).bars[1]") && e.contains("positive"), "{e}");
+        assert!(
+            e.contains("series[0] (ours).bars[1]") && e.contains("positive"),
+            "{e}"
+        );
         let mut c = chart(false);
-        c.series[0].bars[0] = Some(Bar { value: f64::NAN, low: 0.0, high: 1.0 });
+        c.series[0].bars[0] = Some(Bar {
+            value: f64::NAN,
+            low: 0.0,
+            high: 1.0,
+        });
         assert!(grouped_bars_image(&c).is_err());
     }
 }

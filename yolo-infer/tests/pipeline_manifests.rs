@@ -608,6 +608,7 @@ fn every_manifest_parses_and_the_expected_objects_exist() {
         "build-image",
         "deploy",
         "yolo-report",
+        "yolo-bench",
     ] {
         assert!(c.tasks.contains_key(t), "no Task {t}");
         assert!(
@@ -637,6 +638,8 @@ fn every_manifest_parses_and_the_expected_objects_exist() {
         "PrometheusRule",
         "Application",
         "Kustomization",
+        "Job",
+        "PersistentVolumeClaim",
     ] {
         assert!(
             kinds.contains(k),
@@ -763,7 +766,7 @@ fn reference_checker_catches_injected_mistakes() {
 // Running step command lines.
 
 fn yolo_binary_of_image(image: &str) -> Option<&'static str> {
-    ["yolo-train", "yolo-infer", "yolo-export"]
+    ["yolo-train", "yolo-infer", "yolo-export", "yolo-bench"]
         .into_iter()
         .find(|b| {
             image.contains(&format!("yolo-rs/{b}:")) || image.ends_with(&format!("yolo-rs/{b}"))
@@ -1014,6 +1017,25 @@ fn every_yolo_command_line_parses_with_its_binary() {
                 parse_only(&bin, &bad).status.code(),
                 Some(2),
                 "{what}: {bin} accepted --no-such-flag"
+            );
+            checked += 1;
+        }
+    }
+    // 3. The Kubernetes Jobs' containers (deploy/benchmark-job.yaml): plain args, no params.
+    for (f, job) in c.docs.iter().filter(|(_, d)| kind(d) == "Job") {
+        for ct in arr(&job["spec"]["template"]["spec"]["containers"]) {
+            let Some(bin) = yolo_binary_of_image(s(&ct["image"])) else {
+                continue;
+            };
+            let args: Vec<String> = arr(&ct["args"]).iter().map(|a| s(a).to_string()).collect();
+            let out = parse_only(bin, &args);
+            assert!(
+                out.status.success(),
+                "{} Job {}: `{bin} {}` does not parse:\n{}",
+                f.display(),
+                name(job),
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
             );
             checked += 1;
         }
