@@ -49,15 +49,22 @@ def synced(fn, dev):
     return run
 
 
-OURS_TIMEOUT_S = 240
-
-
-def ours(exe, args, backend):
+def variant_env(variant):
+    """`BURN_DEVICE` and `YOLO_RS_GPU_CONV` of a variant `backend[+conv]` (`cuda`, `cuda+direct`)."""
+    backend, _, conv = variant.partition("+")
     env = {**os.environ, "BURN_DEVICE": backend}
+    env.pop("YOLO_RS_GPU_CONV", None)
+    if conv:
+        env["YOLO_RS_GPU_CONV"] = conv
+    return env
+
+
+def ours(exe, args, variant, timeout_s):
+    env = variant_env(variant)
     try:
         # A bound on each run: a hung GPU run is reported as failed and the next one starts.
         out = subprocess.run([exe, *map(str, args), "--all"], capture_output=True, text=True, env=env,
-                             timeout=OURS_TIMEOUT_S)
+                             timeout=timeout_s)
     except subprocess.TimeoutExpired as e:
         print(f"{os.path.basename(exe)} {' '.join(map(str, args))}: no result after {e.timeout} s", file=sys.stderr)
         return None, "?"
@@ -66,6 +73,10 @@ def ours(exe, args, backend):
               file=sys.stderr)
         return None, "?"
     line = json.loads(out.stdout.strip().splitlines()[-1])
+    # The warm-up runs' times: a first GPU run compiles (and autotunes) its kernels.
+    warm = line.get("warmup_ms") or []
+    print(f"  {os.path.basename(exe)} {variant}: warm-up " + ", ".join(f"{t:.0f}" for t in warm) + " ms",
+          file=sys.stderr, flush=True)
     return line["times_ms"], line.get("device", "?")
 
 
@@ -74,18 +85,25 @@ def stats(t):
 
 
 def row(label, t_ours, t_pt):
-    if not t_ours:  # yolo-rs failed or ran out of time (its error is on stderr)
-        mp, lp = stats(t_pt)
-        return f"| {label} | failed | {mp:.2f} ({lp:.2f}) | – |"
-    (mo, lo), (mp, lp) = stats(t_ours), stats(t_pt)
-    return f"| {label} | {mo:.2f} ({lo:.2f}) | {mp:.2f} ({lp:.2f}) | {mo / mp:.2f} ({lo / lp:.2f}) |"
+    """One table row: PyTorch, then each variant's time and its ratio to PyTorch."""
+    mp, lp = stats(t_pt)
+    cells = [label, f"{mp:.2f} ({lp:.2f})"]
+    for t in t_ours:
+        if not t:  # yolo-rs failed or ran out of time (its error is on stderr)
+            cells += ["failed", "–"]
+        else:
+            mo, lo = stats(t)
+            cells += [f"{mo:.2f} ({lo:.2f})", f"{mo / mp:.2f} ({lo / lp:.2f})"]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exe-dir", default=os.path.join(ROOT, "target", "release"),
                     help="folder holding yolo-time and train-time built with the GPU feature")
-    ap.add_argument("--backend", default="wgpu", help="BURN_DEVICE for yolo-rs: wgpu or cuda")
+    ap.add_argument("--backend", nargs="+", default=["wgpu"],
+                    help="yolo-rs variants, each BURN_DEVICE[+YOLO_RS_GPU_CONV]: e.g. cuda cuda+direct wgpu "
+                         "(each is timed beside the same PyTorch runs)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[640, 320])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--train-imgsz", type=int, default=640)
@@ -95,6 +113,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--scale", default="n")
+    ap.add_argument("--ours-timeout", type=float, default=240,
+                    help="seconds one yolo-rs run may take (a hung GPU run is reported as failed)")
     ap.add_argument("--work", help="folder for the weights (default: a new temporary folder)")
     a = ap.parse_args()
 
@@ -123,19 +143,26 @@ def main():
     fused.model.load_state_dict(net.state_dict())
     fm = fused.model.fuse().eval().to(dev)
 
-    lines, ours_dev = [], "?"
+    lines, ours_dev = [], {}
     for batch in a.batches:
         for size in a.sizes:
             x = torch.from_numpy(np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)).to(dev)
-            t_ours, t_pt = [], []
+            t_ours, t_pt, failed = [[] for _ in a.backend], [], set()
             for _ in range(a.rounds):
                 with torch.inference_mode():
                     t_pt += times_ms(synced(lambda: fm(x)[0].cpu(), dev), a.warmup, a.iters)
-                t, dev_name = ours(yolo_time, ["--weights", weights, "--imgsz", size, "--batch", batch,
-                                               "--warmup", a.warmup, "--iters", a.iters], a.backend)
-                if t is None:
-                    break
-                t_ours, ours_dev = t_ours + t, dev_name
+                for i, variant in enumerate(a.backend):
+                    if i in failed:
+                        continue
+                    t, dev_name = ours(yolo_time, ["--weights", weights, "--imgsz", size, "--batch", batch,
+                                                   "--warmup", a.warmup, "--iters", a.iters], variant,
+                                                   a.ours_timeout)
+                    if t is None:
+                        failed.add(i)
+                        t_ours[i] = []
+                        continue
+                    t_ours[i] += t
+                    ours_dev[variant] = dev_name
             lines.append(row(f"forward {size}x{size}, batch {batch}", t_ours, t_pt))
             print(lines[-1], file=sys.stderr, flush=True)
 
@@ -144,20 +171,27 @@ def main():
 
         step = pytorch_step(a.scale, a.train_batch, a.train_imgsz, dev)
         steps = max(a.iters // 4, 3)  # a step takes several forwards' time
-        t_ours, t_pt = [], []
+        t_ours, t_pt, failed = [[] for _ in a.backend], [], set()
         for _ in range(a.rounds):
             t_pt += times_ms(synced(step, dev), 2, steps)
-            t, _ = ours(train_time, ["--scale", a.scale, "--imgsz", a.train_imgsz, "--batch", a.train_batch,
-                                     "--warmup", 2, "--iters", steps], a.backend)
-            if t is None:
-                break
-            t_ours += t
+            for i, variant in enumerate(a.backend):
+                if i in failed:
+                    continue
+                t, _ = ours(train_time, ["--scale", a.scale, "--imgsz", a.train_imgsz, "--batch", a.train_batch,
+                                         "--warmup", 2, "--iters", steps], variant, a.ours_timeout)
+                if t is None:
+                    failed.add(i)
+                    t_ours[i] = []
+                    continue
+                t_ours[i] += t
         lines.append(row(f"train step {a.train_imgsz}x{a.train_imgsz}, batch {a.train_batch}", t_ours, t_pt))
+        print(lines[-1], file=sys.stderr, flush=True)
 
+    devices = ", ".join(f"{v} on {d}" for v, d in ours_dev.items())
     print(f"\nyolov8{a.scale}, fp32, {a.rounds} interleaved rounds: median (min) in ms; "
-          f"yolo-rs on {ours_dev} (BURN_DEVICE={a.backend}), PyTorch {torch.__version__} on {gpu}")
-    print("| work | yolo-rs | PyTorch | ratio |")
-    print("|---|---|---|---|")
+          f"yolo-rs {devices} (variant = BURN_DEVICE[+YOLO_RS_GPU_CONV]), PyTorch {torch.__version__} on {gpu}")
+    print("| work | PyTorch | " + " | ".join(f"yolo-rs {v} | ratio" for v in a.backend) + " |")
+    print("|---" * (2 + 2 * len(a.backend)) + "|")
     print("\n".join(lines))
 
 

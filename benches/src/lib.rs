@@ -28,17 +28,21 @@ pub fn cpu_ms() -> f64 {
 }
 
 /// Wall time of each of `iters` runs of `f` (after `warmup` runs), in milliseconds.
-pub fn times_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> Vec<f64> {
-    for _ in 0..warmup {
+pub fn times_ms(warmup: usize, iters: usize, f: impl FnMut()) -> Vec<f64> {
+    warmup_and_times_ms(warmup, iters, f).1
+}
+
+/// The wall times of the `warmup` runs and of the `iters` timed runs that follow them, in
+/// milliseconds. On a GPU backend the first runs include compiling (and, with autotune,
+/// benchmarking) the kernels: the binaries report them as `warmup_ms`.
+pub fn warmup_and_times_ms(warmup: usize, iters: usize, mut f: impl FnMut()) -> (Vec<f64>, Vec<f64>) {
+    let mut timed = |_| {
+        let s = Instant::now();
         f();
-    }
-    (0..iters.max(1))
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect()
+        s.elapsed().as_secs_f64() * 1e3
+    };
+    let warm = (0..warmup).map(&mut timed).collect();
+    (warm, (0..iters.max(1)).map(&mut timed).collect())
 }
 
 /// Median and minimum wall time of `f` in milliseconds over `iters` runs after `warmup` runs.

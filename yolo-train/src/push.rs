@@ -6,7 +6,8 @@
 //! `yolo_train_epoch`, `yolo_train_epochs`, `yolo_train_loss{kind="box|cls|dfl"}`,
 //! `yolo_train_val_loss{kind}`, `yolo_train_map50`, `yolo_train_map50_95`,
 //! `yolo_train_precision`, `yolo_train_recall`, `yolo_train_fitness`, `yolo_train_lr{group="0|1|2"}`,
-//! `yolo_train_images_per_second`, `yolo_train_epoch_seconds`, `yolo_train_optimizer_steps`.
+//! `yolo_train_images_per_second`, `yolo_train_epoch_seconds`, `yolo_train_data_wait_seconds`,
+//! `yolo_train_optimizer_steps`.
 //! A push that fails is a warning for the caller, never a reason to stop training.
 
 use std::fmt::Write as _;
@@ -109,6 +110,11 @@ pub fn exposition(s: &EpochStats) -> String {
     );
     gauge("yolo_train_images_per_second", "Training images per second in the epoch.", &[("", s.images_per_s)]);
     gauge("yolo_train_epoch_seconds", "Wall time of the epoch.", &[("", s.seconds)]);
+    gauge(
+        "yolo_train_data_wait_seconds",
+        "Seconds of the epoch's training loop spent waiting for the data loader.",
+        &[("", s.data_wait_s)],
+    );
     gauge("yolo_train_optimizer_steps", "Optimizer steps so far.", &[("", s.steps as f64)]);
     out
 }
@@ -134,6 +140,7 @@ mod tests {
             momentum: 0.9,
             images_per_s: 123.5,
             seconds: 4.5,
+            data_wait_s: 0.25,
             fitness: 0.4,
             steps: 77,
         }
@@ -157,6 +164,7 @@ mod tests {
         assert_eq!(get("yolo_train_map50_95"), [0.375]);
         assert_eq!(get("yolo_train_lr{group=\"2\"}"), [0.03]);
         assert_eq!(get("yolo_train_optimizer_steps"), [77.0]);
+        assert_eq!(get("yolo_train_data_wait_seconds"), [0.25]);
         // Every sample has its TYPE line, once.
         for name in ["yolo_train_epoch", "yolo_train_loss", "yolo_train_lr"] {
             assert_eq!(text.matches(&format!("# TYPE {name} gauge")).count(), 1);

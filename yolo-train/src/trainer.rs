@@ -105,6 +105,10 @@ pub struct EpochStats {
     pub momentum: f64,
     pub images_per_s: f64,
     pub seconds: f64,
+    /// Seconds of the epoch's training loop spent waiting for the loader's next batch (decode
+    /// and augmentation run ahead on other threads): near 0 when the loader keeps the step fed;
+    /// a large share of the training time means the step (a GPU's, say) outruns the loader.
+    pub data_wait_s: f64,
     pub fitness: f64,
     /// Optimizer steps so far.
     pub steps: u64,
@@ -548,8 +552,13 @@ fn run(
         let mut lr = [lr_epoch; 3];
         let mut tloss = [0.0f64; 3];
         let mut images = 0usize;
+        let mut data_wait_s = 0.0;
         // The next batches load (decode + augment, rayon) on another thread during the step.
-        for (i, item) in train.prefetch(epoch, PREFETCH).enumerate() {
+        let mut batches = train.prefetch(epoch, PREFETCH).enumerate();
+        loop {
+            let waiting = Instant::now();
+            let Some((i, item)) = batches.next() else { break };
+            data_wait_s += waiting.elapsed().as_secs_f64();
             let (idx, host) = item?;
             let ni = i + nb * epoch;
             if let Some(s) = warmup.at(ni, [lr_epoch; 3]) {
@@ -646,6 +655,7 @@ fn run(
             momentum,
             images_per_s: images as f64 / train_secs.max(1e-9),
             seconds: t0.elapsed().as_secs_f64(),
+            data_wait_s,
             fitness,
             steps: ema.updates,
         };
@@ -693,7 +703,7 @@ fn run(
                     .val_loss
                     .map(|v| format!("  val box {:.4} cls {:.4} dfl {:.4}", v[0], v[1], v[2]))
                     .unwrap_or_default();
-                eprintln!("{v}  ({:.1}s)", stats.seconds);
+                eprintln!("{v}  ({:.1}s, data wait {:.1}s)", stats.seconds, stats.data_wait_s);
             }
             Report::Json => println!("{}", serde_json::to_string(&stats).expect("stats serialise")),
             Report::Quiet => {}

@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let mut step = TrainStep::new(a.scale, a.batch, a.imgsz, &device);
     let mut loss = 0.0;
     let mut phases = Vec::new();
-    let times = yolo_benches::times_ms(a.warmup, a.iters, || {
+    let (warmup, times) = yolo_benches::warmup_and_times_ms(a.warmup, a.iters, || {
         let (l, wall, cpu) = if a.off_pool { step.step_phases() } else { backend::on_cpu_pool(|| step.step_phases()) };
         loss = l;
         phases.push([wall, cpu]);
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     sorted.sort_by(f64::total_cmp);
     let mut line = serde_json::json!({"runtime": "yolo-rs", "device": format!("{device:?}"),
         "imgsz": a.imgsz, "batch": a.batch, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0],
-        "last_loss": loss});
+        "last_loss": loss, "warmup_ms": warmup});
     if a.all {
         line["times_ms"] = serde_json::json!(times);
     }

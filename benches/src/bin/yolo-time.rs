@@ -32,14 +32,14 @@ fn main() -> anyhow::Result<()> {
     // As Ultralytics' predictor and benchmarks: BatchNorm folded into the convs.
     let model = model.fuse();
     let x = input(a.batch, a.imgsz, &device);
-    let times = yolo_benches::times_ms(a.warmup, a.iters, || {
+    let (warmup, times) = yolo_benches::warmup_and_times_ms(a.warmup, a.iters, || {
         let y = model.predict(x.clone()).unwrap();
         let _ = y.into_data();
     });
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let mut line = serde_json::json!({"runtime": "yolo-rs", "device": format!("{device:?}"),
-        "imgsz": a.imgsz, "batch": a.batch, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0]});
+        "imgsz": a.imgsz, "batch": a.batch, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0], "warmup_ms": warmup});
     if a.all {
         line["times_ms"] = serde_json::json!(times);
     }
