@@ -33,8 +33,16 @@ if [ "${1:-}" = "--print-dir" ]; then
     exit 0
 fi
 
+# A real LLVM there (Burn's own download, on a machine that was online) is left alone.
+if [ -e "$prefix/.tracel-llvm-installed" ] && [ -e "$prefix/bin/llvm-config" ] \
+        && ! grep -q "Written by yolo-rs" "$prefix/bin/llvm-config"; then
+    echo "cuda-llvm.sh: $prefix already holds an LLVM ($("$prefix/bin/llvm-config" --version 2>/dev/null)): left as it is"
+    exit 0
+fi
+
 llvm_config="${YOLO_RS_LLVM_CONFIG:-/usr/lib/llvm-22/bin/llvm-config}"
-if [ -z "${YOLO_RS_LLVM_CONFIG:-}" ] && { [ ! -x "$llvm_config" ] || [ ! -f /usr/lib/llvm-22/lib/libPolly.a ]; }; then
+if [ -z "${YOLO_RS_LLVM_CONFIG:-}" ] && { [ ! -x "$llvm_config" ] || [ ! -f /usr/lib/llvm-22/lib/libPolly.a ] \
+        || ! dpkg -s libzstd-dev >/dev/null 2>&1; }; then
     if [ "$(id -u)" != 0 ]; then
         echo "cuda-llvm.sh: $llvm_config is missing; as root: apt-get install llvm-22-dev libpolly-22-dev libzstd-dev" >&2
         exit 1

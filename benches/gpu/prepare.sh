@@ -8,8 +8,8 @@
 #   .whl/  the Ultralytics wheel (pure Python; its needs are in that machine's image)
 # All are ignored by git; the device tool's `run` carries them, at most 64 MiB with the working
 # tree per call, so the tests go in a call of their own (the machine stays warm between calls):
-#   run(command="bash benches/gpu/tests.sh", carry=[".gpu-tests", ".gl"], timeout_s=300)
-#   run(command="bash benches/gpu/check.sh", carry=[".gpu", ".gl", ".whl"], timeout_s=560)
+#   run(command="YOLO_RS_TEST_S=70 bash benches/gpu/tests.sh", carry=[".gpu-tests", ".gl"], timeout_s=300)
+#   run(command="YOLO_RS_CHECK_S=380 bash benches/gpu/check.sh", carry=[".gpu", ".gl", ".whl"], timeout_s=420)
 # YOLO_RS_GPU_FEATURES=wgpu builds without CUDA (smaller; no LLVM needed).
 # The `cuda` feature links LLVM: offline, tools/cuda-llvm.sh provides Debian's LLVM 22 (run here).
 set -euo pipefail
@@ -57,6 +57,7 @@ if [ "${1:-}" = "--tests" ]; then
 else
     rm -rf .gpu-tests   # no tests from an older build beside these binaries
 fi
+rm -rf .gl .whl   # no older package versions beside the new ones
 mkdir -p .gl .whl
 
 python3 -m pip download -q --no-deps --only-binary=:all: -d .whl ultralytics==8.4.190

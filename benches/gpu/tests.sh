@@ -2,7 +2,7 @@
 # Runs the parity tests (yolo-core's `model`, yolo-train's `train_step`) on a lent GPU machine,
 # once per backend given (default: those in .gpu-tests/features, e.g. `wgpu,cuda`), from the
 # binaries `benches/gpu/prepare.sh --tests` packed into .gpu-tests:
-#   run(command="bash benches/gpu/tests.sh", carry=[".gpu-tests", ".gl"], timeout_s=300)
+#   run(command="YOLO_RS_TEST_S=70 bash benches/gpu/tests.sh", carry=[".gpu-tests", ".gl"], timeout_s=300)
 # Each test checks the CPU and then the default device (BURN_DEVICE=<backend>: the GPU).
 # Every backend runs even when another fails; the exit status says whether all passed.
 # YOLO_RS_TEST_S bounds each test binary's run (default 150 s).
@@ -27,7 +27,9 @@ for b in "${backends[@]}"; do
     for t in model train_step; do
         echo "== $t on $b"
         start=$(date +%s)
-        BURN_DEVICE=$b timeout -k 5 "$limit" "$bin/test-$t" --test-threads 4 2>&1 | tee "$out/tests-$b-$t.log"
+        # --foreground: stay in the caller's process group, so that a caller's own timeout
+        # (check.sh's phases) stops the test too instead of leaving it on the GPU.
+        BURN_DEVICE=$b timeout --foreground -k 5 "$limit" "$bin/test-$t" --test-threads 4 2>&1 | tee "$out/tests-$b-$t.log"
         rc=${PIPESTATUS[0]}
         echo "== $t on $b: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$out/tests-summary.txt"
         [ "$rc" -eq 0 ] || status=1
