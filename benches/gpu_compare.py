@@ -80,6 +80,20 @@ def ours(exe, args, variant, timeout_s):
     return line["times_ms"], line.get("device", "?")
 
 
+def ours_round(exe, args, variants, t_ours, timeout_s, devices):
+    """One run of `exe args` per variant, its times appended to `t_ours[i]`. A variant that
+    fails becomes None and is skipped from then on (its row says "failed")."""
+    for i, variant in enumerate(variants):
+        if t_ours[i] is None:
+            continue
+        t, dev_name = ours(exe, args, variant, timeout_s)
+        if t is None:
+            t_ours[i] = None
+            continue
+        t_ours[i] += t
+        devices[variant] = dev_name
+
+
 def stats(t):
     return float(np.median(t)), min(t)
 
@@ -147,22 +161,12 @@ def main():
     for batch in a.batches:
         for size in a.sizes:
             x = torch.from_numpy(np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)).to(dev)
-            t_ours, t_pt, failed = [[] for _ in a.backend], [], set()
+            t_ours, t_pt = [[] for _ in a.backend], []
             for _ in range(a.rounds):
                 with torch.inference_mode():
                     t_pt += times_ms(synced(lambda: fm(x)[0].cpu(), dev), a.warmup, a.iters)
-                for i, variant in enumerate(a.backend):
-                    if i in failed:
-                        continue
-                    t, dev_name = ours(yolo_time, ["--weights", weights, "--imgsz", size, "--batch", batch,
-                                                   "--warmup", a.warmup, "--iters", a.iters], variant,
-                                                   a.ours_timeout)
-                    if t is None:
-                        failed.add(i)
-                        t_ours[i] = []
-                        continue
-                    t_ours[i] += t
-                    ours_dev[variant] = dev_name
+                ours_round(yolo_time, ["--weights", weights, "--imgsz", size, "--batch", batch, "--warmup", a.warmup,
+                                       "--iters", a.iters], a.backend, t_ours, a.ours_timeout, ours_dev)
             lines.append(row(f"forward {size}x{size}, batch {batch}", t_ours, t_pt))
             print(lines[-1], file=sys.stderr, flush=True)
 
@@ -171,19 +175,11 @@ def main():
 
         step = pytorch_step(a.scale, a.train_batch, a.train_imgsz, dev)
         steps = max(a.iters // 4, 3)  # a step takes several forwards' time
-        t_ours, t_pt, failed = [[] for _ in a.backend], [], set()
+        t_ours, t_pt = [[] for _ in a.backend], []
         for _ in range(a.rounds):
             t_pt += times_ms(synced(step, dev), 2, steps)
-            for i, variant in enumerate(a.backend):
-                if i in failed:
-                    continue
-                t, _ = ours(train_time, ["--scale", a.scale, "--imgsz", a.train_imgsz, "--batch", a.train_batch,
-                                         "--warmup", 2, "--iters", steps], variant, a.ours_timeout)
-                if t is None:
-                    failed.add(i)
-                    t_ours[i] = []
-                    continue
-                t_ours[i] += t
+            ours_round(train_time, ["--scale", a.scale, "--imgsz", a.train_imgsz, "--batch", a.train_batch,
+                                    "--warmup", 2, "--iters", steps], a.backend, t_ours, a.ours_timeout, ours_dev)
         lines.append(row(f"train step {a.train_imgsz}x{a.train_imgsz}, batch {a.train_batch}", t_ours, t_pt))
         print(lines[-1], file=sys.stderr, flush=True)
 
