@@ -5,6 +5,11 @@
 #
 #   bash images/build.sh [--tag 0.1.0] [--registry localhost/yolo-rs] [--only yolo-infer]
 #   bash images/build.sh --only yolo-bench   # the benchmark image (yolo-bench + yolo-infer; not built by default)
+#   bash images/build.sh --only yolo-train-cuda   # GPU training, tag <tag>-cuda (not built by default)
+#
+# yolo-train-cuda is the exception: the `wgpu,cuda` build loads the NVIDIA driver with dlopen,
+# so it is a dynamic glibc binary (built into target/release, needing LLVM at build time:
+# tools/cuda-llvm.sh), and the image carries the glibc runtime it links, copied from this host.
 #
 # Needs buildah (Debian: apt-get install buildah). Prints each image's size and fails when one
 # exceeds its budget (BUDGET_MB below).
@@ -23,7 +28,7 @@ while [ $# -gt 0 ]; do
 done
 BINS=(yolo-train yolo-infer yolo-export)
 [ -n "$ONLY" ] && BINS=("$ONLY")
-declare -A BUDGET_MB=([yolo-train]=40 [yolo-infer]=40 [yolo-export]=30 [yolo-bench]=80)
+declare -A BUDGET_MB=([yolo-train]=40 [yolo-infer]=40 [yolo-export]=30 [yolo-bench]=80 [yolo-train-cuda]=200)
 # The package of each binary, and the binaries each image holds besides its own (yolo-bench
 # drives `yolo-infer serve` found next to it).
 declare -A PACKAGE=([yolo-train]=yolo-train [yolo-infer]=yolo-infer [yolo-export]=yolo-export [yolo-bench]=yolo-benches)
@@ -31,14 +36,30 @@ declare -A ALSO=([yolo-bench]=yolo-infer)
 TARGET=x86_64-unknown-linux-gnu
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 
+# The dynamic (GPU) images: the binary each holds, its cargo features, its tag suffix.
+declare -A DYN_BIN=([yolo-train-cuda]=yolo-train)
+declare -A DYN_FEATURES=([yolo-train-cuda]=yolo-train/wgpu,yolo-train/cuda)
+declare -A TAG_SUFFIX=([yolo-train-cuda]=-cuda)
+
 # Static binaries: a separate target folder keeps these flags from rebuilding target/release.
-export RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols"
 PKGS=()
 for b in "${BINS[@]}"; do
+    [ -n "${DYN_BIN[$b]:-}" ] && continue
     PKGS+=(-p "${PACKAGE[$b]}" --bin "$b")
     for x in ${ALSO[$b]:-}; do PKGS+=(-p "${PACKAGE[$x]}" --bin "$x"); done
 done
-cargo build --release --locked --target "$TARGET" --target-dir target/static "${PKGS[@]}"
+if [ ${#PKGS[@]} -gt 0 ]; then
+    RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
+        cargo build --release --locked --target "$TARGET" --target-dir target/static "${PKGS[@]}"
+fi
+for b in "${BINS[@]}"; do
+    [ -z "${DYN_BIN[$b]:-}" ] && continue
+    [ "${DYN_FEATURES[$b]}" = "${DYN_FEATURES[$b]/cuda/}" ] || bash tools/cuda-llvm.sh
+    # target/release, with the features the GPU benchmarks use (benches/gpu/prepare.sh), so
+    # the two share one build of Burn's GPU stack.
+    cargo build --release --locked -p "${PACKAGE[${DYN_BIN[$b]}]}" --bin "${DYN_BIN[$b]}" \
+        --features "${DYN_FEATURES[$b]}"
+done
 
 CTX=$(mktemp -d)
 trap 'rm -rf "$CTX"' EXIT
@@ -47,27 +68,43 @@ mkdir -p "$CTX/writable/work" "$CTX/writable/tmp"
 export CONTAINERS_STORAGE_CONF="$PWD/images/storage.conf"
 BUILDAH=(buildah)
 for b in "${BINS[@]}"; do
-    bin="target/static/$TARGET/release/$b"
-    # A static binary has no program interpreter; one that needs glibc's loader would not run
-    # in an empty image.
-    if readelf -l "$bin" | grep -q 'program interpreter'; then
-        echo "$bin is not static" >&2
-        exit 1
+    if [ -n "${DYN_BIN[$b]:-}" ]; then
+        # The binary stripped, and the glibc runtime it links where its loader looks: the
+        # interpreter at its absolute path, the libraries in Debian's multiarch folder.
+        bin="target/release/${DYN_BIN[$b]}"
+        strip -o "$CTX/${DYN_BIN[$b]}" "$bin"
+        interp=$(readelf -l "$bin" | sed -n 's/.*program interpreter: \(.*\)]/\1/p')
+        [ "$interp" = /lib64/ld-linux-x86-64.so.2 ] || { echo "$bin: unexpected interpreter '$interp'" >&2; exit 1; }
+        mkdir -p "$CTX/lib" "$CTX/lib64" "$CTX/usr/lib/x86_64-linux-gnu" "$CTX/usr/lib64"
+        cp -L "$interp" "$CTX/lib64/"
+        libs=$(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $1 " " $3}')
+        [ -n "$libs" ] || { echo "$bin: ldd found no libraries" >&2; exit 1; }
+        while read -r soname path; do cp -L "$path" "$CTX/lib/$soname"; done <<<"$libs"
+        echo "$b: $(echo "$libs" | awk '{print $1}' | tr '\n' ' ')from this host"
+    else
+        bin="target/static/$TARGET/release/$b"
+        # A static binary has no program interpreter; one that needs glibc's loader would not
+        # run in an empty image.
+        if readelf -l "$bin" | grep -q 'program interpreter'; then
+            echo "$bin is not static" >&2
+            exit 1
+        fi
+        cp "$bin" "$CTX/$b"
+        for x in ${ALSO[$b]:-}; do cp "target/static/$TARGET/release/$x" "$CTX/$x"; done
     fi
-    cp "$bin" "$CTX/$b"
-    for x in ${ALSO[$b]:-}; do cp "target/static/$TARGET/release/$x" "$CTX/$x"; done
-    image="$REGISTRY/$b:$TAG"
+    image="$REGISTRY/${DYN_BIN[$b]:-$b}:$TAG${TAG_SUFFIX[$b]:-}"
     "${BUILDAH[@]}" bud --quiet --isolation chroot --layers=false \
         --build-arg VERSION="$TAG" --build-arg REVISION="$REVISION" \
         -f "images/Containerfile.$b" -t "$image" "$CTX" >/dev/null
     size=$("${BUILDAH[@]}" inspect --type image --format '{{.Docker.Size}}' "$image" 2>/dev/null || echo 0)
-    [ "$size" -gt 0 ] 2>/dev/null || size=$(stat -c %s "$bin")
+    # What was copied in (binaries, libraries, passwd), when buildah does not say.
+    [ "$size" -gt 0 ] 2>/dev/null || size=$(du -sb "$CTX" | cut -f1)
     mb=$(( (size + 1048575) / 1048576 ))
     echo "$image: $mb MB (budget ${BUDGET_MB[$b]} MB)"
     if [ "$mb" -gt "${BUDGET_MB[$b]}" ]; then
         echo "$image is over its size budget" >&2
         exit 1
     fi
-    rm "$CTX/$b"
+    rm -rf "$CTX/$b" "$CTX/${DYN_BIN[$b]:-$b}" "$CTX/lib" "$CTX/lib64" "$CTX/usr"
     for x in ${ALSO[$b]:-}; do rm "$CTX/$x"; done
 done

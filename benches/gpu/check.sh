@@ -9,10 +9,14 @@
 # 1. the parity tests on `cuda` (LLVM 22's kernels: do they compile and match?),
 # 2. gpu_compare.py: forward 640 at batch 8 and 1 and the 640 batch-16 train step against
 #    PyTorch fp32 on the same GPU, for `cuda`, `cuda` with Burn's conv, and `wgpu`,
-# 3. the parity tests on `wgpu` if time is left.
+# 3. epochs.sh: the README's quick-start training run (20 epochs of the shapes demo data) on
+#    the CPU and on `cuda`, mAP and loader wait side by side, if time is left,
+# 4. the parity tests on `wgpu` if time is left.
 # Each phase has its own time bound so one slow phase (a first fused/autotuned run compiles
 # and tunes its kernels) cannot take the others' results with it; everything lands in $OUT.
-# YOLO_RS_CHECK_S (default 520) is the whole script's budget in seconds.
+# YOLO_RS_CHECK_S (default 520) is the whole script's budget in seconds; YOLO_RS_CHECK_PHASES
+# (default "compare epochs") names the phases 2-3 to run, e.g. a later call with only
+# `epochs` when the comparison took the first call's time.
 set -uo pipefail
 t0=$(date +%s)  # before unpacking: the call's time limit counts that too
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -48,8 +52,10 @@ tests=0
 # `cuda+direct` (Burn's own conv everywhere: its implicit GEMM runs on tensor cores on CUDA) and
 # `wgpu`, each beside the same PyTorch runs. Every yolo-rs run is a new process that compiles
 # and tunes its kernels again (its warm-up), so one round, and the sizes #31 is judged on.
-phase compare 470 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda cuda+direct wgpu \
+want() { [[ " ${YOLO_RS_CHECK_PHASES:-compare epochs} " == *" $1 "* ]]; }
+want compare && phase compare 470 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda cuda+direct wgpu \
     --sizes 640 --batches 8 1 --rounds 1 --iters 10 --warmup 3 --ours-timeout 150
+want epochs && phase epochs 200 bash "$here/epochs.sh" flex cuda
 [ "$tests" = 1 ] && YOLO_RS_TEST_S=35 phase tests-wgpu 80 bash "$here/tests.sh" wgpu
 cat "$out/phases.txt"
 exit "$status"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepares, on this (CPU) machine, what benches/gpu/run.sh, tests.sh and check.sh need on a GPU
 # machine that has PyTorch but neither Rust nor a network (the project's lent H100/H200 machines):
-#   .gpu/        yolo-time and train-time built with the GPU features (default `wgpu,cuda`: one
-#                binary runs either backend, `BURN_DEVICE` picks), stripped, in one tar.xz
+#   .gpu/        yolo-time, train-time and yolo-train built with the GPU features (default
+#                `wgpu,cuda`: one binary runs either backend, `BURN_DEVICE` picks), stripped,
+#                in one tar.xz
 #   .gpu-tests/  with --tests: the parity tests (yolo-core `model`, yolo-train `train_step`)
 #   .gl/   the Vulkan and EGL loader packages (Debian, amd64), unpacked there by env.sh (wgpu)
 #   .whl/  the Ultralytics wheel (pure Python; its needs are in that machine's image)
@@ -44,7 +45,8 @@ for l in open(sys.argv[1]):
             and m["target"]["name"] == sys.argv[2]:
         print(m["executable"])' /tmp/yolo-rs-gpu-build.json "$1"
 }
-pack .gpu target/release/yolo-time target/release/train-time
+# yolo-train is built by the same invocation (integration tests get their package's binaries).
+pack .gpu target/release/yolo-time target/release/train-time target/release/yolo-train
 # With --tests: the parity tests (model outputs, train step) in .gpu-tests, a second carry (with
 # the binaries above both exceed the 64 MiB of one call).
 if [ "${1:-}" = "--tests" ]; then

@@ -5,15 +5,227 @@
 //! - `wgpu`: GPUs through Vulkan / Metal / DX12.
 //! - `cuda`: NVIDIA GPUs through CUDA.
 //!
-//! Without an override the fastest compiled backend is chosen (CUDA, then wgpu, then flex);
-//! `BURN_DEVICE=flex|wgpu|cuda` picks one explicitly.
+//! [`select_device`] picks one. `BURN_DEVICE=flex|cpu|wgpu|cuda` names it (`cpu` is `flex`;
+//! [`select_device_for`] takes the name from elsewhere, e.g. `yolo-train --device`);
+//! otherwise the fastest compiled backend that has a device on this machine is chosen: CUDA
+//! when the NVIDIA driver reports a device, then wgpu when it finds an adapter that is not a
+//! software rasterizer (Mesa's lavapipe is slower than `flex`, so it is used only when named),
+//! then `flex`. That is Ultralytics' `device=''` (`cuda:0` when CUDA is available, else the
+//! CPU). So one GPU build runs on CPU-only nodes too, and a named backend that is not
+//! compiled in or has no device is a [`CoreError::Device`] saying so, not a panic inside
+//! a GPU runtime (Burn's own `Device::default()` hands out CUDA whenever it is compiled in,
+//! and the first kernel then panics where no driver is installed).
 
+use crate::{CoreError, Result};
 use burn::tensor::Device;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
-/// The device chosen by the compiled features and `BURN_DEVICE`.
+/// A backend, as `BURN_DEVICE` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Burn's CPU backend.
+    Flex,
+    /// wgpu: Vulkan, Metal or DX12.
+    Wgpu,
+    /// CUDA.
+    Cuda,
+}
+
+impl BackendKind {
+    /// In the order an unasked choice tries them.
+    const PREFERENCE: [BackendKind; 3] = [BackendKind::Cuda, BackendKind::Wgpu, BackendKind::Flex];
+
+    /// The name `BURN_DEVICE` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Flex => "flex",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this build has it (its cargo feature).
+    pub fn compiled(self) -> bool {
+        match self {
+            BackendKind::Flex => true,
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// The backend's first (default) device.
+    fn device(self) -> Device {
+        match self {
+            BackendKind::Flex => Device::flex(),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => Device::cuda(0),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("{} is not compiled in", self.name()),
+        }
+    }
+
+    /// What this machine has for it: probes the driver (CUDA) or the graphics APIs (wgpu).
+    fn probe(self) -> Presence {
+        match self {
+            BackendKind::Flex => Presence::Hardware,
+            BackendKind::Wgpu => probe_wgpu(),
+            BackendKind::Cuda => probe_cuda(),
+        }
+    }
+}
+
+/// What a machine has for a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Presence {
+    /// No device (no driver, no adapter, or the backend is not compiled in).
+    None,
+    /// Only a software device (a wgpu CPU adapter such as lavapipe): usable when named.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    Software,
+    /// A device worth choosing unasked.
+    Hardware,
+}
+
+#[cfg(feature = "cuda")]
+fn probe_cuda() -> Presence {
+    use cubecl_runtime::runtime::Runtime;
+    // Loads libcuda only if it is there (cudarc's own loader panics when it is not).
+    if cubecl::cuda::CudaRuntime::is_available() {
+        Presence::Hardware
+    } else {
+        Presence::None
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn probe_cuda() -> Presence {
+    Presence::None
+}
+
+#[cfg(feature = "wgpu")]
+fn probe_wgpu() -> Presence {
+    use cubecl_runtime::runtime::Runtime;
+    type Wgpu = cubecl::wgpu::WgpuRuntime;
+    if Wgpu::is_available() {
+        Presence::Hardware
+    } else if !Wgpu::enumerate_all_devices().is_empty() {
+        Presence::Software
+    } else {
+        Presence::None
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn probe_wgpu() -> Presence {
+    Presence::None
+}
+
+/// The device [`select_device`] chose, and why.
+#[derive(Clone, Debug)]
+pub struct Selected {
+    /// The device to run on.
+    pub device: Device,
+    /// Its backend.
+    pub backend: BackendKind,
+    /// What named it (`"BURN_DEVICE"`, `"--device"`), or `None`: chosen by what the machine has.
+    pub via: Option<&'static str>,
+}
+
+impl std::fmt::Display for Selected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = self.via.unwrap_or("auto");
+        write!(f, "{} ({how}; compiled: {})", self.backend.name(), compiled_backends().join(", "))
+    }
+}
+
+/// The backend for `requested` (named through `via`), given what is compiled in and what
+/// `probe` finds on the machine; `None` or blank: the first compiled backend with hardware.
+/// Pure: the policy, testable without the hardware.
+fn choose(requested: Option<&str>, via: &'static str, probe: &dyn Fn(BackendKind) -> Presence) -> Result<(BackendKind, bool)> {
+    let Some(raw) = requested.map(str::trim).filter(|r| !r.is_empty()) else {
+        let kind = BackendKind::PREFERENCE
+            .into_iter()
+            .find(|&k| k.compiled() && probe(k) == Presence::Hardware)
+            .unwrap_or(BackendKind::Flex);
+        return Ok((kind, false));
+    };
+    let err = |message: String| CoreError::Device { via, requested: raw.to_string(), message };
+    let kind = match raw.to_ascii_lowercase().as_str() {
+        "flex" | "cpu" => BackendKind::Flex,
+        "wgpu" => BackendKind::Wgpu,
+        "cuda" => BackendKind::Cuda,
+        _ => {
+            return Err(err(format!(
+                "unknown backend; this build has {} (leave it empty to choose automatically)",
+                compiled_backends().join(", ")
+            )))
+        }
+    };
+    if !kind.compiled() {
+        return Err(err(format!(
+            "this build has no `{0}` backend (it has {1}); rebuild with `--features {0}`",
+            kind.name(),
+            compiled_backends().join(", ")
+        )));
+    }
+    if probe(kind) == Presence::None {
+        let why = match kind {
+            BackendKind::Cuda => {
+                "no CUDA device: the NVIDIA driver's libcuda could not be loaded or reports no \
+                 GPU (in a container: run with the NVIDIA container runtime and request a GPU, \
+                 e.g. the `nvidia.com/gpu` resource on Kubernetes)"
+            }
+            _ => "no adapter: no Vulkan, Metal or DX12 driver answered (on Linux: a Vulkan ICD, \
+                  e.g. the GPU vendor's or Mesa's)",
+        };
+        return Err(err(why.to_string()));
+    }
+    Ok((kind, true))
+}
+
+/// What this machine has for `kind`, probed once per process (a compiled-out backend: none).
+fn presence(kind: BackendKind) -> Presence {
+    static PROBED: [OnceLock<Presence>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let slot = match kind {
+        BackendKind::Flex => 0,
+        BackendKind::Wgpu => 1,
+        BackendKind::Cuda => 2,
+    };
+    *PROBED[slot].get_or_init(|| if kind.compiled() { kind.probe() } else { Presence::None })
+}
+
+/// Chooses the device: the backend `requested` names (`flex`, `cpu` = `flex`, `wgpu`, `cuda`)
+/// or, when it is `None` or blank, the fastest compiled backend with hardware on this machine
+/// (see the module docs). `via` is what named it, for the messages (`"--device"`).
+///
+/// # Errors
+///
+/// [`CoreError::Device`] when `requested` names an unknown backend, one this build lacks, or
+/// one with no device on this machine.
+pub fn select_device_for(requested: Option<&str>, via: &'static str) -> Result<Selected> {
+    let (backend, named) = choose(requested, via, &presence)?;
+    Ok(Selected { device: backend.device(), backend, via: named.then_some(via) })
+}
+
+/// [`select_device_for`] what `BURN_DEVICE` names (nothing when it is unset).
+///
+/// # Errors
+///
+/// As [`select_device_for`].
+pub fn select_device() -> Result<Selected> {
+    select_device_for(std::env::var("BURN_DEVICE").ok().as_deref(), "BURN_DEVICE")
+}
+
+/// The device [`select_device`] chooses.
+///
+/// # Panics
+///
+/// Where [`select_device`] fails (a bad `BURN_DEVICE`); binaries call that and report.
 pub fn default_device() -> Device {
-    Device::default()
+    select_device().unwrap_or_else(|e| panic!("{e}")).device
 }
 
 /// Keeps memory freed by the CPU backend in the process for its next buffers (glibc on Linux;
@@ -145,7 +357,68 @@ pub fn compiled_backends() -> Vec<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::{choose, BackendKind, Presence};
+    use crate::CoreError;
     use rayon::prelude::*;
+
+    fn machine(cuda: Presence, wgpu: Presence) -> impl Fn(BackendKind) -> Presence {
+        move |k| match k {
+            BackendKind::Flex => Presence::Hardware,
+            BackendKind::Wgpu if k.compiled() => wgpu,
+            BackendKind::Cuda if k.compiled() => cuda,
+            _ => Presence::None,
+        }
+    }
+
+    /// Unasked: the first compiled backend with hardware, in the order CUDA, wgpu, flex; a
+    /// software adapter (lavapipe) is never chosen unasked; nothing found means flex.
+    #[test]
+    fn auto_prefers_hardware_gpus_and_falls_back_to_flex() {
+        use Presence::*;
+        let auto = |cuda, wgpu| choose(Option::None, "BURN_DEVICE", &machine(cuda, wgpu)).unwrap();
+        assert_eq!(auto(None, None), (BackendKind::Flex, false));
+        assert_eq!(auto(None, Software), (BackendKind::Flex, false));
+        let want_wgpu = if cfg!(feature = "wgpu") { BackendKind::Wgpu } else { BackendKind::Flex };
+        assert_eq!(auto(None, Hardware), (want_wgpu, false));
+        let want_cuda = if cfg!(feature = "cuda") { BackendKind::Cuda } else { want_wgpu };
+        assert_eq!(auto(Hardware, Hardware), (want_cuda, false));
+        // An empty or blank variable is no request.
+        assert_eq!(choose(Some(" "), "--device", &machine(None, None)).unwrap(), (BackendKind::Flex, false));
+    }
+
+    /// Named: taken when compiled and present (a software adapter counts), else an error
+    /// that names the variable and says what is wrong.
+    #[test]
+    fn a_named_backend_is_used_or_refused_with_the_reason() {
+        use Presence::*;
+        let named = |r: &str, cuda, wgpu| choose(Some(r), "BURN_DEVICE", &machine(cuda, wgpu));
+        assert_eq!(named("flex", None, None).unwrap(), (BackendKind::Flex, true));
+        assert_eq!(named("CPU", Hardware, Hardware).unwrap(), (BackendKind::Flex, true));
+        let message = |r: Result<(BackendKind, bool), CoreError>| match r {
+            Err(e @ CoreError::Device { .. }) => e.to_string(),
+            other => panic!("expected a device error, got {other:?}"),
+        };
+        let unknown = message(named("tpu", Hardware, Hardware));
+        assert!(unknown.starts_with("BURN_DEVICE=tpu: unknown backend"), "{unknown}");
+        let flag = message(choose(Some("tpu"), "--device", &machine(Hardware, Hardware)));
+        assert!(flag.starts_with("--device=tpu: "), "{flag}");
+        if cfg!(feature = "cuda") {
+            assert_eq!(named("cuda", Hardware, None).unwrap(), (BackendKind::Cuda, true));
+            let e = message(named("cuda", None, Hardware));
+            assert!(e.contains("no CUDA device") && e.contains("nvidia.com/gpu"), "{e}");
+        } else {
+            let e = message(named("cuda", Hardware, Hardware));
+            assert!(e.contains("no `cuda` backend") && e.contains("--features cuda"), "{e}");
+        }
+        if cfg!(feature = "wgpu") {
+            assert_eq!(named("wgpu", None, Software).unwrap(), (BackendKind::Wgpu, true));
+            let e = message(named("wgpu", None, None));
+            assert!(e.contains("no adapter"), "{e}");
+        } else {
+            let e = message(named("wgpu", Hardware, Hardware));
+            assert!(e.contains("no `wgpu` backend"), "{e}");
+        }
+    }
 
     /// Callers on several threads at once, each running parallel work (and a nested call) on
     /// the pool while the first keeps workers awake: every call returns its own result.

@@ -55,6 +55,14 @@ pub enum CoreError {
     /// A dataset split has no images, or none that passed the label checks.
     #[error("{path}: {message}")]
     Dataset { path: PathBuf, message: String },
+    /// A device request (`via`: `BURN_DEVICE`, `--device`) names a backend that is unknown,
+    /// not compiled in, or has no device on this machine.
+    #[error("{via}={requested}: {message}")]
+    Device {
+        via: &'static str,
+        requested: String,
+        message: String,
+    },
 }
 
 /// One way a weights file fails to fit the model; keys use the Ultralytics names.

@@ -227,7 +227,7 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<PredictSummary> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let device = yolo_core::backend::default_device();
+    let device = yolo_core::backend::select_device()?.device;
     let det = Detector::load(&a.weights, a.imgsz, &device)?;
     a.opts
         .validate(det.names().len())

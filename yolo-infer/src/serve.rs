@@ -565,7 +565,9 @@ pub struct Started {
 /// Bad weights; an address that cannot be bound.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Started> {
     let cfg = Arc::new(cfg);
-    let device = yolo_core::backend::default_device();
+    let selected = yolo_core::backend::select_device()?;
+    tracing::info!("device: {selected}");
+    let device = selected.device;
     let det = Detector::load(&cfg.weights, cfg.imgsz, &device)?;
     cfg.defaults.validate(det.names().len())?;
     let metrics = Metrics::new(cfg.max_batch);

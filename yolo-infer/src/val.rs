@@ -56,7 +56,9 @@ pub fn parse_split(s: &str) -> anyhow::Result<Split> {
 /// Loads weights and data, prints the data report (and saves it as `<out>/data_report.json`),
 /// evaluates, writes `<out>/metrics.json` atomically.
 pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
-    let device = backend::default_device();
+    let selected = backend::select_device()?;
+    eprintln!("device: {selected}");
+    let device = selected.device;
     let (model, meta) = weights::load_model(&a.weights, &device)?;
     let model = model.fuse();
     let yaml = resolve_data(&a.data)?;

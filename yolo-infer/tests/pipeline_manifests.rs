@@ -1358,6 +1358,11 @@ fn run_pipeline_task(
                 for m in &mounts {
                     cmd.arg("-v").arg(format!("{0}:{0}", m.display()));
                 }
+                // The step's env goes into the container (podman's own env stays podman's).
+                for e in arr(&step["env"]) {
+                    let value = subst(s(&e["value"]), &lookup).unwrap();
+                    cmd.arg("-e").arg(format!("{}={value}", s(&e["name"])));
+                }
                 cmd.arg("-w")
                     .arg(&dir)
                     .args(["--entrypoint", &entrypoint, &image])
@@ -1464,6 +1469,8 @@ fn tiny_params(min_map50: &str) -> Vec<(&'static str, Val)> {
         images.push(("image-tag", st(&i.tag)));
         images.push(("train-image-tag", st(&i.tag)));
     }
+    // The CPU build of yolo-train (the binary here, or the CPU image): no GPU to name.
+    images.push(("train-device", st("flex")));
     images.into_iter().chain(vec![
         ("git-url", st("https://example.invalid/yolo-rs.git")),
         ("data-git-url", st("https://example.invalid/yolo-rs.git")),

@@ -95,6 +95,11 @@ struct Cli {
     /// --set aug.mosaic=0 --set aug.mixup=0.1`; repeatable, applied after the flags above.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Backend to train on: cuda, wgpu, flex (= cpu), as BURN_DEVICE; empty (the default):
+    /// BURN_DEVICE if set, else the GPU when the machine has one and the CPU otherwise. A named
+    /// backend the build lacks or the machine has no device for is an error.
+    #[arg(long, value_name = "BACKEND")]
+    device: Option<String>,
     /// No progress output.
     #[arg(long)]
     quiet: bool,
@@ -164,7 +169,14 @@ fn main() -> Result<()> {
     } else {
         Report::Bar
     };
-    let device = backend::default_device();
+    let selected = match cli.device.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) => backend::select_device_for(Some(d), "--device")?,
+        None => backend::select_device()?,
+    };
+    if !cli.quiet {
+        eprintln!("device: {selected}");
+    }
+    let device = selected.device;
     if let Some(run_dir) = &cli.resume {
         let summary = resume_with(run_dir, &device, report, pusher(&cli, &run_name(run_dir))?)
             .with_context(|| format!("resuming {}", run_dir.display()))?;

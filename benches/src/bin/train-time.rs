@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     // As the binaries do (`yolo-train`, `yolo-infer`).
     backend::keep_freed_memory();
     let a = Args::parse();
-    let device = backend::default_device();
+    let device = backend::select_device()?.device;
     let mut step = TrainStep::new(a.scale, a.batch, a.imgsz, &device);
     let mut loss = 0.0;
     let mut phases = Vec::new();

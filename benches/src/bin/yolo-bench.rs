@@ -161,7 +161,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     if !a.scales.is_empty() {
         plan.scales = a.scales.clone();
     }
-    let device = backend::default_device();
+    let device = backend::select_device()?.device;
     let machine = Machine::detect();
     let (temp, work) = match &paths.work {
         Some(w) => (None, w.clone()),

@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     // As the binaries do (`yolo-train`, `yolo-infer`).
     backend::keep_freed_memory();
     let a = Args::parse();
-    let device = backend::default_device();
+    let device = backend::select_device()?.device;
     let (model, _) = weights::load_model(&a.weights, &device)?;
     // As Ultralytics' predictor and benchmarks: BatchNorm folded into the convs.
     let model = model.fuse();
