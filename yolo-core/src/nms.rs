@@ -121,17 +121,23 @@ fn nms_impl(pred: &[f32], nc: usize, cfg: &NmsConfig, classes: Option<&[usize]>)
     let at = |r: usize, i: usize| pred[r * a + i];
     let multi_label = cfg.multi_label && nc > 1;
     let wanted = |c: usize| classes.map_or(true, |cs| cs.contains(&c));
-    let mut cand: Vec<Detection> = Vec::new();
-    for i in 0..a {
-        let (mut best, mut best_c) = (f32::NEG_INFINITY, 0);
+    // Each anchor's best score, one class row at a time over tiles of anchors: the rows are
+    // contiguous (a sweep per anchor would stride `a` floats per class), the running maxima of
+    // a tile stay in L1, and `max` vectorises. NaN never wins (`f32::max` takes the other).
+    // The class of the maximum is looked up afterwards, for the few anchors that pass `conf`.
+    const TILE: usize = 2048;
+    let mut best = vec![f32::NEG_INFINITY; a];
+    for t0 in (0..a).step_by(TILE) {
+        let t1 = (t0 + TILE).min(a);
         for c in 0..nc {
-            let s = at(4 + c, i);
-            // First maximum on ties, as torch's `max(1)`.
-            if s > best {
-                best = s;
-                best_c = c;
+            let row = &pred[(4 + c) * a + t0..(4 + c) * a + t1];
+            for (b, &s) in best[t0..t1].iter_mut().zip(row) {
+                *b = b.max(s);
             }
         }
+    }
+    let mut cand: Vec<Detection> = Vec::new();
+    for (i, &best) in best.iter().enumerate() {
         if !(best > cfg.conf) {
             continue;
         }
@@ -147,7 +153,11 @@ fn nms_impl(pred: &[f32], nc: usize, cfg: &NmsConfig, classes: Option<&[usize]>)
                     });
                 }
             }
-        } else if wanted(best_c) {
+            continue;
+        }
+        // First maximum on ties, as torch's `max(1)`.
+        let best_c = (0..nc).find(|&c| at(4 + c, i) == best).unwrap_or(0);
+        if wanted(best_c) {
             cand.push(Detection {
                 xyxy,
                 conf: best,
@@ -225,6 +235,24 @@ mod tests {
         let mut agnostic = NmsConfig::predict();
         agnostic.agnostic = true;
         assert_eq!(non_max_suppression(&p, 2, &agnostic).len(), 2);
+    }
+
+    /// The best class per anchor over more anchors than one tile of the sweep: the first
+    /// maximum on ties (torch's `max(1)`), a NaN score never chosen, anchors on both sides of
+    /// a tile boundary.
+    #[test]
+    fn best_class_ties_nan_and_tiles() {
+        let far = |i: usize| [i as f32 * 50.0, 0.0, 10.0, 10.0]; // no two boxes overlap
+        let mut anchors: Vec<([f32; 4], Vec<f32>)> = (0..4100).map(|i| (far(i), vec![0.0; 3])).collect();
+        anchors[5].1 = vec![0.6, 0.6, 0.1]; // tie: class 0
+        anchors[2047].1 = vec![f32::NAN, 0.4, 0.3]; // NaN in class 0: class 1
+        anchors[2048].1 = vec![0.1, 0.5, 0.5]; // tie after the first tile: class 1
+        anchors[4099].1 = vec![0.2, 0.1, 0.9]; // last anchor, in the tail tile
+        anchors[3000].1 = vec![f32::NAN; 3]; // no score at all: no candidate
+        let mut d = non_max_suppression(&pred(&anchors), 3, &NmsConfig::predict());
+        d.sort_by(|a, b| a.xyxy[0].total_cmp(&b.xyxy[0]));
+        let got: Vec<(f32, usize, f32)> = d.iter().map(|d| (d.xyxy[0] + 5.0, d.class, d.conf)).collect();
+        assert_eq!(got, vec![(250.0, 0, 0.6), (102350.0, 1, 0.4), (102400.0, 1, 0.5), (204950.0, 2, 0.9)]);
     }
 
     #[test]

@@ -79,54 +79,95 @@ pub fn resize_bilinear(img: &RgbImage, new_width: u32, new_height: u32) -> RgbIm
     if (w, h) == (new_width, new_height) {
         return img.clone();
     }
-    let (w, h, dw, dh) = (
-        w as usize,
-        h as usize,
-        new_width as usize,
-        new_height as usize,
-    );
-    let xt = linear_taps(w, dw, true);
-    let yt = linear_taps(h, dh, false);
-    let src = img.as_raw();
-
-    // Horizontal pass, one buffered row per source row that is needed.
-    let hrow = |y: usize| -> Vec<i32> {
-        let row = &src[y * w * 3..(y + 1) * w * 3];
-        let mut out = Vec::with_capacity(dw * 3);
-        for t in &xt {
-            for c in 0..3 {
-                let a = row[t.src * 3 + c] as i32;
-                let b = row[t.next * 3 + c] as i32;
-                out.push(a * t.weights[0] + b * t.weights[1]);
-            }
-        }
-        out
-    };
-    let mut cache: Vec<Option<Vec<i32>>> = vec![None; h];
+    let (dw, dh) = (new_width as usize, new_height as usize);
     let mut dst = vec![0u8; dw * dh * 3];
-    let mut kept_from = 0;
-    for (dy, t) in yt.iter().enumerate() {
-        for y in [t.src, t.next] {
-            if cache[y].is_none() {
-                cache[y] = Some(hrow(y));
+    resize_bilinear_into(img, dw, dh, &mut dst, 0, dw * 3);
+    RgbImage::from_raw(new_width, new_height, dst).expect("buffer has the image size")
+}
+
+/// [`resize_bilinear`] of a non-empty `img` to `dw x dh` (> 0) into a window of `dst`: output
+/// row `dy` goes to `dst[offset + dy * stride..][..dw * 3]`, so a letterbox resizes straight
+/// into its padded canvas.
+///
+/// Two source rows at a time: the horizontal pass of each source row the output needs (each
+/// once: rows are visited in order) is kept as the vertical pass reads it, `>> 4` in `i16`
+/// (at most 255 * 2048 >> 4 = 32640), and the vertical pass is `v_mul_hi` of int16 lanes as in
+/// cv2's kernel, which the compiler vectorises (`pmulhw`).
+fn resize_bilinear_into(img: &RgbImage, dw: usize, dh: usize, dst: &mut [u8], offset: usize, stride: usize) {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let src = img.as_raw();
+    // Per output column: the byte offsets of its two source pixels and their weights.
+    let xs: Vec<(usize, usize, i32, i32)> = linear_taps(w, dw, true)
+        .iter()
+        .map(|t| (t.src * 3, t.next * 3, t.weights[0], t.weights[1]))
+        .collect();
+    let hpass = |y: usize, out: &mut [i16]| {
+        let row = &src[y * w * 3..(y + 1) * w * 3];
+        for (o, &(a, b, w0, w1)) in out.chunks_exact_mut(3).zip(&xs) {
+            let (pa, pb) = (&row[a..a + 3], &row[b..b + 3]);
+            for c in 0..3 {
+                o[c] = ((pa[c] as i32 * w0 + pb[c] as i32 * w1) >> 4) as i16;
             }
         }
-        let s0 = cache[t.src].as_deref().expect("row computed above");
-        let s1 = cache[t.next].as_deref().expect("row computed above");
-        let [b0, b1] = t.weights;
-        let out = &mut dst[dy * dw * 3..(dy + 1) * dw * 3];
-        for ((o, &a), &b) in out.iter_mut().zip(s0).zip(s1) {
-            // `v_mul_hi` of int16 lanes: (x * b) >> 16 with an arithmetic shift.
-            let v = (((a >> 4) * b0) >> 16) + (((b >> 4) * b1) >> 16);
-            *o = ((v + 2) >> 2).clamp(0, 255) as u8;
+    };
+    let mut rows = [vec![0i16; dw * 3], vec![0i16; dw * 3]];
+    let mut held = [usize::MAX; 2];
+    for (dy, t) in linear_taps(h, dh, false).iter().enumerate() {
+        if held[0] != t.src {
+            if held[1] == t.src {
+                rows.swap(0, 1);
+                held.swap(0, 1);
+            } else {
+                hpass(t.src, &mut rows[0]);
+                held[0] = t.src;
+            }
         }
-        // Source rows are visited in order: rows above the current window are done.
-        for row in &mut cache[kept_from..t.src] {
-            *row = None;
+        if held[1] != t.next {
+            hpass(t.next, &mut rows[1]);
+            held[1] = t.next;
         }
-        kept_from = kept_from.max(t.src);
+        let out = &mut dst[offset + dy * stride..][..dw * 3];
+        vertical_pass(out, &rows[0], &rows[1], t.weights[0] as i16, t.weights[1] as i16);
     }
-    RgbImage::from_raw(new_width, new_height, dst).expect("buffer has the image size")
+}
+
+/// cv2's vertical pass of one output row: `((mulhi(a, b0) + mulhi(b, b1) + 2) >> 2)` saturated
+/// to `u8`, where `mulhi(x, k) = (x * k) >> 16` of int16 lanes. SSE2 (every x86-64) runs it 16
+/// values at a time as cv2 does (`pmulhw`, `packuswb`); the compiler does not find that form
+/// itself. `out`, `r0` and `r1` have one length.
+fn vertical_pass(out: &mut [u8], r0: &[i16], r1: &[i16], b0: i16, b1: i16) {
+    let n = out.len();
+    assert!(r0.len() == n && r1.len() == n, "vertical_pass: rows of different lengths");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86-64. Every load reads 16 bytes (8 lanes) at `i` or `i + 8`
+        // of `r0`/`r1` and every store writes 16 bytes at `i` of `out`, with `i + 16 <= n` (all
+        // three hold `n` elements); unaligned loads and stores.
+        unsafe {
+            let (k0, k1, two) = (_mm_set1_epi16(b0), _mm_set1_epi16(b1), _mm_set1_epi16(2));
+            let row = |a: *const i16, b: *const i16| {
+                let v = _mm_add_epi16(
+                    _mm_mulhi_epi16(_mm_loadu_si128(a.cast()), k0),
+                    _mm_mulhi_epi16(_mm_loadu_si128(b.cast()), k1),
+                );
+                _mm_srai_epi16::<2>(_mm_add_epi16(v, two))
+            };
+            while done + 16 <= n {
+                let (a, b) = (r0.as_ptr().add(done), r1.as_ptr().add(done));
+                let lo = row(a, b);
+                let hi = row(a.add(8), b.add(8));
+                _mm_storeu_si128(out.as_mut_ptr().add(done).cast(), _mm_packus_epi16(lo, hi));
+                done += 16;
+            }
+        }
+    }
+    let mulhi = |x: i16, k: i16| ((x as i32 * k as i32) >> 16) as i16;
+    for ((o, &a), &b) in out[done..].iter_mut().zip(&r0[done..]).zip(&r1[done..]) {
+        let v = mulhi(a, b0) + mulhi(b, b1);
+        *o = ((v + 2) >> 2).clamp(0, 255) as u8;
+    }
 }
 
 /// Area (box-filter) downscale of an RGB8 image by integer factors, identical to OpenCV's
@@ -328,17 +369,26 @@ impl LetterBox {
 
     /// Letterboxes `img`: cv2-exact bilinear resize (only when the size changes), then padding
     /// with `pad_value`.
+    ///
+    /// # Panics
+    /// If the image is empty (0 pixels wide or high).
     pub fn apply(&self, img: &RgbImage) -> (RgbImage, LetterboxTransform) {
         let t = self.transform(img.width(), img.height());
-        let resized;
-        let inner = if (t.unpad_width, t.unpad_height) == img.dimensions() {
-            img
+        let (width, height) = (t.width() as usize, t.height() as usize);
+        let (uw, uh) = (t.unpad_width as usize, t.unpad_height as usize);
+        let (left, top) = (t.pad_left as usize, t.pad_top as usize);
+        assert!(img.width() > 0 && img.height() > 0, "LetterBox::apply: empty image");
+        // The canvas filled with the pad value, the image resized (or copied) into its window.
+        let mut out = vec![self.pad_value; width * height * 3];
+        let offset = (top * width + left) * 3;
+        if (t.unpad_width, t.unpad_height) == img.dimensions() {
+            for (y, row) in img.as_raw().chunks_exact(uw * 3).enumerate() {
+                out[offset + y * width * 3..][..uw * 3].copy_from_slice(row);
+            }
         } else {
-            resized = resize_bilinear(img, t.unpad_width, t.unpad_height);
-            &resized
-        };
-        let mut out = RgbImage::from_pixel(t.width(), t.height(), Rgb([self.pad_value; 3]));
-        image::imageops::replace(&mut out, inner, t.pad_left as i64, t.pad_top as i64);
+            resize_bilinear_into(img, uw, uh, &mut out, offset, width * 3);
+        }
+        let out = RgbImage::from_raw(t.width(), t.height(), out).expect("buffer has the canvas size");
         (out, t)
     }
 }
