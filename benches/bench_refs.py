@@ -33,10 +33,14 @@ import tempfile
 import time
 import traceback
 
-# The protocol gets the real stdout; anything printed by a library goes to stderr.
-PROTO = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
-sys.stdout = sys.stderr
+# Run as the worker, the protocol gets the real stdout and anything printed by a library (from
+# the imports below on) goes to stderr. Imported (benches/train_step_compare.py and
+# gpu_compare.py take the train step from here), stdout stays as it is.
+PROTO = None
+if __name__ == "__main__":
+    PROTO = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
 # Offline use of the Ultralytics package (as tools/oracle_env.py): no update checks, no font
 # download, a private settings folder.
@@ -267,23 +271,23 @@ def bn_groups(model):
     return g
 
 
-def op_prepare_train_step(req):
+def pytorch_train_step(scale, batch, size, device="cpu"):
+    """One Ultralytics train step on `device` as a closure, the model and batch built once: a
+    seeded fresh yolov8<scale> (80 classes) in train mode, the batch of yolo_benches::TrainStep
+    (the same pixel pattern, three boxes per image), forward + v8 loss, backward, clipping at
+    norm 10, Nesterov SGD over `build_optimizer`'s three groups."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
-    scale, batch, size = req["scale"], req["batch"], req["imgsz"]
-    dev = "cuda" if cuda_wanted(req) else "cpu"
-    torch.set_num_threads(req["threads"])
     torch.manual_seed(0)
     model = DetectionModel(f"yolov8{scale}.yaml", nc=80, verbose=False)
     model.args = get_cfg()
-    model.to(dev).train()
+    model.to(device).train()
     g = bn_groups(model)
     sgd = dict(lr=0.01, momentum=0.937, nesterov=True)
     opt = torch.optim.SGD([{"params": g[0], **sgd, "weight_decay": 5e-4},
                            {"params": g[1], **sgd, "weight_decay": 0.0},
                            {"params": g[2], **sgd, "weight_decay": 0.0}])
-    # The batch of yolo_benches::TrainStep: the same pixel pattern, three boxes per image.
     n = batch * 3 * size * size
     img = torch.from_numpy(((np.arange(n, dtype=np.int64) * 7919 % 1000) / 1000.0).astype(np.float32))
     rows = [(b, (b * 3 + k) % 80, 0.2 + 0.3 * k, 0.3 + 0.05 * b, 0.1 + 0.1 * k, 0.15)
@@ -291,7 +295,7 @@ def op_prepare_train_step(req):
     t = torch.tensor(rows, dtype=torch.float32)
     data = {"img": img.view(batch, 3, size, size), "batch_idx": t[:, 0].contiguous(),
             "cls": t[:, 1:2].contiguous(), "bboxes": t[:, 2:6].contiguous()}
-    data = {k: v.to(dev) for k, v in data.items()}
+    data = {k: v.to(device) for k, v in data.items()}
 
     def step():
         loss, _ = model.loss(data)
@@ -300,6 +304,13 @@ def op_prepare_train_step(req):
         opt.step()
         opt.zero_grad()
 
+    return step
+
+
+def op_prepare_train_step(req):
+    dev = "cuda" if cuda_wanted(req) else "cpu"
+    torch.set_num_threads(req["threads"])
+    step = pytorch_train_step(req["scale"], req["batch"], req["imgsz"], dev)
     name = "PyTorch" + (" CUDA" if dev == "cuda" else "") + " train step"
     PREPARED[(req["key"], name)] = (step, dev == "cuda")
     return {"runtimes": [name]}

@@ -171,7 +171,7 @@ def main():
             print(lines[-1], file=sys.stderr, flush=True)
 
     if not a.no_train:
-        from train_step_compare import pytorch_step
+        from bench_refs import pytorch_train_step as pytorch_step
 
         step = pytorch_step(a.scale, a.train_batch, a.train_imgsz, dev)
         steps = max(a.iters // 4, 3)  # a step takes several forwards' time

@@ -30,43 +30,7 @@ import oracle_env  # noqa: F401,E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from compare import times_ms  # noqa: E402
-from make_train_step_fixtures import groups  # noqa: E402
-
-
-def pytorch_step(scale, batch, size, device="cpu"):
-    """One Ultralytics train step on `device`, as a closure (the model and batch built once)."""
-    from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(0)
-    model = DetectionModel(f"yolov8{scale}.yaml", nc=80, verbose=False)
-    model.args = get_cfg()
-    model.to(device)
-    model.train()
-    g = groups(model)
-    sgd = dict(lr=0.01, momentum=0.937, nesterov=True)
-    opt = torch.optim.SGD([
-        {"params": g[0], **sgd, "weight_decay": 5e-4},
-        {"params": g[1], **sgd, "weight_decay": 0.0},
-        {"params": g[2], **sgd, "weight_decay": 0.0},
-    ])
-    n = batch * 3 * size * size
-    img = torch.from_numpy(((np.arange(n, dtype=np.int64) * 7919 % 1000) / 1000.0).astype(np.float32))
-    rows = [(b, (b * 3 + k) % 80, 0.2 + 0.3 * k, 0.3 + 0.05 * b, 0.1 + 0.1 * k, 0.15)
-            for b in range(batch) for k in range(3)]
-    t = torch.tensor(rows, dtype=torch.float32)
-    data = {"img": img.view(batch, 3, size, size), "batch_idx": t[:, 0].contiguous(),
-            "cls": t[:, 1:2].contiguous(), "bboxes": t[:, 2:6].contiguous()}
-    data = {k: v.to(device) for k, v in data.items()}
-
-    def step():
-        loss, _ = model.loss(data)
-        loss.sum().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-        opt.step()
-        opt.zero_grad()
-
-    return step
+from bench_refs import pytorch_train_step as pytorch_step  # noqa: E402
 
 
 def main():

@@ -146,6 +146,20 @@ impl Ctx {
         self.notes.push(n);
     }
 
+    /// Whether the reference worker runs and has `runtime`.
+    fn has_ref(&self, runtime: &str) -> bool {
+        self.refs.as_ref().is_some_and(|r| r.has(runtime))
+    }
+
+    /// `req`'s answer from the reference worker, if it has `runtime`; a failed request is a
+    /// note, `"{what}: {runtime} not timed: {error}"`, and `None`.
+    fn reference(&mut self, runtime: &str, req: serde_json::Value, timeout: Duration, what: &str) -> Option<serde_json::Value> {
+        let answer = self.refs.as_mut().filter(|r| r.has(runtime))?.request(req, timeout);
+        answer
+            .map_err(|e| self.note(format!("{what}: {runtime} not timed: {e:#}")))
+            .ok()
+    }
+
     /// A seeded fresh yolov8 of `scale` (80 classes, `init_seeded(.., 0)` on the CPU), saved
     /// once as a checkpoint: the weights every runtime loads. Returns its path and the CPU model.
     fn checkpoint(&mut self, scale: Scale) -> anyhow::Result<(PathBuf, YoloV8)> {
@@ -401,31 +415,21 @@ pub fn postprocess(ctx: &mut Ctx) -> anyhow::Result<()> {
             syn.anchors, syn.objects
         ));
         f.extra.insert("kept".into(), kept as f64);
-        if ctx.refs.as_ref().is_some_and(|r| r.has("ultralytics")) {
-            let req = json!({"op": "nms", "path": raw, "nc": 80, "anchors": syn.anchors, "conf": cfg.conf,
-                             "iou": cfg.iou, "multi_label": cfg.multi_label, "warmup": 5.min(plan.nms_iters),
-                             "iters": plan.nms_iters, "budget_s": CHEAP_BUDGET_S, "threads": 1});
-            match ctx
-                .refs
-                .as_mut()
-                .expect("checked")
-                .request(req, Duration::from_secs(300))
-            {
-                Ok(a) => {
-                    if let Some(s) = refs::times(&a).ok().and_then(|t| Stats::from_samples(&t)) {
-                        f.add_reference("Ultralytics non_max_suppression", s);
-                    }
-                    if let Some(i) = a["impl"].as_str() {
-                        f.note = Some(format!(
-                            "{}; Ultralytics with {i}, one torch thread as ours",
-                            f.note.take().unwrap_or_default()
-                        ));
-                    }
-                    if let Some(k) = a["kept"].as_f64() {
-                        f.extra.insert("kept_by_ultralytics".into(), k);
-                    }
-                }
-                Err(e) => ctx.note(format!("NMS {label}: Ultralytics not timed: {e:#}")),
+        let req = json!({"op": "nms", "path": raw, "nc": 80, "anchors": syn.anchors, "conf": cfg.conf,
+                         "iou": cfg.iou, "multi_label": cfg.multi_label, "warmup": 5.min(plan.nms_iters),
+                         "iters": plan.nms_iters, "budget_s": CHEAP_BUDGET_S, "threads": 1});
+        if let Some(a) = ctx.reference("ultralytics", req, Duration::from_secs(300), &format!("NMS {label}")) {
+            if let Some(s) = refs::times(&a).ok().and_then(|t| Stats::from_samples(&t)) {
+                f.add_reference("Ultralytics non_max_suppression", s);
+            }
+            if let Some(i) = a["impl"].as_str() {
+                f.note = Some(format!(
+                    "{}; Ultralytics with {i}, one torch thread as ours",
+                    f.note.take().unwrap_or_default()
+                ));
+            }
+            if let Some(k) = a["kept"].as_f64() {
+                f.extra.insert("kept_by_ultralytics".into(), k);
             }
         }
         ctx.figures.push(f);
@@ -457,24 +461,16 @@ pub fn preprocess(ctx: &mut Ctx) -> anyhow::Result<()> {
     if let Some(s) = Stats::from_samples(&t) {
         let mut f = Figure::new("preprocess.letterbox/640", "preprocess", format!("letterbox {w}x{h} to 640x640"), "ms", s)
             .with_note("one shapes image (seed 0), cv2-exact bilinear resize and padding, one thread (cv2 too)");
-        if ctx.refs.as_ref().is_some_and(|r| r.has("ultralytics")) {
+        if ctx.has_ref("ultralytics") {
             let png = ctx.work.join("letterbox_src.png");
             src.save(&png)
                 .with_context(|| format!("{}: cannot write", png.display()))?;
             let req = json!({"op": "letterbox", "path": png, "imgsz": 640, "warmup": 2, "iters": plan.letterbox_iters,
                              "budget_s": CHEAP_BUDGET_S, "threads": 1});
-            match ctx
-                .refs
-                .as_mut()
-                .expect("checked")
-                .request(req, Duration::from_secs(300))
-            {
-                Ok(a) => {
-                    if let Some(s) = refs::times(&a).ok().and_then(|t| Stats::from_samples(&t)) {
-                        f.add_reference("Ultralytics LetterBox (cv2)", s);
-                    }
+            if let Some(a) = ctx.reference("ultralytics", req, Duration::from_secs(300), "letterbox") {
+                if let Some(s) = refs::times(&a).ok().and_then(|t| Stats::from_samples(&t)) {
+                    f.add_reference("Ultralytics LetterBox (cv2)", s);
                 }
-                Err(e) => ctx.note(format!("letterbox: Ultralytics not timed: {e:#}")),
             }
         }
         ctx.figures.push(f);
@@ -565,25 +561,15 @@ pub fn training(ctx: &mut Ctx) -> anyhow::Result<()> {
         .step(&format!("train step yolov8n {size} batch {batch}"));
     let key = format!("train-n-{size}-b{batch}");
     let mut runtimes = Vec::new();
-    if ctx.refs.as_ref().is_some_and(|r| r.has("ultralytics")) {
-        let req = json!({"op": "prepare_train_step", "key": key, "scale": "n", "imgsz": size, "batch": batch,
-                         "threads": ctx.refs_threads(), "device": ctx.ref_device});
-        match ctx
-            .refs
-            .as_mut()
-            .expect("checked")
-            .request(req, Duration::from_secs(300))
-        {
-            Ok(a) => {
-                runtimes = a["runtimes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            }
-            Err(e) => ctx.note(format!("train step: PyTorch not prepared: {e:#}")),
-        }
+    let req = json!({"op": "prepare_train_step", "key": key, "scale": "n", "imgsz": size, "batch": batch,
+                     "threads": ctx.refs_threads(), "device": ctx.ref_device});
+    if let Some(a) = ctx.reference("ultralytics", req, Duration::from_secs(300), "train step") {
+        runtimes = a["runtimes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
     }
     let mut step = TrainStep::new(Scale::N, batch, size, &ctx.device);
     let mut ours = Vec::new();
@@ -675,32 +661,24 @@ pub fn training(ctx: &mut Ctx) -> anyhow::Result<()> {
             "train phase of each epoch (loading, augmentation, steps, EMA), {which}; per epoch: {}",
             ips.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
         ));
-        if ctx.refs.as_ref().is_some_and(|r| r.has("ultralytics")) {
+        if ctx.has_ref("ultralytics") {
             ctx.progress
                 .println("Ultralytics training on the same data (its model.train, workers=0)...");
             let req = json!({"op": "train", "data": summary.data_yaml, "scale": "n", "epochs": plan.epochs,
                              "imgsz": plan.epoch_imgsz, "batch": plan.epoch_batch, "nbs": cfg.nbs,
                              "train_images": train_images, "work": ctx.work, "threads": ctx.refs_threads(),
                              "device": ctx.ref_device});
-            match ctx
-                .refs
-                .as_mut()
-                .expect("checked")
-                .request(req, Duration::from_secs(1800))
-            {
-                Ok(a) => {
-                    let v: Vec<f64> = a["images_per_s"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|x| x.as_f64())
-                        .collect();
-                    let used = if v.len() >= 2 { &v[1..] } else { &v[..] };
-                    if let Some(s) = Stats::from_samples(used) {
-                        f.add_reference("Ultralytics model.train (PyTorch)", s);
-                    }
+            if let Some(a) = ctx.reference("ultralytics", req, Duration::from_secs(1800), "training") {
+                let v: Vec<f64> = a["images_per_s"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_f64())
+                    .collect();
+                let used = if v.len() >= 2 { &v[1..] } else { &v[..] };
+                if let Some(s) = Stats::from_samples(used) {
+                    f.add_reference("Ultralytics model.train (PyTorch)", s);
                 }
-                Err(e) => ctx.note(format!("training: Ultralytics not run: {e:#}")),
             }
         }
         ctx.figures.push(f);
