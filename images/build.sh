@@ -80,7 +80,14 @@ for b in "${BINS[@]}"; do
         libs=$(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $1 " " $3}')
         [ -n "$libs" ] || { echo "$bin: ldd found no libraries" >&2; exit 1; }
         while read -r soname path; do cp -L "$path" "$CTX/lib/$soname"; done <<<"$libs"
-        echo "$b: $(echo "$libs" | awk '{print $1}' | tr '\n' ' ')from this host"
+        # The driver's libraries (mounted at run time) link glibc's libdl, libpthread and
+        # librt, which the binary itself does not (since glibc 2.34 they are stubs, and
+        # --as-needed drops them): without them in the image, libcuda would not load.
+        libc_dir=$(dirname "$(echo "$libs" | awk '$1 == "libc.so.6" {print $2}')")
+        for stub in libdl.so.2 libpthread.so.0 librt.so.1 libutil.so.1 libresolv.so.2; do
+            [ -e "$CTX/lib/$stub" ] || cp -L "$libc_dir/$stub" "$CTX/lib/$stub"
+        done
+        echo "$b: $(echo "$libs" | awk '{print $1}' | tr '\n' ' ')+ glibc's libdl, libpthread, librt, libutil, libresolv, from this host"
     else
         bin="target/static/$TARGET/release/$b"
         # A static binary has no program interpreter; one that needs glibc's loader would not

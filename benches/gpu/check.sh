@@ -55,7 +55,7 @@ tests=0
 want() { [[ " ${YOLO_RS_CHECK_PHASES:-compare epochs} " == *" $1 "* ]]; }
 want compare && phase compare 470 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda cuda+direct wgpu \
     --sizes 640 --batches 8 1 --rounds 1 --iters 10 --warmup 3 --ours-timeout 150
-want epochs && phase epochs 200 bash "$here/epochs.sh" flex cuda
+want epochs && phase epochs 200 bash "$here/epochs.sh" cuda flex
 [ "$tests" = 1 ] && YOLO_RS_TEST_S=35 phase tests-wgpu 80 bash "$here/tests.sh" wgpu
 cat "$out/phases.txt"
 exit "$status"

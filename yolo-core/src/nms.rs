@@ -160,7 +160,8 @@ fn nms_impl(pred: &[f32], nc: usize, cfg: &NmsConfig, classes: Option<&[usize]>)
         if wanted(best_c) {
             cand.push(Detection {
                 xyxy,
-                conf: best,
+                // The score itself: `max` may have kept the other zero of a 0.0 / -0.0 tie.
+                conf: at(4 + best_c, i),
                 class: best_c,
             });
         }

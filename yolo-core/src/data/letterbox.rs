@@ -92,7 +92,7 @@ pub fn resize_bilinear(img: &RgbImage, new_width: u32, new_height: u32) -> RgbIm
 /// Two source rows at a time: the horizontal pass of each source row the output needs (each
 /// once: rows are visited in order) is kept as the vertical pass reads it, `>> 4` in `i16`
 /// (at most 255 * 2048 >> 4 = 32640), and the vertical pass is `v_mul_hi` of int16 lanes as in
-/// cv2's kernel, which the compiler vectorises (`pmulhw`).
+/// cv2's kernel ([`vertical_pass`]).
 fn resize_bilinear_into(img: &RgbImage, dw: usize, dh: usize, dst: &mut [u8], offset: usize, stride: usize) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let src = img.as_raw();
