@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue #31's check on a lent GPU machine (nothing is built there):
-#   bash benches/gpu/prepare.sh --tests          # here, once (~25 min: one release build, packing)
+#   bash benches/gpu/prepare.sh --tests [--epochs]   # here, once (~20 min: one release build, packing)
 # The parity tests need their own carry (.gpu-tests; with .gpu it would exceed 64 MiB), so on
 # the project's lent machines (15 min of device time in all, start-up included) two calls:
 #   run(command="YOLO_RS_TEST_S=70 bash benches/gpu/tests.sh", carry=[".gpu-tests", ".gl"], timeout_s=300)
@@ -15,8 +15,9 @@
 # Each phase has its own time bound so one slow phase (a first fused/autotuned run compiles
 # and tunes its kernels) cannot take the others' results with it; everything lands in $OUT.
 # YOLO_RS_CHECK_S (default 520) is the whole script's budget in seconds; YOLO_RS_CHECK_PHASES
-# (default "compare epochs") names the phases 2-3 to run, e.g. a later call with only
-# `epochs` when the comparison took the first call's time.
+# (default "compare epochs") names the phases 2-3 to run. `epochs` needs yolo-train, which is
+# in its own carry (prepare.sh --epochs), so it is a third call where device time is left:
+#   run(command="YOLO_RS_CHECK_PHASES=epochs YOLO_RS_CHECK_S=220 bash benches/gpu/check.sh", carry=[".gpu-epochs", ".gl"], timeout_s=240)
 set -uo pipefail
 t0=$(date +%s)  # before unpacking: the call's time limit counts that too
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -55,7 +56,13 @@ tests=0
 want() { [[ " ${YOLO_RS_CHECK_PHASES:-compare epochs} " == *" $1 "* ]]; }
 want compare && phase compare 470 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda cuda+direct wgpu \
     --sizes 640 --batches 8 1 --rounds 1 --iters 10 --warmup 3 --ours-timeout 150
-want epochs && phase epochs 200 bash "$here/epochs.sh" cuda flex
+if want epochs; then
+    if [ -x "$bin/yolo-train" ]; then
+        phase epochs 200 bash "$here/epochs.sh" cuda flex
+    else
+        echo "== epochs: skipped (no yolo-train: prepare.sh --epochs, carry .gpu-epochs)" | tee -a "$out/phases.txt"
+    fi
+fi
 [ "$tests" = 1 ] && YOLO_RS_TEST_S=35 phase tests-wgpu 80 bash "$here/tests.sh" wgpu
 cat "$out/phases.txt"
 exit "$status"

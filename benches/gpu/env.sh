@@ -1,6 +1,6 @@
 # Source it (`source benches/gpu/env.sh`), do not run it. Sourced by benches/gpu/run.sh, tests.sh
 # and check.sh (and by one-off commands on a lent GPU machine): unpacks what was carried (the
-# Vulkan loader from .gl, the binaries of .gpu and .gpu-tests into $bin, Ultralytics from .whl;
+# Vulkan loader from .gl, the binaries of .gpu, .gpu-tests and .gpu-epochs into $bin, Ultralytics from .whl;
 # once per machine) and sets $out (the folder whose files come back) and PYTHONPATH.
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 out="${OUT:-/tmp/yolo-rs-gpu}"
@@ -26,7 +26,7 @@ if ls .gl/*.deb >/dev/null 2>&1 && fresh .gl/libvulkan1*.deb; then
     unpacked .gl/libvulkan1*.deb
 fi
 # The binaries, packed by prepare.sh (Python's lzma: xz itself may be missing there).
-for f in .gpu/bin.tar.xz .gpu-tests/bin.tar.xz; do
+for f in .gpu/bin.tar.xz .gpu-tests/bin.tar.xz .gpu-epochs/bin.tar.xz; do
     if fresh "$f"; then
         python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' "$f" "$bin" || return 1
         unpacked "$f"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Prepares, on this (CPU) machine, what benches/gpu/run.sh, tests.sh and check.sh need on a GPU
 # machine that has PyTorch but neither Rust nor a network (the project's lent H100/H200 machines):
-#   .gpu/        yolo-time, train-time and yolo-train built with the GPU features (default
-#                `wgpu,cuda`: one binary runs either backend, `BURN_DEVICE` picks), stripped,
-#                in one tar.xz
+#   .gpu/        yolo-time and train-time built with the GPU features (default `wgpu,cuda`: one
+#                binary runs either backend, `BURN_DEVICE` picks), stripped, in one tar.xz
+#   .gpu-epochs/ with --epochs: yolo-train (same build), for check.sh's `epochs` phase in a
+#                call of its own (28 MB packed; beside .gpu it would leave no margin)
 #   .gpu-tests/  with --tests: the parity tests (yolo-core `model`, yolo-train `train_step`)
 #   .gl/   the Vulkan and EGL loader packages (Debian, amd64), unpacked there by env.sh (wgpu)
 #   .whl/  the Ultralytics wheel (pure Python; its needs are in that machine's image)
@@ -45,11 +46,17 @@ for l in open(sys.argv[1]):
             and m["target"]["name"] == sys.argv[2]:
         print(m["executable"])' /tmp/yolo-rs-gpu-build.json "$1"
 }
-# yolo-train is built by the same invocation (integration tests get their package's binaries).
-pack .gpu target/release/yolo-time target/release/train-time target/release/yolo-train
+pack .gpu target/release/yolo-time target/release/train-time
+# With --epochs: yolo-train, built by the same invocation (integration tests get their package's
+# binaries), in a carry of its own.
+if [[ " $* " == *" --epochs "* ]]; then
+    pack .gpu-epochs target/release/yolo-train
+else
+    rm -rf .gpu-epochs
+fi
 # With --tests: the parity tests (model outputs, train step) in .gpu-tests, a second carry (with
 # the binaries above both exceed the 64 MiB of one call).
-if [ "${1:-}" = "--tests" ]; then
+if [[ " $* " == *" --tests "* ]]; then
     cp "$(test_exe model)" /tmp/test-model
     cp "$(test_exe train_step)" /tmp/test-train_step
     pack .gpu-tests /tmp/test-model /tmp/test-train_step
@@ -71,9 +78,9 @@ apt-get "${o[@]}" update -qq
 
 # What `run` carries: the tracked and untracked-not-ignored files plus the named folders.
 tree=$(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
-du -sh .gpu .gpu-tests .gl .whl 2>/dev/null
+du -sh .gpu .gpu-tests .gpu-epochs .gl .whl 2>/dev/null
 status=0
-for carry in ".gpu .gl .whl" ".gpu-tests .gl"; do
+for carry in ".gpu .gl .whl" ".gpu-tests .gl" ".gpu-epochs .gl"; do
     [ -d "${carry%% *}" ] || continue
     total=$(( (tree + $(du -cb $carry | tail -1 | cut -f1)) / 1048576 ))
     echo "carry [$carry]: $total MiB of 64 (working tree $(( tree / 1048576 )) MiB)"
