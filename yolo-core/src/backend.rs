@@ -210,6 +210,19 @@ pub fn select_device_for(requested: Option<&str>, via: &'static str) -> Result<S
     Ok(Selected { device: backend.device(), backend, via: named.then_some(via) })
 }
 
+/// [`select_device_for`] a command line's `--device` when it names something (not `None`, not
+/// blank), else [`select_device`]: the flag wins over `BURN_DEVICE`.
+///
+/// # Errors
+///
+/// As [`select_device_for`].
+pub fn select_device_flag(flag: Option<&str>) -> Result<Selected> {
+    match flag.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) => select_device_for(Some(d), "--device"),
+        None => select_device(),
+    }
+}
+
 /// [`select_device_for`] what `BURN_DEVICE` names (nothing when it is unset).
 ///
 /// # Errors
@@ -384,6 +397,22 @@ mod tests {
         assert_eq!(auto(Hardware, Hardware), (want_cuda, false));
         // An empty or blank variable is no request.
         assert_eq!(choose(Some(" "), "--device", &machine(None, None)).unwrap(), (BackendKind::Flex, false));
+    }
+
+    /// A command line's `--device` wins when it names something; blank falls back to
+    /// `BURN_DEVICE` / the machine (whatever this test process has, never `--device`).
+    #[test]
+    fn a_device_flag_names_the_backend_or_defers() {
+        let flex = super::select_device_flag(Some("cpu")).unwrap();
+        assert_eq!((flex.backend, flex.via), (BackendKind::Flex, Some("--device")));
+        assert_eq!(flex.device, super::cpu_device());
+        let e = super::select_device_flag(Some("tpu")).unwrap_err().to_string();
+        assert!(e.starts_with("--device=tpu: unknown backend"), "{e}");
+        for blank in [None, Some(""), Some("  ")] {
+            if let Ok(s) = super::select_device_flag(blank) {
+                assert_ne!(s.via, Some("--device"));
+            }
+        }
     }
 
     /// Named: taken when compiled and present (a software adapter counts), else an error

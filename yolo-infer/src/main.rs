@@ -52,8 +52,20 @@ enum Command {
     Shapes(ShapesCmd),
 }
 
+/// `--device`, shared by the commands that run the model.
+#[derive(Args, Debug)]
+struct DeviceArg {
+    /// Backend to run on: cuda, wgpu, flex (= cpu), as BURN_DEVICE; empty (the default):
+    /// BURN_DEVICE if set, else the GPU when the machine has one and the CPU otherwise. A
+    /// named backend the build lacks or the machine has no device for is an error.
+    #[arg(long, value_name = "BACKEND")]
+    device: Option<String>,
+}
+
 #[derive(Args, Debug)]
 struct ValCmd {
+    #[command(flatten)]
+    device: DeviceArg,
     /// Checkpoint (safetensors with metadata; see tools/convert_ultralytics.py).
     #[arg(long)]
     weights: PathBuf,
@@ -155,6 +167,8 @@ impl NmsArgs {
 
 #[derive(Args, Debug)]
 struct PredictCmd {
+    #[command(flatten)]
+    device: DeviceArg,
     /// Checkpoint (safetensors with metadata).
     #[arg(long)]
     weights: PathBuf,
@@ -197,6 +211,8 @@ struct PredictCmd {
 
 #[derive(Args, Debug)]
 struct ServeCmd {
+    #[command(flatten)]
+    device: DeviceArg,
     /// Checkpoint (safetensors with metadata).
     #[arg(long)]
     weights: PathBuf,
@@ -324,6 +340,7 @@ fn run_predict(c: PredictCmd) -> anyhow::Result<i32> {
         save: c.save,
         save_txt: c.save_txt,
         save_coco: c.save_coco,
+        device: c.device.device,
     })?;
     eprintln!(
         "{} images, {} detections, {} skipped; results in {}",
@@ -358,6 +375,7 @@ fn run_serve(c: ServeCmd) -> anyhow::Result<i32> {
     cfg.max_pixels = c.max_pixels;
     cfg.timeout = std::time::Duration::from_secs(c.timeout_s);
     cfg.defaults = c.nms.options();
+    cfg.device = c.device.device;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let started = serve::start(cfg).await?;
@@ -403,6 +421,7 @@ fn run_val(c: ValCmd) -> anyhow::Result<i32> {
             rect: !c.no_rect,
         },
         out: c.out,
+        device: c.device.device,
     };
     let report = val::run(&args)?;
     print!("{}", val::table(&report));

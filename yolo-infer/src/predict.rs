@@ -51,6 +51,8 @@ pub struct PredictArgs {
     pub save: bool,
     pub save_txt: bool,
     pub save_coco: bool,
+    /// Backend (`--device`: cuda, wgpu, flex); `None`: `BURN_DEVICE`, else the machine's best.
+    pub device: Option<String>,
 }
 
 /// The result for one image, as printed and saved.
@@ -227,7 +229,7 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<PredictSummary> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let device = yolo_core::backend::select_device()?.device;
+    let device = yolo_core::backend::select_device_flag(a.device.as_deref())?.device;
     let det = Detector::load(&a.weights, a.imgsz, &device)?;
     a.opts
         .validate(det.names().len())

@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub timeout: Duration,
     /// NMS defaults; requests override `conf`, `iou`, `classes`, `max_det`, `agnostic`.
     pub defaults: DetectOptions,
+    /// Backend (`--device`: cuda, wgpu, flex); `None`: `BURN_DEVICE`, else the machine's best.
+    pub device: Option<String>,
 }
 
 impl ServeConfig {
@@ -72,6 +74,7 @@ impl ServeConfig {
             max_pixels: 4096 * 4096,
             timeout: Duration::from_secs(30),
             defaults: DetectOptions::default(),
+            device: None,
         }
     }
 }
@@ -565,7 +568,7 @@ pub struct Started {
 /// Bad weights; an address that cannot be bound.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Started> {
     let cfg = Arc::new(cfg);
-    let selected = yolo_core::backend::select_device()?;
+    let selected = yolo_core::backend::select_device_flag(cfg.device.as_deref())?;
     tracing::info!("device: {selected}");
     let device = selected.device;
     let det = Detector::load(&cfg.weights, cfg.imgsz, &device)?;

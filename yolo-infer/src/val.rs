@@ -20,6 +20,8 @@ pub struct ValArgs {
     pub cfg: ValConfig,
     /// Folder for metrics.json.
     pub out: PathBuf,
+    /// Backend (`--device`: cuda, wgpu, flex); `None`: `BURN_DEVICE`, else the machine's best.
+    pub device: Option<String>,
 }
 
 /// Resolves `--data`: `shapes` means the built-in demo dataset, generated into
@@ -56,7 +58,7 @@ pub fn parse_split(s: &str) -> anyhow::Result<Split> {
 /// Loads weights and data, prints the data report (and saves it as `<out>/data_report.json`),
 /// evaluates, writes `<out>/metrics.json` atomically.
 pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
-    let selected = backend::select_device()?;
+    let selected = backend::select_device_flag(a.device.as_deref())?;
     eprintln!("device: {selected}");
     let device = selected.device;
     let (model, meta) = weights::load_model(&a.weights, &device)?;

@@ -169,10 +169,7 @@ fn main() -> Result<()> {
     } else {
         Report::Bar
     };
-    let selected = match cli.device.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
-        Some(d) => backend::select_device_for(Some(d), "--device")?,
-        None => backend::select_device()?,
-    };
+    let selected = backend::select_device_flag(cli.device.as_deref())?;
     if !cli.quiet {
         eprintln!("device: {selected}");
     }
