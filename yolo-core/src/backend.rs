@@ -89,37 +89,33 @@ enum Presence {
     Hardware,
 }
 
-#[cfg(feature = "cuda")]
+/// CUDA's presence: a driver that loads and reports a device (compiled out: none).
 fn probe_cuda() -> Presence {
-    use cubecl_runtime::runtime::Runtime;
-    // Loads libcuda only if it is there (cudarc's own loader panics when it is not).
-    if cubecl::cuda::CudaRuntime::is_available() {
-        Presence::Hardware
-    } else {
-        Presence::None
+    #[cfg(feature = "cuda")]
+    {
+        use cubecl_runtime::runtime::Runtime;
+        // Loads libcuda only if it is there (cudarc's own loader panics when it is not).
+        if cubecl::cuda::CudaRuntime::is_available() {
+            return Presence::Hardware;
+        }
     }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn probe_cuda() -> Presence {
     Presence::None
 }
 
-#[cfg(feature = "wgpu")]
+/// wgpu's presence: an adapter that is not a software rasterizer, else any adapter (compiled
+/// out: none).
 fn probe_wgpu() -> Presence {
-    use cubecl_runtime::runtime::Runtime;
-    type Wgpu = cubecl::wgpu::WgpuRuntime;
-    if Wgpu::is_available() {
-        Presence::Hardware
-    } else if !Wgpu::enumerate_all_devices().is_empty() {
-        Presence::Software
-    } else {
-        Presence::None
+    #[cfg(feature = "wgpu")]
+    {
+        use cubecl_runtime::runtime::Runtime;
+        type Wgpu = cubecl::wgpu::WgpuRuntime;
+        if Wgpu::is_available() {
+            return Presence::Hardware;
+        }
+        if !Wgpu::enumerate_all_devices().is_empty() {
+            return Presence::Software;
+        }
     }
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn probe_wgpu() -> Presence {
     Presence::None
 }
 
@@ -356,16 +352,13 @@ fn keep_awake(done: &AtomicBool, body: Option<usize>) {
     }
 }
 
-/// The compiled backends, by name.
+/// The compiled backends, by name (flex, then wgpu, then cuda).
 pub fn compiled_backends() -> Vec<&'static str> {
-    let mut v = vec!["flex"];
-    if cfg!(feature = "wgpu") {
-        v.push("wgpu");
-    }
-    if cfg!(feature = "cuda") {
-        v.push("cuda");
-    }
-    v
+    [BackendKind::Flex, BackendKind::Wgpu, BackendKind::Cuda]
+        .into_iter()
+        .filter(|k| k.compiled())
+        .map(BackendKind::name)
+        .collect()
 }
 
 #[cfg(test)]
