@@ -271,11 +271,13 @@ def bn_groups(model):
     return g
 
 
-def pytorch_train_step(scale, batch, size, device="cpu"):
+def pytorch_train_step(scale, batch, size, device="cpu", amp=False):
     """One Ultralytics train step on `device` as a closure, the model and batch built once: a
     seeded fresh yolov8<scale> (80 classes) in train mode, the batch of yolo_benches::TrainStep
     (the same pixel pattern, three boxes per image), forward + v8 loss, backward, clipping at
-    norm 10, Nesterov SGD over `build_optimizer`'s three groups."""
+    norm 10, Nesterov SGD over `build_optimizer`'s three groups. With `amp`, Ultralytics' AMP
+    step: forward and loss under `torch.autocast(float16)`, `GradScaler` scale / unscale_ /
+    step / update around the clipping (`BaseTrainer._do_train` and `optimizer_step`)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
@@ -304,7 +306,22 @@ def pytorch_train_step(scale, batch, size, device="cpu"):
         opt.step()
         opt.zero_grad()
 
-    return step
+    if not amp:
+        return step
+    dev_type = torch.device(device).type
+    scaler = torch.amp.GradScaler(dev_type)
+
+    def amp_step():
+        with torch.autocast(dev_type, dtype=torch.float16):
+            loss, _ = model.loss(data)
+        scaler.scale(loss.sum()).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+
+    return amp_step
 
 
 def op_prepare_train_step(req):

@@ -119,10 +119,13 @@ def main():
                     help="yolo-rs variants, each BURN_DEVICE[+YOLO_RS_GPU_CONV]: e.g. cuda cuda+direct wgpu "
                          "(each is timed beside the same PyTorch runs)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[640, 320])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 8], help="none: no forward rows")
     ap.add_argument("--train-imgsz", type=int, default=640)
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--amp", action="store_true",
+                    help="also the train step with mixed precision: Ultralytics' AMP step (autocast f16 + "
+                         "GradScaler) against train-time --amp")
     ap.add_argument("--iters", type=int, default=20, help="timed runs per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=5)
@@ -173,18 +176,22 @@ def main():
     if not a.no_train:
         from bench_refs import pytorch_train_step as pytorch_step
 
-        step = pytorch_step(a.scale, a.train_batch, a.train_imgsz, dev)
         steps = max(a.iters // 4, 3)  # a step takes several forwards' time
-        t_ours, t_pt = [[] for _ in a.backend], []
-        for _ in range(a.rounds):
-            t_pt += times_ms(synced(step, dev), 2, steps)
-            ours_round(train_time, ["--scale", a.scale, "--imgsz", a.train_imgsz, "--batch", a.train_batch,
-                                    "--warmup", 2, "--iters", steps], a.backend, t_ours, a.ours_timeout, ours_dev)
-        lines.append(row(f"train step {a.train_imgsz}x{a.train_imgsz}, batch {a.train_batch}", t_ours, t_pt))
-        print(lines[-1], file=sys.stderr, flush=True)
+        for amp in [False, True] if a.amp else [False]:
+            step = pytorch_step(a.scale, a.train_batch, a.train_imgsz, dev, amp=amp)
+            t_ours, t_pt = [[] for _ in a.backend], []
+            for _ in range(a.rounds):
+                t_pt += times_ms(synced(step, dev), 2, steps)
+                ours_round(train_time, ["--scale", a.scale, "--imgsz", a.train_imgsz, "--batch", a.train_batch,
+                                        "--warmup", 2, "--iters", steps] + (["--amp"] if amp else []),
+                           a.backend, t_ours, a.ours_timeout, ours_dev)
+            what = f"train step {a.train_imgsz}x{a.train_imgsz}, batch {a.train_batch}" + (", AMP (f16)" if amp else "")
+            lines.append(row(what, t_ours, t_pt))
+            print(lines[-1], file=sys.stderr, flush=True)
+            del step
 
     devices = ", ".join(f"{v} on {d}" for v, d in ours_dev.items())
-    print(f"\nyolov8{a.scale}, fp32, {a.rounds} interleaved rounds: median (min) in ms; "
+    print(f"\nyolov8{a.scale}, fp32 (AMP rows: f16 autocast + loss scaling on both sides), {a.rounds} interleaved rounds: median (min) in ms; "
           f"yolo-rs {devices} (variant = BURN_DEVICE[+YOLO_RS_GPU_CONV]), PyTorch {torch.__version__} on {gpu}")
     print("| work | PyTorch | " + " | ".join(f"yolo-rs {v} | ratio" for v in a.backend) + " |")
     print("|---" * (2 + 2 * len(a.backend)) + "|")

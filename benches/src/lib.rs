@@ -6,9 +6,10 @@ pub mod suite;
 use std::time::Instant;
 
 use yolo_core::burn::optim::GradientsParams;
-use yolo_core::burn::tensor::{Device, Tensor, TensorData};
+use yolo_core::burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use yolo_core::{HeadMeta, ModelConfig, Scale, YoloV8};
-use yolo_train::optim::{clip_grad_norm, OptimizerChoice, YoloOptimizer};
+use yolo_train::amp::GradScaler;
+use yolo_train::optim::{clip_grad_norm, unscale_clip_grad_norm, OptimizerChoice, YoloOptimizer};
 use yolo_train::{v8_detection_loss, LossConfig, OptimizerKind, Target, Targets};
 
 /// A deterministic input in `[0, 1]`.
@@ -55,9 +56,11 @@ pub fn time_ms(warmup: usize, iters: usize, f: impl FnMut()) -> (f64, f64) {
 /// The "train step", as `yolo-train` runs it: forward in train mode, the real v8 loss
 /// (assigner included), backward, global-norm clipping at 10 and a grouped Nesterov SGD step.
 /// Shared by the criterion bench and `train-time` (which `benches/train_step_compare.py` runs
-/// beside PyTorch).
+/// beside PyTorch). [`with_amp`](Self::with_amp) makes it `yolo-train --amp`'s step.
 pub struct TrainStep {
     model: Option<YoloV8>,
+    /// Mixed precision: convs in f16 under autocast, the loss scaled (`yolo-train --amp`).
+    amp: Option<GradScaler>,
     meta: HeadMeta,
     optim: YoloOptimizer,
     x: Tensor<4>,
@@ -86,7 +89,15 @@ impl TrainStep {
                 })
                 .collect(),
         };
-        Self { model: Some(model), meta, optim, x: input(batch, size, &device), targets, cfg: LossConfig::default() }
+        Self { model: Some(model), amp: None, meta, optim, x: input(batch, size, &device), targets, cfg: LossConfig::default() }
+    }
+
+    /// The step with mixed precision, as `yolo-train --amp` runs it: forward under f16
+    /// autocast, the loss scaled by PyTorch's `GradScaler` rule, unscaled before clipping, the
+    /// SGD step skipped where a gradient overflowed.
+    pub fn with_amp(mut self) -> Self {
+        self.amp = Some(GradScaler::default());
+        self
     }
 
     /// One step; returns the loss (read back, so the work is done when it returns).
@@ -107,15 +118,35 @@ impl TrainStep {
             t = (Instant::now(), cpu_ms());
         };
         let m = self.model.take().expect("model is put back after every step");
+        let autocast = yolo_core::amp::autocast(self.amp.map(|_| FloatDType::F16));
         let out = m.forward(self.x.clone());
         lap(0);
         let loss = v8_detection_loss(&out, &self.meta, &self.targets, &self.cfg);
+        drop(autocast);
         let value = loss.total.clone().into_scalar::<f32>();
         lap(1);
-        let grads = GradientsParams::from_grads(loss.total.backward(), &m);
+        let total = match &self.amp {
+            Some(s) => loss.total.mul_scalar(s.scale),
+            None => loss.total,
+        };
+        let grads = GradientsParams::from_grads(total.backward(), &m);
         lap(2);
-        let (grads, _) = clip_grad_norm(&m, grads, 10.0);
-        self.model = Some(self.optim.step([0.01; 3], m, grads));
+        self.model = Some(match &mut self.amp {
+            None => {
+                let (grads, _) = clip_grad_norm(&m, grads, 10.0);
+                self.optim.step([0.01; 3], m, grads)
+            }
+            Some(s) => match unscale_clip_grad_norm(&m, grads, 10.0, s.scale) {
+                Ok((grads, _)) => {
+                    s.update(false);
+                    self.optim.step([0.01; 3], m, grads)
+                }
+                Err(_) => {
+                    s.update(true);
+                    m
+                }
+            },
+        });
         lap(3);
         (value, wall, cpu)
     }

@@ -20,6 +20,7 @@
 //! [`confusion`], [`plots`], [`val`] (the validation loop), [`weights`] (checkpoints),
 //! [`backend`] (devices), [`files`] and [`runs`].
 
+pub mod amp;
 pub mod backend;
 pub mod boxes;
 pub mod confusion;

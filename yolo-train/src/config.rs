@@ -83,6 +83,11 @@ pub struct TrainConfig {
     pub name: String,
     /// Reuse `project/name` instead of incrementing the name.
     pub exist_ok: bool,
+    /// Mixed precision (Ultralytics' `amp`): convs in f16 under autocast, the loss scaled by a
+    /// `GradScaler`, parameters and optimizer in f32. Off by default here (Ultralytics: on, and
+    /// off on the CPU). `yolo-train` turns it off on `flex`, where f16 is emulated and slower;
+    /// the library honours it on every backend (on `flex` for checking).
+    pub amp: bool,
 }
 
 impl Default for TrainConfig {
@@ -117,6 +122,7 @@ impl Default for TrainConfig {
             project: PathBuf::from("runs/train"),
             name: "train".into(),
             exist_ok: false,
+            amp: false,
         }
     }
 }

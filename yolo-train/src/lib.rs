@@ -15,10 +15,12 @@
 //! - [`loader`]: batches (letterboxed for validation, augmented for training), loaded ahead on
 //!   a background thread, with an optional RAM cache,
 //! - [`trainer`]: the explicit loop, run folder, `results.csv`, checkpoints,
-//! - [`resume`]: the per-epoch training state behind exact `--resume`.
+//! - [`resume`]: the per-epoch training state behind exact `--resume`,
+//! - [`amp`]: loss scaling for mixed precision (`GradScaler`).
 //!
 //! Whole training steps match Ultralytics + PyTorch (`tests/train_step.rs`).
 
+pub mod amp;
 pub mod assigner;
 pub mod augment;
 pub mod config;

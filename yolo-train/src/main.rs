@@ -91,6 +91,11 @@ struct Cli {
     /// Keep decoded training images in memory after first use (Ultralytics' cache=ram).
     #[arg(long)]
     cache: bool,
+    /// Mixed precision on a GPU backend (Ultralytics' amp): convs in f16, the loss scaled,
+    /// weights and optimizer in f32. Ignored with a warning on the CPU (flex), as Ultralytics
+    /// does.
+    #[arg(long)]
+    amp: bool,
     /// Any other setting of args.yaml, by its key (dotted for `aug`), e.g. `--set lrf=0.1
     /// --set aug.mosaic=0 --set aug.mixup=0.1`; repeatable, applied after the flags above.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -173,6 +178,7 @@ fn main() -> Result<()> {
     if !cli.quiet {
         eprintln!("device: {selected}");
     }
+    let backend_kind = selected.backend;
     let device = selected.device;
     if let Some(run_dir) = &cli.resume {
         let summary = resume_with(run_dir, &device, report, pusher(&cli, &run_name(run_dir))?)
@@ -232,9 +238,15 @@ fn main() -> Result<()> {
         exist_ok: cli.exist_ok || cli.auto_resume,
         val: !cli.no_val,
         cache: cli.cache,
+        amp: cli.amp,
         ..defaults
     };
-    let cfg = apply_overrides(cfg, &cli.set)?;
+    let mut cfg = apply_overrides(cfg, &cli.set)?;
+    if cfg.amp && backend_kind == backend::BackendKind::Flex {
+        // Ultralytics turns amp off on the CPU too: f16 there is emulated, slower than f32.
+        eprintln!("warning: amp applies to GPU backends; training on flex in f32");
+        cfg.amp = false;
+    }
     let summary = train_with(&cfg, &device, report, pusher(&cli, &cfg.name)?)
         .with_context(|| format!("training on {}", data.display()))?;
     print_summary(&cli, &summary);

@@ -311,6 +311,41 @@ impl YoloOptimizer {
 /// `torch.nn.utils.clip_grad_norm_` (coefficient `max_norm / (norm + 1e-6)`, clamped to 1).
 /// Returns the norm before clipping.
 pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f64) -> (GradientsParams, f64) {
+    let Some(norm) = grad_norm(model, &grads) else {
+        return (grads, 0.0);
+    };
+    let coef = max_norm / (norm + 1e-6);
+    if coef >= 1.0 {
+        return (grads, norm);
+    }
+    (scale_grads(model, grads, coef), norm)
+}
+
+/// For gradients of a loss multiplied by `loss_scale` (mixed precision): divides them by it
+/// and clips their global norm to `max_norm` in one pass, as Ultralytics'
+/// `scaler.unscale_(optimizer)` followed by `clip_grad_norm_`. Returns the unscaled norm
+/// before clipping, or `Err(norm)` when a gradient overflowed (the norm is inf or NaN): the
+/// optimizer step is then skipped, as `scaler.step` does.
+pub fn unscale_clip_grad_norm<M: Module>(
+    model: &M,
+    grads: GradientsParams,
+    max_norm: f64,
+    loss_scale: f32,
+) -> Result<(GradientsParams, f64), f64> {
+    let Some(scaled) = grad_norm(model, &grads) else {
+        return Ok((grads, 0.0));
+    };
+    if !scaled.is_finite() {
+        return Err(scaled);
+    }
+    let inv = 1.0 / loss_scale as f64;
+    let norm = scaled * inv;
+    let coef = inv * (max_norm / (norm + 1e-6)).min(1.0);
+    Ok((if coef == 1.0 { grads } else { scale_grads(model, grads, coef) }, norm))
+}
+
+/// The global L2 norm of the model's gradients (`None`: there are none).
+fn grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> Option<f64> {
     struct Norm<'a> {
         grads: &'a GradientsParams,
         sum: Option<Tensor<1>>,
@@ -332,6 +367,17 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f6
             }
         }
     }
+    let mut n = Norm { grads, sum: None, cpu_sum: None };
+    model.visit(&mut n);
+    if n.sum.is_none() && n.cpu_sum.is_none() {
+        return None;
+    }
+    let sum = n.sum.map_or(0.0, |s| s.into_scalar::<f32>() as f64) + n.cpu_sum.unwrap_or(0.0);
+    Some(sum.sqrt())
+}
+
+/// Every gradient multiplied by `coef`.
+fn scale_grads<M: Module>(model: &M, grads: GradientsParams, coef: f64) -> GradientsParams {
     struct Scale {
         grads: GradientsParams,
         coef: f64,
@@ -345,24 +391,9 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f6
             param
         }
     }
-    let mut n = Norm {
-        grads: &grads,
-        sum: None,
-        cpu_sum: None,
-    };
-    model.visit(&mut n);
-    if n.sum.is_none() && n.cpu_sum.is_none() {
-        return (grads, 0.0);
-    }
-    let sum = n.sum.map_or(0.0, |s| s.into_scalar::<f32>() as f64) + n.cpu_sum.unwrap_or(0.0);
-    let norm = sum.sqrt();
-    let coef = max_norm / (norm + 1e-6);
-    if coef >= 1.0 {
-        return (grads, norm);
-    }
     let mut s = Scale { grads, coef };
     let _ = model.clone().map(&mut s);
-    (s.grads, norm)
+    s.grads
 }
 
 #[cfg(test)]

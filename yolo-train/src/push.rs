@@ -7,7 +7,8 @@
 //! `yolo_train_val_loss{kind}`, `yolo_train_map50`, `yolo_train_map50_95`,
 //! `yolo_train_precision`, `yolo_train_recall`, `yolo_train_fitness`, `yolo_train_lr{group="0|1|2"}`,
 //! `yolo_train_images_per_second`, `yolo_train_epoch_seconds`, `yolo_train_data_wait_seconds`,
-//! `yolo_train_optimizer_steps`.
+//! `yolo_train_optimizer_steps`, and with `amp` `yolo_train_amp_loss_scale` and
+//! `yolo_train_amp_skipped_steps`.
 //! A push that fails is a warning for the caller, never a reason to stop training.
 
 use std::fmt::Write as _;
@@ -116,6 +117,14 @@ pub fn exposition(s: &EpochStats) -> String {
         &[("", s.data_wait_s)],
     );
     gauge("yolo_train_optimizer_steps", "Optimizer steps so far.", &[("", s.steps as f64)]);
+    if let Some(a) = &s.amp {
+        gauge("yolo_train_amp_loss_scale", "Mixed precision loss scale at the end of the epoch.", &[("", a.loss_scale as f64)]);
+        gauge(
+            "yolo_train_amp_skipped_steps",
+            "Optimizer steps of the epoch skipped for a gradient overflow in half precision.",
+            &[("", a.skipped_steps as f64)],
+        );
+    }
     out
 }
 
@@ -143,6 +152,10 @@ mod tests {
             data_wait_s: 0.25,
             fitness: 0.4,
             steps: 77,
+            amp: Some(crate::trainer::AmpStats {
+                loss_scale: 32768.0,
+                skipped_steps: 2,
+            }),
         }
     }
 
@@ -165,6 +178,8 @@ mod tests {
         assert_eq!(get("yolo_train_lr{group=\"2\"}"), [0.03]);
         assert_eq!(get("yolo_train_optimizer_steps"), [77.0]);
         assert_eq!(get("yolo_train_data_wait_seconds"), [0.25]);
+        assert_eq!(get("yolo_train_amp_loss_scale"), [32768.0]);
+        assert_eq!(get("yolo_train_amp_skipped_steps"), [2.0]);
         // Every sample has its TYPE line, once.
         for name in ["yolo_train_epoch", "yolo_train_loss", "yolo_train_lr"] {
             assert_eq!(text.matches(&format!("# TYPE {name} gauge")).count(), 1);
@@ -173,8 +188,10 @@ mod tests {
         let mut s = stats();
         s.metrics = None;
         s.val_loss = None;
+        s.amp = None;
         let t = exposition(&s);
         assert!(!t.contains("yolo_train_map50") && !t.contains("yolo_train_val_loss"));
+        assert!(!t.contains("yolo_train_amp"));
     }
 
     #[test]

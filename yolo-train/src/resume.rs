@@ -48,6 +48,9 @@ pub struct TrainState {
     pub accumulate: usize,
     /// SGD momentum in force (warmup ramps it up).
     pub momentum: f64,
+    /// The loss scaler of mixed precision training (`amp`); absent without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_scaler: Option<crate::amp::GradScaler>,
 }
 
 /// Everything [`load_state`] restores.

@@ -11,19 +11,20 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use yolo_core::burn;
 use yolo_core::data::check::{check_dataset, CheckOptions, PRINT_FINDINGS};
 use yolo_core::data::dataset::{DataConfig, Split};
 use yolo_core::weights::{self, CheckpointMeta};
 use yolo_core::{ModelConfig, YoloV8};
 
+use crate::amp::GradScaler;
 use crate::config::TrainConfig;
 use crate::ema::ModelEma;
 use crate::error::{Result, TrainError};
 use crate::loader::Loader;
 use crate::loss::{v8_detection_loss, LossConfig};
-use crate::optim::{clip_grad_norm, resolve_optimizer, YoloOptimizer};
+use crate::optim::{clip_grad_norm, resolve_optimizer, unscale_clip_grad_norm, YoloOptimizer};
 use crate::resume as state;
 use crate::schedule::{accumulate, scaled_weight_decay, warmup_iterations, LrLambda, Warmup};
 
@@ -112,6 +113,17 @@ pub struct EpochStats {
     pub fitness: f64,
     /// Optimizer steps so far.
     pub steps: u64,
+    /// With `amp`: the loss scale at the end of the epoch, and the optimizer steps of the
+    /// epoch skipped because a gradient overflowed in half precision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amp: Option<AmpStats>,
+}
+
+/// The loss scaling of an epoch of mixed precision training.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct AmpStats {
+    pub loss_scale: f32,
+    pub skipped_steps: usize,
 }
 
 /// What one iteration of the loop did, after its optimizer step if it made one: the schedule
@@ -499,6 +511,8 @@ fn run(
     let mut last_opt_step: i64 = -1;
     let mut accumulate_now = acc0;
     let mut momentum = choice.momentum;
+    // Mixed precision: convs in f16 under autocast, the loss scaled (Ultralytics' amp=True).
+    let mut scaler = cfg.amp.then(GradScaler::default);
     let mut best_fitness = f64::NEG_INFINITY;
     let mut best_epoch = 0;
     let mut first_epoch = 0;
@@ -518,6 +532,10 @@ fn run(
         last_opt_step = state.last_opt_step;
         accumulate_now = state.accumulate;
         momentum = state.momentum;
+        if cfg.amp {
+            // A state saved without amp (or before the scaler was saved) starts a fresh scale.
+            scaler = Some(state.grad_scaler.unwrap_or_default());
+        }
         best_fitness = state.best_fitness;
         best_epoch = state.best_epoch;
         first_epoch = state.epoch;
@@ -553,6 +571,7 @@ fn run(
         let mut tloss = [0.0f64; 3];
         let mut images = 0usize;
         let mut data_wait_s = 0.0;
+        let mut skipped_steps = 0usize;
         // The next batches load (decode + augment, rayon) on another thread during the step.
         let mut batches = train.prefetch(epoch, PREFETCH).enumerate();
         loop {
@@ -572,20 +591,44 @@ fn run(
             // The step runs on rayon's pool, where the CPU kernels' parallel regions run
             // inline instead of being handed over from this thread one by one.
             let (next, items) = yolo_core::backend::on_cpu_pool(|| {
-                let out = model.forward(batch.images);
-                let loss = v8_detection_loss(&out, &meta, &batch.targets, &loss_cfg);
+                let loss = {
+                    // Autocast is per thread: opened here, on the thread that runs the forward.
+                    let _autocast = yolo_core::amp::autocast(scaler.map(|_| FloatDType::F16));
+                    let out = model.forward(batch.images);
+                    v8_detection_loss(&out, &meta, &batch.targets, &loss_cfg)
+                };
                 let items = match loss_items(loss.components) {
                     Ok(items) if items.iter().all(|v| v.is_finite()) => items,
                     Ok(_) => return (model, Err(TrainError::NonFiniteLoss { epoch: epoch + 1, batch: i })),
                     Err(e) => return (model, Err(e)),
                 };
-                let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+                let total = match &scaler {
+                    Some(s) => loss.total.mul_scalar(s.scale),
+                    None => loss.total,
+                };
+                let grads = GradientsParams::from_grads(total.backward(), &model);
                 accum.accumulate(&model, grads);
                 let mut model = model;
                 if ni as i64 - last_opt_step >= accumulate_now as i64 {
-                    let (grads, _norm) = clip_grad_norm(&model, accum.grads(), MAX_GRAD_NORM);
-                    model = optim.step(lr, model, grads);
+                    match &mut scaler {
+                        None => {
+                            let (grads, _norm) = clip_grad_norm(&model, accum.grads(), MAX_GRAD_NORM);
+                            model = optim.step(lr, model, grads);
+                        }
+                        // `scaler.unscale_`, clip, `scaler.step` (skipped on overflow), `update`.
+                        Some(s) => match unscale_clip_grad_norm(&model, accum.grads(), MAX_GRAD_NORM, s.scale) {
+                            Ok((grads, _norm)) => {
+                                model = optim.step(lr, model, grads);
+                                s.update(false);
+                            }
+                            Err(_) => {
+                                skipped_steps += 1;
+                                s.update(true);
+                            }
+                        },
+                    }
                     last_opt_step = ni as i64;
+                    // Ultralytics updates the EMA after a skipped step too.
                     ema.update(&model.valid());
                 }
                 (model, Ok(items))
@@ -658,6 +701,10 @@ fn run(
             data_wait_s,
             fitness,
             steps: ema.updates,
+            amp: scaler.map(|s| AmpStats {
+                loss_scale: s.scale,
+                skipped_steps,
+            }),
         };
         let meta = ckpt_meta(epoch + 1, fitness, ema.updates);
         weights::save_model(&ema.model, &meta, &last)?;
@@ -689,6 +736,7 @@ fn run(
                 last_opt_step,
                 accumulate: accumulate_now,
                 momentum,
+                grad_scaler: scaler,
             },
             &meta,
             &model,

@@ -128,14 +128,9 @@ fn short_training_run_learns_and_writes_the_run_folder() {
     assert_eq!(s2.fitness_from, "train loss");
 }
 
-/// SLOW (about 15 s): a run stopped after epoch 2 and resumed from `weights/last.state` ends
-/// exactly where an uninterrupted run ends: same `results.csv`, same EMA weights (`last`),
-/// same training model. Five batches per epoch with `nbs = 2 * batch` leave accumulated
-/// gradients pending across epoch ends, so they are part of what is resumed.
-#[test]
-fn resumed_run_matches_an_uninterrupted_one() {
-    use std::ops::ControlFlow;
-    let dir = tempfile::tempdir().unwrap();
+/// The resume tests' run: 40 generated 64 px images, a width-0.0625 model, 3 epochs of 5
+/// batches with `nbs = 2 * batch` (accumulated gradients stay pending across epoch ends).
+fn tiny_config(dir: &std::path::Path, name: &str, amp: bool) -> TrainConfig {
     let summary = generate(
         &ShapesConfig {
             train: 40,
@@ -144,11 +139,11 @@ fn resumed_run_matches_an_uninterrupted_one() {
             seed: 1,
             clutter: 0,
         },
-        &dir.path().join("shapes"),
+        &dir.join("shapes"),
     )
     .unwrap();
-    let cfg = TrainConfig {
-        data: summary.data_yaml.clone(),
+    TrainConfig {
+        data: summary.data_yaml,
         multiples: Some(Multiples {
             depth: 0.33,
             width: 0.0625,
@@ -158,10 +153,33 @@ fn resumed_run_matches_an_uninterrupted_one() {
         batch: 8,
         nbs: 16,
         imgsz: 64,
-        project: dir.path().join("runs"),
-        name: "full".into(),
+        project: dir.join("runs"),
+        name: name.into(),
+        amp,
         ..TrainConfig::default()
-    };
+    }
+}
+
+/// SLOW (about 15 s): a run stopped after epoch 2 and resumed from `weights/last.state` ends
+/// exactly where an uninterrupted run ends: same `results.csv`, same EMA weights (`last`),
+/// same training model. Five batches per epoch with `nbs = 2 * batch` leave accumulated
+/// gradients pending across epoch ends, so they are part of what is resumed.
+#[test]
+fn resumed_run_matches_an_uninterrupted_one() {
+    resume_matches(false);
+}
+
+/// [`resumed_run_matches_an_uninterrupted_one`] with `amp` (on the CPU through Burn's f16
+/// ops): the loss scale and its count of clean steps come from the state too.
+#[test]
+fn resumed_amp_run_matches_an_uninterrupted_one() {
+    resume_matches(true);
+}
+
+fn resume_matches(amp: bool) {
+    use std::ops::ControlFlow;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "full", amp);
     let device = backend::cpu_device();
     let full = train(&cfg, &device, Report::Quiet).unwrap();
     assert_eq!(full.epochs.len(), 3);
@@ -189,6 +207,8 @@ fn resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(rest.epochs.len(), 1);
     assert_eq!(rest.epochs[0].epoch, 3);
     assert_eq!(rest.epochs[0].steps, full.epochs[2].steps, "optimizer steps");
+    assert_eq!(rest.epochs[0].amp, full.epochs[2].amp, "loss scale");
+    assert_eq!(rest.epochs[0].amp.is_some(), amp);
 
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
     assert_eq!(read(&csv), read(&full.run_dir.join("results.csv")));
@@ -218,4 +238,31 @@ fn resumed_run_matches_an_uninterrupted_one() {
     // Nothing left to resume.
     let err = yolo_train::resume(&first.run_dir, &device, Report::Quiet).unwrap_err();
     assert!(err.to_string().contains("all 3 epochs are done"), "{err}");
+}
+
+/// SLOW (a few seconds): three epochs with `amp` on the CPU backend (f16 convs under autocast,
+/// the loss scaled) against the same run in f32: different numbers (autocast applied), the
+/// loss scale reported per epoch, starting from PyTorch's 65536 and halved at each skipped
+/// step, and losses that fall as the f32 run's do.
+#[test]
+fn amp_run_learns_as_the_f32_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = backend::cpu_device();
+    let fp32 = train(&tiny_config(dir.path(), "fp32", false), &device, Report::Quiet).unwrap();
+    let amp = train(&tiny_config(dir.path(), "amp", true), &device, Report::Quiet).unwrap();
+    assert_eq!(amp.epochs.len(), 3);
+    let mut skipped = 0;
+    for (a, f) in amp.epochs.iter().zip(&fp32.epochs) {
+        assert!(f.amp.is_none());
+        let stats = a.amp.expect("amp stats");
+        skipped += stats.skipped_steps;
+        eprintln!("epoch {}: amp {:?} fp32 {:?} {stats:?}", a.epoch, a.train_loss, f.train_loss);
+        assert_ne!(a.train_loss, f.train_loss, "the amp run computed exactly the f32 losses: autocast did not apply");
+    }
+    // Three epochs of 5 batches are too few clean steps (2000) to double the scale.
+    assert_eq!(amp.epochs[2].amp.unwrap().loss_scale, 65536.0 / 2f32.powi(skipped as i32));
+    let (a, f) = (amp.epochs[2].train_loss, fp32.epochs[2].train_loss);
+    for k in 0..3 {
+        assert!((a[k] - f[k]).abs() <= 0.1 * f[k], "epoch 3 loss {k}: amp {} fp32 {}", a[k], f[k]);
+    }
 }

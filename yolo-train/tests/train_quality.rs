@@ -19,6 +19,23 @@ use yolo_train::{train, Report, TrainConfig};
 /// #26 feared: 0.10 against 0.28) fails it.
 #[test]
 fn default_recipe_reaches_ultralytics_map_on_cluttered_shapes() {
+    quality_run(false);
+}
+
+/// VERY SLOW, not in CI (332 s on 2 cores, against 100 s in f32: f16 is emulated on the CPU):
+/// the same run with `amp` (convs in f16 under autocast, the loss scaled), held to the same
+/// bounds: mixed precision must not cost the accuracy Ultralytics reaches (issue #31's
+/// accuracy check of AMP; on a GPU backend it runs at GPU speed). Measured: best mAP50-95
+/// 0.108 and mAP50 0.224, against 0.112 and 0.217 in f32.
+#[test]
+#[ignore = "~6 min on 2 cores: run with --include-ignored"]
+fn amp_recipe_reaches_the_same_map() {
+    let s = quality_run(true);
+    let last = s.epochs.last().unwrap().amp.expect("amp stats");
+    eprintln!("amp: final loss scale {}, {} skipped steps in the last epoch", last.loss_scale, last.skipped_steps);
+}
+
+fn quality_run(amp: bool) -> yolo_train::TrainSummary {
     let dir = tempfile::tempdir().unwrap();
     let data = generate(
         &ShapesConfig {
@@ -44,6 +61,7 @@ fn default_recipe_reaches_ultralytics_map_on_cluttered_shapes() {
         seed: 0,
         project: dir.path().join("runs"),
         name: "quality".into(),
+        amp,
         ..TrainConfig::default()
     };
     assert_eq!(cfg.nbs, 64, "the default nominal batch");
@@ -56,7 +74,7 @@ fn default_recipe_reaches_ultralytics_map_on_cluttered_shapes() {
         .max_by(|a, b| a.map50_95.total_cmp(&b.map50_95))
         .unwrap();
     eprintln!(
-        "best mAP50 {:.4} mAP50-95 {:.4} (epoch {}); {:.0} s, last epoch {:.1} images/s",
+        "amp {amp}: best mAP50 {:.4} mAP50-95 {:.4} (epoch {}); {:.0} s, last epoch {:.1} images/s",
         best.map50,
         best.map50_95,
         s.best_epoch,
@@ -65,4 +83,5 @@ fn default_recipe_reaches_ultralytics_map_on_cluttered_shapes() {
     );
     assert!(best.map50_95 >= 0.085, "best mAP50-95 {:.4} < 0.085", best.map50_95);
     assert!(best.map50 >= 0.15, "best mAP50 {:.4} < 0.15", best.map50);
+    s
 }

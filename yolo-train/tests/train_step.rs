@@ -141,6 +141,90 @@ fn first_step_gradients(device: &Device) {
     println!("{n} gradients within bound (worst {:.2} of it at {}); norm {norm:.4} vs {want_norm:.4}", worst.0, worst.1);
 }
 
+/// The first step with mixed precision (`amp`: convs in f16 under autocast, the loss scaled by
+/// PyTorch's `GradScaler` rule, gradients unscaled) against PyTorch's f32 step: loss items and
+/// every gradient within f16's precision, not equal to our f32 step (autocast applied). On
+/// the CPU, Burn's f16 ops; on a GPU backend, its f16 kernels.
+#[test]
+fn amp_first_step_tracks_pytorch_f32() {
+    for device in cpu_and_default() {
+        println!("on {device:?}");
+        amp_first_step(&device);
+    }
+}
+
+fn amp_first_step(device: &Device) {
+    use yolo_core::amp::autocast;
+    use yolo_core::burn::tensor::FloatDType;
+    use yolo_train::amp::GradScaler;
+    use yolo_train::optim::unscale_clip_grad_norm;
+    let (model, meta, device) = setup(device);
+    let (img, targets) = batch(&device);
+    let (want, _) = read("sgd.safetensors");
+    let loss_of = |half: bool| {
+        let _autocast = autocast(half.then_some(FloatDType::F16));
+        let out = model.forward(img.clone());
+        v8_detection_loss(&out, &model.meta(), &targets, &LossConfig::default())
+    };
+    let f32_items = loss_of(false).components.into_data().try_to_vec::<f32>().unwrap();
+    let mut scaler = GradScaler::default();
+    let mut overflows = 0;
+    let (items, grads, norm) = loop {
+        let loss = loss_of(true);
+        let items = loss.components.clone().into_data().try_to_vec::<f32>().unwrap();
+        let grads = GradientsParams::from_grads(loss.total.mul_scalar(scaler.scale).backward(), &model);
+        // No clipping (an unbounded max norm): the gradients themselves are compared.
+        match unscale_clip_grad_norm(&model, grads, f64::MAX, scaler.scale) {
+            Ok((grads, norm)) => break (items, grads, norm),
+            Err(_) => {
+                overflows += 1;
+                assert!(overflows < 16, "gradients overflow at every scale down to {}", scaler.scale);
+                scaler.update(true);
+            }
+        }
+    };
+    assert_ne!(items, f32_items, "autocast did not apply");
+    // PyTorch's own AMP step (autocast f16 on the CPU, the same scaler) is the yardstick: its
+    // error against PyTorch's f32 step, tensor by tensor.
+    let amp_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/amp/first_step.safetensors");
+    let (pt_amp, pt_meta) = tensors(&std::fs::read(amp_dir).expect("fixture (tools/fixtures/make_amp_fixtures.py)"));
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_abs = |a: &[f32]| a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let f32_loss = &want["loss_items"].0[..3];
+    println!(
+        "loss items: ours {items:?}, PyTorch amp {:?}, f32 {f32_loss:?}",
+        pt_amp["loss_items"].0
+    );
+    let (ours_err, pt_err) = (max_diff(&items, f32_loss), max_diff(&pt_amp["loss_items"].0, f32_loss));
+    assert!(ours_err <= pt_err.max(1e-3 * max_abs(f32_loss)), "loss items: ours off by {ours_err}, PyTorch's amp by {pt_err}");
+    let g = state(&grad_model(&model, &grads), &meta);
+    let (mut ours_total, mut pt_total, mut n, mut worst) = (0f64, 0f64, 0usize, (0f32, String::new()));
+    for (k, (w, _)) in want.iter().filter_map(|(k, v)| Some((k.strip_prefix("grad/")?, v))) {
+        let scale = max_abs(w).max(1e-6);
+        let (ours, pt) = (max_diff(&g[k].0, w) / scale, max_diff(&pt_amp[&format!("grad/{k}")].0, w) / scale);
+        ours_total += ours as f64;
+        pt_total += pt as f64;
+        n += 1;
+        // Per tensor: within twice PyTorch's amp error, or 0.5% of the tensor's largest value.
+        let ratio = ours / (2.0 * pt).max(5e-3);
+        assert!(ratio <= 1.0, "amp grad {k}: ours off by {ours:.2e} of max|grad|, PyTorch's amp by {pt:.2e}");
+        if ratio > worst.0 {
+            worst = (ratio, k.to_string());
+        }
+    }
+    let want_norm = want["grad_norm"].0[0] as f64;
+    let pt_norm = pt_amp["grad_norm"].0[0] as f64;
+    assert!((norm - want_norm).abs() <= ((pt_norm - want_norm).abs() * 2.0).max(1e-3 * want_norm), "amp grad norm {norm}, PyTorch amp {pt_norm}, f32 {want_norm}");
+    println!(
+        "amp: scale {} after {overflows} overflows (PyTorch: {} after {}); mean relative gradient error ours {:.2e}, PyTorch amp {:.2e}; worst {:.2} of the bound at {}; norm {norm:.4}, PyTorch amp {pt_norm:.4}, f32 {want_norm:.4}",
+        scaler.scale, pt_meta["scale"], pt_meta["overflows"], ours_total / n as f64, pt_total / n as f64, worst.0, worst.1
+    );
+    // The scale the step was taken at: the largest scaled gradient overflows f16 where
+    // PyTorch's does (a factor of 2 either way for another backend's rounding).
+    let pt_scale: f32 = pt_meta["scale"].parse().unwrap();
+    assert!((0.5..=2.0).contains(&(scaler.scale / pt_scale)), "stepped at scale {}, PyTorch at {pt_scale}", scaler.scale);
+}
+
 fn run_steps(name: &str, kind: OptimizerKind) {
     for device in cpu_and_default() {
         println!("on {device:?}");

@@ -30,6 +30,9 @@ struct Args {
     /// pool, for A/B runs.
     #[arg(long)]
     off_pool: bool,
+    /// The step with mixed precision, as `yolo-train --amp` (f16 autocast, loss scaling).
+    #[arg(long)]
+    amp: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +41,9 @@ fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let device = backend::select_device()?.device;
     let mut step = TrainStep::new(a.scale, a.batch, a.imgsz, &device);
+    if a.amp {
+        step = step.with_amp();
+    }
     let mut loss = 0.0;
     let mut phases = Vec::new();
     let (warmup, times) = yolo_benches::warmup_and_times_ms(a.warmup, a.iters, || {
@@ -50,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let mut line = serde_json::json!({"runtime": "yolo-rs", "device": format!("{device:?}"),
-        "imgsz": a.imgsz, "batch": a.batch, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0],
+        "imgsz": a.imgsz, "batch": a.batch, "amp": a.amp, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0],
         "last_loss": loss, "warmup_ms": warmup});
     if a.all {
         line["times_ms"] = serde_json::json!(times);

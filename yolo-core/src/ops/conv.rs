@@ -19,8 +19,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::conv::Conv2d;
-use burn::tensor::ops::PadMode;
-use burn::tensor::{DType, Shape, Slice, Tensor};
+use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::{DType, FloatDType, Shape, Slice, Tensor};
 use burn_flex::FlexTensor;
 
 use crate::cpu::conv::{self as cpu_conv, Activation, Geometry, Method};
@@ -138,14 +138,14 @@ impl<B: Backend + ConvOps + ConvGrads, C: CheckpointStrategy> ConvOps for Autodi
 
 /// `conv(x)` with `conv`'s weight, bias, stride and padding through [`ConvOps`] on the CPU
 /// backend (autodiff or not); `Err(x)` when it does not apply (another backend, groups or
-/// dilation other than 1, asymmetric or `Same` padding, not f32), for the caller to run Burn's
-/// conv.
+/// dilation other than 1, asymmetric or `Same` padding, not f32, under autocast), for the caller
+/// to run Burn's conv.
 ///
 /// # Shapes
 /// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
 pub fn conv2d(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
     let device = x.device();
-    if !flex::is_flex(&device) || x.dtype() != DType::F32 {
+    if !flex::is_flex(&device) || x.dtype() != DType::F32 || crate::amp::autocast_dtype().is_some() {
         return Err(x);
     }
     let Some(padding) = cpu_conv::plain_padding(x.dims(), conv) else {
@@ -176,15 +176,22 @@ pub fn conv2d(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
 /// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
 pub fn conv2d_any(x: Tensor<4>, conv: &Conv2d) -> Tensor<4> {
     let device = x.device();
-    if !flex::is_flex(&device) {
-        let matmul = match gpu_conv_mode() {
-            GpuConv::Matmul => true,
-            GpuConv::Direct => false,
-            GpuConv::Auto => device.is_autodiff() || conv_flops(&x, conv) >= MATMUL_MIN_FLOPS,
-        };
-        if matmul {
-            return conv2d_matmul(x, conv).unwrap_or_else(|x| conv.forward(x));
-        }
+    let matmul = match gpu_conv_mode() {
+        GpuConv::Matmul => true,
+        GpuConv::Direct => false,
+        GpuConv::Auto => device.is_autodiff() || conv_flops(&x, conv) >= MATMUL_MIN_FLOPS,
+    };
+    // Autocast applies on every backend (on `flex` it runs Burn's half-precision ops: for
+    // checking, not for speed).
+    let x = match crate::amp::autocast_dtype() {
+        Some(dtype) => match autocast_conv(x, conv, dtype, matmul) {
+            Ok(y) => return y,
+            Err(x) => x,
+        },
+        None => x,
+    };
+    if !flex::is_flex(&device) && matmul {
+        return conv2d_matmul(x, conv).unwrap_or_else(|x| conv.forward(x));
     }
     conv.forward(x)
 }
@@ -231,12 +238,20 @@ fn conv_flops(x: &Tensor<4>, conv: &Conv2d) -> f64 {
 /// # Shapes
 /// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
 pub fn conv2d_matmul(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
-    let Some([ph, pw]) = cpu_conv::plain_padding(x.dims(), conv) else {
+    let Some(padding) = cpu_conv::plain_padding(x.dims(), conv) else {
         return Err(x);
     };
+    Ok(matmul_conv(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), conv.stride, padding))
+}
+
+/// [`conv2d_matmul`] with the weight and bias given (in any float dtype, the input's).
+///
+/// # Shapes
+/// - `x`: `[B, C_in, H, W]`, `weight`: `[C_out, C_in, kh, kw]`, `bias`: `[C_out]`
+/// - output: `[B, C_out, (H + 2p - kh) / s + 1, (W + 2p - kw) / s + 1]`
+fn matmul_conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, [sh, sw]: [usize; 2], [ph, pw]: [usize; 2]) -> Tensor<4> {
     let [b, c_in, h, w] = x.dims();
-    let [c_out, _, kh, kw] = conv.weight.dims();
-    let [sh, sw] = conv.stride;
+    let [c_out, _, kh, kw] = weight.dims();
     let (oh, ow) = ((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1);
     let k = c_in * kh * kw;
     let cols = if kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 {
@@ -256,11 +271,32 @@ pub fn conv2d_matmul(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>
             .collect::<Vec<_>>();
         Tensor::<4>::stack::<5>(taps, 2).reshape([b, k, oh * ow])
     };
-    let y = conv.weight.val().reshape([1, c_out, k]).matmul(cols).reshape([b, c_out, oh, ow]);
-    Ok(match &conv.bias {
-        Some(bias) => y + bias.val().reshape([1, c_out, 1, 1]),
+    let y = weight.reshape([1, c_out, k]).matmul(cols).reshape([b, c_out, oh, ow]);
+    match bias {
+        Some(bias) => y + bias.reshape([1, c_out, 1, 1]),
         None => y,
-    })
+    }
+}
+
+/// `conv(x)` under [`amp::autocast`](crate::amp::autocast): input, weight and bias cast to
+/// `dtype`, the conv run in it ([`matmul_conv`] when `matmul`, Burn's conv otherwise), the
+/// output cast back to f32. `Err(x)` for convs [`conv2d_matmul`] refuses (they run in f32).
+///
+/// # Shapes
+/// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
+fn autocast_conv(x: Tensor<4>, conv: &Conv2d, dtype: FloatDType, matmul: bool) -> Result<Tensor<4>, Tensor<4>> {
+    let Some(padding) = cpu_conv::plain_padding(x.dims(), conv) else {
+        return Err(x);
+    };
+    let x = x.cast(dtype);
+    let weight = conv.weight.val().cast(dtype);
+    let bias = conv.bias.as_ref().map(|b| b.val().cast(dtype));
+    let y = if matmul {
+        matmul_conv(x, weight, bias, conv.stride, padding)
+    } else {
+        burn::tensor::module::conv2d(x, weight, bias, ConvOptions::new(conv.stride, padding, [1, 1], 1))
+    };
+    Ok(y.cast(FloatDType::F32))
 }
 
 #[cfg(test)]
@@ -365,6 +401,51 @@ mod tests {
         check_conv(2, [9, 6], conv, conv2d_matmul);
         let conv = Conv2dConfig::new([2, 3], [1, 3]).with_stride([1, 3]).with_padding(PaddingConfig2d::Explicit(0, 2, 0, 2));
         check_conv(1, [5, 10], conv, conv2d_matmul);
+    }
+
+    /// Under autocast the conv runs in f16 and hands back f32: value and gradients (f32, for
+    /// the f32 parameters) within f16 rounding of the f32 conv, but not equal to it. On the
+    /// matmul path (training) and Burn's conv (inference).
+    #[test]
+    fn autocast_conv_runs_in_half_precision() {
+        for autodiff in [true, false] {
+            let cpu = crate::backend::cpu_device();
+            let device = if autodiff { cpu.clone().autodiff() } else { cpu.clone() };
+            let conv = Conv2dConfig::new([6, 5], [3, 3])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(&device);
+            let mut conv = conv;
+            conv.bias = Some(burn::module::Param::from_tensor(Tensor::<1>::random([5], Distribution::Normal(0.0, 1.0), &device)));
+            let x0 = Tensor::<4>::random([2, 6, 9, 11], Distribution::Normal(0.0, 1.0), &cpu).into_data();
+            let r0 = Tensor::<4>::random([2, 5, 5, 6], Distribution::Normal(0.0, 1.0), &cpu).into_data();
+            let run = |half: bool| {
+                let _scope = crate::amp::autocast(half.then_some(FloatDType::F16));
+                let x = Tensor::<4>::from_data(x0.clone(), &device);
+                let x = if autodiff { x.require_grad() } else { x };
+                let y = conv2d_any(x.clone(), &conv);
+                assert_eq!(y.dtype(), DType::F32);
+                let v = |t: Tensor<4>| -> Vec<f32> { t.into_data().convert::<f32>().try_to_vec().unwrap() };
+                if !autodiff {
+                    return vec![v(y)];
+                }
+                let g = (y.clone() * Tensor::<4>::from_data(r0.clone(), &device)).sum().backward();
+                let dw = conv.weight.grad(&g).unwrap();
+                assert_eq!(dw.dtype(), DType::F32);
+                let db: Vec<f32> = conv.bias.as_ref().unwrap().grad(&g).unwrap().into_data().try_to_vec().unwrap();
+                vec![v(y), v(x.grad(&g).unwrap()), v(dw), db]
+            };
+            let (half, full) = (run(true), run(false));
+            for (what, (a, e)) in ["output", "dx", "dw", "db"].iter().zip(half.iter().zip(&full)) {
+                let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = a.iter().zip(e).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+                assert!(diff <= 4e-3 * scale, "{what} (autodiff {autodiff}): max diff {diff} of {scale}");
+                if *what != "db" {
+                    // db sums f32 gradients of an f32 output: only the others must show f16.
+                    assert!(diff > 0.0, "{what} (autodiff {autodiff}): identical to f32, autocast did not apply");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,77 @@
+//! Autocast for mixed precision training (Ultralytics' `amp=True`, PyTorch's
+//! `torch.autocast`): while an [`autocast`] scope is open on a thread, the model's convolutions
+//! ([`crate::ops::conv::conv2d_any`]) run in half precision and hand back f32.
+//!
+//! What runs in which precision, against PyTorch's autocast (CUDA):
+//! - convs (and the matrix products of the GPU backends' im2col convs): the input, the weight
+//!   and the bias are cast to the autocast dtype, the product runs in it, as PyTorch's
+//!   autocast does for `conv2d`;
+//! - the conv's output is cast back to f32 before BatchNorm, SiLU, concatenation and the loss.
+//!   PyTorch keeps it in f16 and runs BatchNorm on f16 input with f32 statistics. Here Burn's
+//!   BatchNorm composition would mix dtypes, so it gets f32; with Burn's fusion on the GPU the
+//!   cast back is folded into the element-wise kernel after the product. The cost is memory
+//!   traffic (activations stay f32), not accuracy;
+//! - the parameters (master weights), gradients, optimizer and EMA stay f32; the cast's
+//!   backward hands each weight an f32 gradient.
+//!
+//! The loss is scaled before backward so that small f16 gradients do not flush to zero; the
+//! training loop's `GradScaler` (`yolo-train`) unscales, skips steps whose gradients
+//! overflowed and adapts the scale, as PyTorch's `GradScaler`.
+//!
+//! The scope is per thread, like PyTorch's: open it on the thread that runs the forward.
+//! Backward needs no scope (the casts are recorded in the graph).
+
+use std::cell::Cell;
+
+use burn::tensor::FloatDType;
+
+thread_local! {
+    static AUTOCAST: Cell<Option<FloatDType>> = const { Cell::new(None) };
+}
+
+/// The dtype convs run in on this thread (`None`: no autocast, everything f32).
+pub fn autocast_dtype() -> Option<FloatDType> {
+    AUTOCAST.with(Cell::get)
+}
+
+/// Opens an autocast scope on this thread (`None` closes it for the scope's lifetime); the
+/// previous setting comes back when the guard drops.
+#[must_use = "autocast ends when the guard drops"]
+pub fn autocast(dtype: Option<FloatDType>) -> AutocastGuard {
+    AutocastGuard {
+        previous: AUTOCAST.with(|c| c.replace(dtype)),
+    }
+}
+
+/// Restores the previous autocast setting on drop.
+pub struct AutocastGuard {
+    previous: Option<FloatDType>,
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        AUTOCAST.with(|c| c.set(self.previous));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_nest_and_restore() {
+        assert_eq!(autocast_dtype(), None);
+        {
+            let _outer = autocast(Some(FloatDType::F16));
+            assert_eq!(autocast_dtype(), Some(FloatDType::F16));
+            {
+                let _inner = autocast(None);
+                assert_eq!(autocast_dtype(), None);
+            }
+            assert_eq!(autocast_dtype(), Some(FloatDType::F16));
+            // Per thread: another thread sees no scope.
+            std::thread::spawn(|| assert_eq!(autocast_dtype(), None)).join().unwrap();
+        }
+        assert_eq!(autocast_dtype(), None);
+    }
+}
