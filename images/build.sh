@@ -6,10 +6,12 @@
 #   bash images/build.sh [--tag 0.1.0] [--registry localhost/yolo-rs] [--only yolo-infer]
 #   bash images/build.sh --only yolo-bench   # the benchmark image (yolo-bench + yolo-infer; not built by default)
 #   bash images/build.sh --only yolo-train-cuda   # GPU training, tag <tag>-cuda (not built by default)
+#   bash images/build.sh --only yolo-bench-cuda   # the benchmark suite for GPU nodes, tag <tag>-cuda
 #
-# yolo-train-cuda is the exception: the `wgpu,cuda` build loads the NVIDIA driver with dlopen,
-# so it is a dynamic glibc binary (built into target/release, needing LLVM at build time:
-# tools/cuda-llvm.sh), and the image carries the glibc runtime it links, copied from this host.
+# The -cuda images are the exception: the `wgpu,cuda` build loads the NVIDIA driver with dlopen,
+# so its binaries are dynamic glibc binaries (built into target/release, needing LLVM at build
+# time: tools/cuda-llvm.sh), and the image carries the glibc runtime they link, copied from this
+# host.
 #
 # Needs buildah (Debian: apt-get install buildah). Prints each image's size and fails when one
 # exceeds its budget (BUDGET_MB below).
@@ -28,18 +30,21 @@ while [ $# -gt 0 ]; do
 done
 BINS=(yolo-train yolo-infer yolo-export)
 [ -n "$ONLY" ] && BINS=("$ONLY")
-declare -A BUDGET_MB=([yolo-train]=40 [yolo-infer]=40 [yolo-export]=30 [yolo-bench]=80 [yolo-train-cuda]=200)
+declare -A BUDGET_MB=([yolo-train]=40 [yolo-infer]=40 [yolo-export]=30 [yolo-bench]=80 [yolo-train-cuda]=200
+    [yolo-bench-cuda]=360)
 # The package of each binary, and the binaries each image holds besides its own (yolo-bench
 # drives `yolo-infer serve` found next to it).
 declare -A PACKAGE=([yolo-train]=yolo-train [yolo-infer]=yolo-infer [yolo-export]=yolo-export [yolo-bench]=yolo-benches)
-declare -A ALSO=([yolo-bench]=yolo-infer)
+declare -A ALSO=([yolo-bench]=yolo-infer [yolo-bench-cuda]=yolo-infer)
 TARGET=x86_64-unknown-linux-gnu
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 
-# The dynamic (GPU) images: the binary each holds, its cargo features, its tag suffix.
-declare -A DYN_BIN=([yolo-train-cuda]=yolo-train)
-declare -A DYN_FEATURES=([yolo-train-cuda]=yolo-train/wgpu,yolo-train/cuda)
-declare -A TAG_SUFFIX=([yolo-train-cuda]=-cuda)
+# The dynamic (GPU) images: the binary each is named after (its ALSO beside it), the cargo
+# features, the tag suffix.
+declare -A DYN_BIN=([yolo-train-cuda]=yolo-train [yolo-bench-cuda]=yolo-bench)
+declare -A DYN_FEATURES=([yolo-train-cuda]=yolo-train/wgpu,yolo-train/cuda
+    [yolo-bench-cuda]=yolo-benches/wgpu,yolo-benches/cuda,yolo-infer/wgpu,yolo-infer/cuda)
+declare -A TAG_SUFFIX=([yolo-train-cuda]=-cuda [yolo-bench-cuda]=-cuda)
 
 # Static binaries: a separate target folder keeps these flags from rebuilding target/release.
 PKGS=()
@@ -57,8 +62,9 @@ for b in "${BINS[@]}"; do
     [ "${DYN_FEATURES[$b]}" = "${DYN_FEATURES[$b]/cuda/}" ] || bash tools/cuda-llvm.sh
     # target/release, with the features the GPU benchmarks use (benches/gpu/prepare.sh), so
     # the two share one build of Burn's GPU stack.
-    cargo build --release --locked -p "${PACKAGE[${DYN_BIN[$b]}]}" --bin "${DYN_BIN[$b]}" \
-        --features "${DYN_FEATURES[$b]}"
+    pkgs=()
+    for x in "${DYN_BIN[$b]}" ${ALSO[$b]:-}; do pkgs+=(-p "${PACKAGE[$x]}" --bin "$x"); done
+    cargo build --release --locked "${pkgs[@]}" --features "${DYN_FEATURES[$b]}"
 done
 
 CTX=$(mktemp -d)
@@ -69,19 +75,23 @@ export CONTAINERS_STORAGE_CONF="$PWD/images/storage.conf"
 BUILDAH=(buildah)
 for b in "${BINS[@]}"; do
     if [ -n "${DYN_BIN[$b]:-}" ]; then
-        # The binary stripped, and the glibc runtime it links where its loader looks: the
+        # The binaries stripped, and the glibc runtime they link where their loader looks: the
         # interpreter at its absolute path, the libraries in Debian's multiarch folder.
-        bin="target/release/${DYN_BIN[$b]}"
-        strip -o "$CTX/${DYN_BIN[$b]}" "$bin"
-        interp=$(readelf -l "$bin" | sed -n 's/.*program interpreter: \(.*\)]/\1/p')
-        [ "$interp" = /lib64/ld-linux-x86-64.so.2 ] || { echo "$bin: unexpected interpreter '$interp'" >&2; exit 1; }
         mkdir -p "$CTX/lib" "$CTX/lib64" "$CTX/usr/lib/x86_64-linux-gnu" "$CTX/usr/lib64"
-        cp -L "$interp" "$CTX/lib64/"
-        libs=$(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $1 " " $3}')
-        [ -n "$libs" ] || { echo "$bin: ldd found no libraries" >&2; exit 1; }
+        libs=""
+        for x in "${DYN_BIN[$b]}" ${ALSO[$b]:-}; do
+            bin="target/release/$x"
+            strip -o "$CTX/$x" "$bin"
+            interp=$(readelf -l "$bin" | sed -n 's/.*program interpreter: \(.*\)]/\1/p')
+            [ "$interp" = /lib64/ld-linux-x86-64.so.2 ] || { echo "$bin: unexpected interpreter '$interp'" >&2; exit 1; }
+            cp -L "$interp" "$CTX/lib64/"
+            these=$(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $1 " " $3}')
+            [ -n "$these" ] || { echo "$bin: ldd found no libraries" >&2; exit 1; }
+            libs=$(printf '%s\n%s\n' "$libs" "$these" | sed '/^$/d' | sort -u)
+        done
         while read -r soname path; do cp -L "$path" "$CTX/lib/$soname"; done <<<"$libs"
         # The driver's libraries (mounted at run time) link glibc's libdl, libpthread and
-        # librt, which the binary itself does not (since glibc 2.34 they are stubs, and
+        # librt, which the binaries themselves do not (since glibc 2.34 they are stubs, and
         # --as-needed drops them): without them in the image, libcuda would not load.
         libc_dir=$(dirname "$(echo "$libs" | awk '$1 == "libc.so.6" {print $2}')")
         for stub in libdl.so.2 libpthread.so.0 librt.so.1 libutil.so.1 libresolv.so.2; do

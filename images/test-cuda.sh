@@ -1,54 +1,68 @@
 #!/usr/bin/env bash
-# Checks the GPU training image (images/build.sh --only yolo-train-cuda) on a host without a
-# GPU, which is what CI-like hosts are: it runs as user 65532 with no network and no shell
-# inside, its loader and glibc libraries work (a one-epoch training run, chosen onto the CPU
-# because no CUDA device answers), a stand-in for the driver's libcuda finds the glibc
-# libraries it links, and naming the GPU (`BURN_DEVICE=cuda`) without one fails with the
-# reason, not a panic. Needs a C compiler (cc) for the stand-in. Kernels on a real GPU are checked by benches/gpu/ instead.
+# Checks a GPU image (images/build.sh --only yolo-train-cuda | yolo-bench-cuda) on a host without
+# a GPU, which is what CI-like hosts are: it runs as user 65532 with no network and no shell
+# inside, its loader and glibc libraries work (yolo-train-cuda: a one-epoch training run;
+# yolo-bench-cuda: the suite's smoke run, yolo-infer beside it; both chosen onto the CPU because
+# no CUDA device answers), a stand-in for the driver's libcuda finds the glibc libraries it
+# links, and naming the GPU (`BURN_DEVICE=cuda`) without one fails with the reason, not a panic.
+# Needs a C compiler (cc) for the stand-in. Kernels on a real GPU are checked by benches/gpu/.
 #
 #   bash images/build.sh --only yolo-train-cuda && bash images/test-cuda.sh [--tag 0.1.0]
+#   bash images/build.sh --only yolo-bench-cuda && bash images/test-cuda.sh --image yolo-bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=$(awk -F'"' '/^version =/ {print $2; exit}' Cargo.toml)
-[ "${1:-}" = "--tag" ] && TAG=$2
-IMG=localhost/yolo-rs/yolo-train:$TAG-cuda
+NAME=yolo-train
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tag) TAG=$2; shift 2 ;;
+        --image) NAME=$2; shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+case "$NAME" in yolo-train|yolo-bench) ;; *) echo "--image: yolo-train or yolo-bench" >&2; exit 2 ;; esac
+IMG=localhost/yolo-rs/$NAME:$TAG-cuda
 INFER=localhost/yolo-rs/yolo-infer:$TAG
-export CONTAINERS_CONF="$PWD/images/containers.conf"
-export CONTAINERS_STORAGE_CONF="$PWD/images/storage.conf"
 W=$(mktemp -d)
 chmod 0777 "$W"
 trap 'rm -rf "$W"' EXIT
-run() { podman run --rm --network none --user 65532:65532 -v "$W:/data" "$@"; }
-fail() { echo "images/test-cuda.sh: $*" >&2; exit 1; }
+SCRIPT=images/test-cuda.sh
+source images/lib.sh
 
-run "$IMG" --help >/dev/null || fail "$IMG --help"
-[ "$(podman image inspect --format '{{.Config.User}}' "$IMG")" = "65532:65532" ] || fail "user"
-[ "$(podman image inspect --format '{{index .Config.Labels "org.opencontainers.image.version"}}' "$IMG")" = "$TAG-cuda" ] \
-    || fail "version label"
-if podman run --rm --network none --entrypoint /bin/sh "$IMG" -c true >/dev/null 2>&1; then
-    fail "$IMG has a shell"
-fi
-echo "ok: $IMG (user 65532, labels, no shell)"
+check_image "$IMG" "/usr/local/bin/$NAME" "$TAG-cuda"
 
-# Data from the CPU yolo-infer image when it is there, else from the image's own demo set.
-if podman image exists "$INFER"; then
-    run "$INFER" shapes --out /data/shapes --train 16 --val 8 --imgsz 64 >/dev/null
-    DATA=/data/shapes/data.yaml
+if [ "$NAME" = yolo-train ]; then
+    # Data from the CPU yolo-infer image when it is there, else from the image's own demo set.
+    if podman image exists "$INFER"; then
+        run "$INFER" shapes --out /data/shapes --train 16 --val 8 --imgsz 64 >/dev/null
+        DATA=/data/shapes/data.yaml
+    else
+        DATA=shapes
+    fi
+    run -w /data "$IMG" --data "$DATA" --epochs 1 --imgsz 64 --batch 8 --nbs 8 \
+        --width-multiple 0.0625 --depth-multiple 0.33 --project /data/runs --name tiny \
+        --results-dir /data/results 2>"$W/cpu.err" >/dev/null || { cat "$W/cpu.err" >&2; fail "training failed"; }
+    grep -q '^device: flex (auto' "$W/cpu.err" || { cat "$W/cpu.err" >&2; fail "not trained on flex by auto choice"; }
+    BEST=$(cat "$W/results/best")
+    [ -f "$W${BEST#/data}" ] || fail "no checkpoint at $BEST"
+    echo "ok: no GPU here, so the image trained one epoch on the CPU ($(grep '^device:' "$W/cpu.err"))"
+    GPU_RUN=(--data "$DATA" --epochs 1 --imgsz 64 --project /data/runs --name gpu)
 else
-    DATA=shapes
+    # yolo-infer beside yolo-bench (the suite drives its `serve`) runs through the same loader.
+    run --entrypoint /usr/local/bin/yolo-infer "$IMG" --version >/dev/null || fail "yolo-infer in $IMG"
+    run -w /data "$IMG" --smoke --out /data/bench --work /data/bench-work 2>"$W/cpu.err" >/dev/null \
+        || { cat "$W/cpu.err" >&2; fail "the smoke run failed"; }
+    [ -s "$W/bench/report.md" ] || fail "no report.md"
+    grep -q '^- backend: flex .*compiled: flex, wgpu, cuda' "$W/bench/report.md" \
+        || { grep '^- backend' "$W/bench/report.md" >&2; fail "the report does not name flex, chosen in a wgpu,cuda build"; }
+    echo "ok: no GPU here, so the suite's smoke run went to the CPU ($(grep '^- backend' "$W/bench/report.md"))"
+    GPU_RUN=(--smoke --out /data/bench-gpu --work /data/bench-gpu-work)
 fi
-run -w /data "$IMG" --data "$DATA" --epochs 1 --imgsz 64 --batch 8 --nbs 8 \
-    --width-multiple 0.0625 --depth-multiple 0.33 --project /data/runs --name tiny \
-    --results-dir /data/results 2>"$W/train.err" >/dev/null || { cat "$W/train.err" >&2; fail "training failed"; }
-grep -q '^device: flex (auto' "$W/train.err" || { cat "$W/train.err" >&2; fail "not trained on flex by auto choice"; }
-BEST=$(cat "$W/results/best")
-[ -f "$W${BEST#/data}" ] || fail "no checkpoint at $BEST"
-echo "ok: no GPU here, so the image trained one epoch on the CPU ($(grep '^device:' "$W/train.err"))"
 
 # The driver's libcuda.so.1 links libc, libm, libdl, libpthread and librt. A stand-in linked
 # the same way, whose cuInit says it was called and answers CUDA_ERROR_NO_DEVICE (100), mounted
 # where the NVIDIA toolkit mounts driver libraries: every library it needs resolves inside the
-# image (its own loader lists them), and yolo-train loads it and calls it.
+# image (its own loader lists them), and the binary loads it and calls it.
 mkdir -p "$W/driver"
 cat > "$W/driver/stub.c" <<'C'
 #include <stdio.h>
@@ -71,8 +85,7 @@ for driver in none stand-in; do
     extra=()
     [ "$driver" = stand-in ] && extra=("${DRIVER[@]}")
     set +e
-    run -e RUST_BACKTRACE=0 -e BURN_DEVICE=cuda "${extra[@]}" "$IMG" --data "$DATA" --epochs 1 --imgsz 64 \
-        --project /data/runs --name gpu 2>"$W/cuda.err" >/dev/null
+    run -e RUST_BACKTRACE=0 -e BURN_DEVICE=cuda "${extra[@]}" -w /data "$IMG" "${GPU_RUN[@]}" 2>"$W/cuda.err" >/dev/null
     code=$?
     set -e
     [ "$code" = 1 ] || { cat "$W/cuda.err" >&2; fail "driver $driver: BURN_DEVICE=cuda exited $code, not 1"; }

@@ -12,8 +12,6 @@ cd "$(dirname "$0")/.."
 TAG=$(awk -F'"' '/^version =/ {print $2; exit}' Cargo.toml)
 [ "${1:-}" = "--tag" ] && TAG=$2
 REG=localhost/yolo-rs
-export CONTAINERS_CONF="$PWD/images/containers.conf"
-export CONTAINERS_STORAGE_CONF="$PWD/images/storage.conf"
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 W=$(mktemp -d)
 chmod 0777 "$W"
@@ -23,24 +21,11 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-run() { podman run --rm --network none --user 65532:65532 -v "$W:/data" "$@"; }
-fail() { echo "images/test.sh: $*" >&2; exit 1; }
+SCRIPT=images/test.sh
+source images/lib.sh
 
 for b in yolo-train yolo-infer yolo-export; do
-    img="$REG/$b:$TAG"
-    run "$img" --help >/dev/null || fail "$img --help"
-    [ "$(podman image inspect --format '{{.Config.User}}' "$img")" = "65532:65532" ] || fail "$img: user"
-    [ "$(podman image inspect --format '{{json .Config.Entrypoint}}' "$img")" = "[\"/usr/local/bin/$b\"]" ] \
-        || fail "$img: entrypoint"
-    [ "$(podman image inspect --format '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$img")" = "$REVISION" ] \
-        || fail "$img: revision label"
-    [ "$(podman image inspect --format '{{index .Config.Labels "org.opencontainers.image.version"}}' "$img")" = "$TAG" ] \
-        || fail "$img: version label"
-    # No shell inside: a command other than the binary cannot run.
-    if podman run --rm --network none --entrypoint /bin/sh "$img" -c true >/dev/null 2>&1; then
-        fail "$img has a shell"
-    fi
-    echo "ok: $img (user 65532, entrypoint, labels, no shell)"
+    check_image "$REG/$b:$TAG" "/usr/local/bin/$b" "$TAG" "$REVISION"
 done
 
 run "$REG/yolo-infer:$TAG" shapes --out /data/shapes --train 16 --val 8 --imgsz 64 >/dev/null

@@ -513,6 +513,10 @@ fn run(
     let mut momentum = choice.momentum;
     // Mixed precision: convs in f16 under autocast, the loss scaled (Ultralytics' amp=True).
     let mut scaler = cfg.amp.then(GradScaler::default);
+    if cfg.amp && yolo_core::cpu::flex::is_flex(device) && report != Report::Quiet {
+        // yolo-train turns amp off on the CPU; a library caller or a resumed GPU run gets here.
+        eprintln!("warning: amp on the CPU (flex): f16 is emulated there, slower than f32");
+    }
     let mut best_fitness = f64::NEG_INFINITY;
     let mut best_epoch = 0;
     let mut first_epoch = 0;
