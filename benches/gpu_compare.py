@@ -144,6 +144,7 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
+    a.exe_dir = os.path.abspath(a.exe_dir)  # before the chdir to the work folder
     yolo_time = os.path.join(a.exe_dir, "yolo-time")
     train_time = os.path.join(a.exe_dir, "train-time")
 

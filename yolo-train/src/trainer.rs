@@ -512,11 +512,19 @@ fn run(
     let mut accumulate_now = acc0;
     let mut momentum = choice.momentum;
     // Mixed precision: convs in f16 under autocast, the loss scaled (Ultralytics' amp=True).
-    let mut scaler = cfg.amp.then(GradScaler::default);
-    if cfg.amp && yolo_core::cpu::flex::is_flex(device) && report != Report::Quiet {
-        // yolo-train turns amp off on the CPU; a library caller or a resumed GPU run gets here.
-        eprintln!("warning: amp on the CPU (flex): f16 is emulated there, slower than f32");
+    // Ultralytics' `check_amp` turns AMP off with a warning where it does not work; here, on a
+    // device without f16 arithmetic (a Vulkan adapter without `shaderFloat16`, say), whose
+    // kernels would otherwise compute garbage.
+    let amp = cfg.amp && device.supports_dtype(FloatDType::F16);
+    if report != Report::Quiet {
+        if cfg.amp && !amp {
+            eprintln!("warning: amp: {device:?} has no f16 arithmetic; training in f32");
+        } else if amp && yolo_core::cpu::flex::is_flex(device) {
+            // yolo-train turns amp off on the CPU; a library caller or a resumed GPU run gets here.
+            eprintln!("warning: amp on the CPU (flex): f16 is emulated there, slower than f32");
+        }
     }
+    let mut scaler = amp.then(GradScaler::default);
     let mut best_fitness = f64::NEG_INFINITY;
     let mut best_epoch = 0;
     let mut first_epoch = 0;
@@ -536,7 +544,7 @@ fn run(
         last_opt_step = state.last_opt_step;
         accumulate_now = state.accumulate;
         momentum = state.momentum;
-        if cfg.amp {
+        if amp {
             // A state saved without amp (or before the scaler was saved) starts a fresh scale.
             scaler = Some(state.grad_scaler.unwrap_or_default());
         }

@@ -42,6 +42,10 @@ fn main() -> anyhow::Result<()> {
     let device = backend::select_device()?.device;
     let mut step = TrainStep::new(a.scale, a.batch, a.imgsz, &device);
     if a.amp {
+        anyhow::ensure!(
+            device.supports_dtype(yolo_core::burn::tensor::FloatDType::F16),
+            "--amp: {device:?} has no f16 arithmetic"
+        );
         step = step.with_amp();
     }
     let mut loss = 0.0;
