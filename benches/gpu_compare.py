@@ -123,6 +123,8 @@ def main():
     ap.add_argument("--train-imgsz", type=int, default=640)
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--amp-only", action="store_true",
+                    help="only the AMP train step row (with --amp): the fp32 step is another phase's")
     ap.add_argument("--amp", action="store_true",
                     help="also the train step with mixed precision: Ultralytics' AMP step (autocast f16 + "
                          "GradScaler) against train-time --amp")
@@ -178,7 +180,7 @@ def main():
         from bench_refs import pytorch_train_step as pytorch_step
 
         steps = max(a.iters // 4, 3)  # a step takes several forwards' time
-        for amp in [False, True] if a.amp else [False]:
+        for amp in ([True] if a.amp_only else [False, True]) if a.amp else [False]:
             step = pytorch_step(a.scale, a.train_batch, a.train_imgsz, dev, amp=amp)
             t_ours, t_pt = [[] for _ in a.backend], []
             for _ in range(a.rounds):

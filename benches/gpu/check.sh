@@ -58,9 +58,9 @@ tests=0
 want() { [[ " ${YOLO_RS_CHECK_PHASES:-compare epochs} " == *" $1 "* ]]; }
 want compare && phase compare 470 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda cuda+direct wgpu \
     --sizes 640 --batches 8 1 --rounds 1 --iters 10 --warmup 3 --ours-timeout 150
-# Mixed precision: Ultralytics' AMP step against `train-time --amp` on `cuda`, beside the fp32
-# step of the same run (a call of its own: YOLO_RS_CHECK_PHASES=amp).
-want amp && phase amp 200 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda --batches --amp \
+# Mixed precision: Ultralytics' AMP step against `train-time --amp` on `cuda` (the fp32 step
+# is the compare phase's; a call of its own: YOLO_RS_CHECK_PHASES=amp).
+want amp && phase amp 200 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda --batches --amp --amp-only \
     --rounds 1 --iters 10 --warmup 3 --ours-timeout 90
 if want epochs; then
     if [ -x "$bin/yolo-train" ]; then

@@ -1,6 +1,9 @@
 //! Autocast for mixed precision training (Ultralytics' `amp=True`, PyTorch's
-//! `torch.autocast`): while an [`autocast`] scope is open on a thread, the model's convolutions
-//! ([`crate::ops::conv::conv2d_any`]) run in half precision and hand back f32.
+//! `torch.autocast`): while an [`autocast`] scope is open on a thread, the training forward's
+//! convolutions ([`crate::ops::conv::conv2d_any`]) run in half precision and hand back f32.
+//! It is for training (an autodiff device): inference paths do not consult it (the fused
+//! convs of the CPU backend run f32, and branches the CPU forward runs in parallel on other
+//! threads would not see the scope).
 //!
 //! What runs in which precision, against PyTorch's autocast (CUDA):
 //! - convs (and the matrix products of the GPU backends' im2col convs): the input, the weight
@@ -9,8 +12,8 @@
 //! - the conv's output is cast back to f32 before BatchNorm, SiLU, concatenation and the loss.
 //!   PyTorch keeps it in f16 and runs BatchNorm on f16 input with f32 statistics. Here Burn's
 //!   BatchNorm composition would mix dtypes, so it gets f32; with Burn's fusion on the GPU the
-//!   cast back is folded into the element-wise kernel after the product. The cost is memory
-//!   traffic (activations stay f32), not accuracy;
+//!   cast back should fold into the element-wise kernel after the product (not measured
+//!   yet). The cost is memory traffic (activations stay f32), not accuracy;
 //! - the parameters (master weights), gradients, optimizer and EMA stay f32; the cast's
 //!   backward hands each weight an f32 gradient.
 //!

@@ -376,8 +376,8 @@ fn grad_norm<M: Module>(model: &M, grads: &GradientsParams) -> Option<f64> {
     Some(sum.sqrt())
 }
 
-/// Every gradient multiplied by `coef`.
-fn scale_grads<M: Module>(model: &M, grads: GradientsParams, coef: f64) -> GradientsParams {
+/// Every gradient of `model`'s parameters multiplied by `coef`.
+pub fn scale_grads<M: Module>(model: &M, grads: GradientsParams, coef: f64) -> GradientsParams {
     struct Scale {
         grads: GradientsParams,
         coef: f64,

@@ -224,6 +224,15 @@ fn resume_matches(amp: bool) {
         v.sort();
         v
     };
+    // The loop's scalars, the loss scaler (scale and count of clean steps) among them.
+    let state = |p: std::path::PathBuf| {
+        let bytes = std::fs::read(p.join("weights/last.state")).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        header.metadata().as_ref().unwrap()["state"].clone()
+    };
+    let full_state = state(full.run_dir.clone());
+    assert_eq!(state(rest.run_dir.clone()), full_state);
+    assert_eq!(full_state.contains("grad_scaler"), amp, "{full_state}");
     for f in ["last.safetensors", "best.safetensors", "last.state"] {
         let (a, b) = (
             tensors(full.run_dir.join("weights").join(f)),

@@ -149,6 +149,11 @@ fn first_step_gradients(device: &Device) {
 fn amp_first_step_tracks_pytorch_f32() {
     for device in cpu_and_default() {
         println!("on {device:?}");
+        if !device.supports_dtype(yolo_core::burn::tensor::FloatDType::F16) {
+            // The trainer turns amp off there (as Ultralytics' check_amp does).
+            println!("no f16 arithmetic on {device:?}: amp not checked");
+            continue;
+        }
         amp_first_step(&device);
     }
 }
@@ -212,8 +217,9 @@ fn amp_first_step(device: &Device) {
     let (ours_mean, pt_mean) = (mean(|e| e.1), mean(|e| e.2));
     // Each tensor within 3x PyTorch's AMP error, or 0.5% of its largest value. Our im2col convs
     // sum the 3x3 taps' input gradients in f16 (col2im), where PyTorch's conv backward rounds
-    // once: the deepest BatchNorm gradients show it (model.2.cv1.bn.bias: 0.82 of a 2x bound on
-    // the CPU, 1.01 on lavapipe).
+    // once: the deepest BatchNorm gradients show it (model.2.cv1.bn.bias reached 2.02x
+    // PyTorch's error in one lavapipe run; with this bound: worst 0.55 on the CPU, 0.80 on
+    // lavapipe).
     let ratio = |e: &(String, f32, f32)| e.1 / (3.0 * e.2).max(5e-3);
     let worst = errors.iter().max_by(|a, b| ratio(a).total_cmp(&ratio(b))).unwrap();
     let want_norm = want["grad_norm"].0[0] as f64;
