@@ -6,10 +6,10 @@ pub mod suite;
 use std::time::Instant;
 
 use yolo_core::burn::optim::GradientsParams;
-use yolo_core::burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use yolo_core::burn::tensor::{Device, Tensor, TensorData};
 use yolo_core::{HeadMeta, ModelConfig, Scale, YoloV8};
-use yolo_train::amp::GradScaler;
-use yolo_train::optim::{clip_grad_norm, unscale_clip_grad_norm, OptimizerChoice, YoloOptimizer};
+use yolo_train::amp::{scale_loss, GradScaler};
+use yolo_train::optim::{clip_and_step, OptimizerChoice, YoloOptimizer};
 use yolo_train::{v8_detection_loss, LossConfig, OptimizerKind, Target, Targets};
 
 /// A deterministic input in `[0, 1]`.
@@ -118,35 +118,18 @@ impl TrainStep {
             t = (Instant::now(), cpu_ms());
         };
         let m = self.model.take().expect("model is put back after every step");
-        let autocast = yolo_core::amp::autocast(self.amp.map(|_| FloatDType::F16));
+        let autocast = yolo_core::amp::autocast(self.amp.map(|_| yolo_core::amp::DTYPE));
         let out = m.forward(self.x.clone());
         lap(0);
         let loss = v8_detection_loss(&out, &self.meta, &self.targets, &self.cfg);
         drop(autocast);
         let value = loss.total.clone().into_scalar::<f32>();
         lap(1);
-        let total = match &self.amp {
-            Some(s) => loss.total.mul_scalar(s.scale),
-            None => loss.total,
-        };
+        let total = scale_loss(self.amp.as_ref(), loss.total);
         let grads = GradientsParams::from_grads(total.backward(), &m);
         lap(2);
-        self.model = Some(match &mut self.amp {
-            None => {
-                let (grads, _) = clip_grad_norm(&m, grads, 10.0);
-                self.optim.step([0.01; 3], m, grads)
-            }
-            Some(s) => match unscale_clip_grad_norm(&m, grads, 10.0, s.scale) {
-                Ok((grads, _)) => {
-                    s.update(false);
-                    self.optim.step([0.01; 3], m, grads)
-                }
-                Err(_) => {
-                    s.update(true);
-                    m
-                }
-            },
-        });
+        let optim = &mut self.optim;
+        self.model = Some(clip_and_step(m, grads, 10.0, self.amp.as_mut(), |m, g| optim.step([0.01; 3], m, g)).0);
         lap(3);
         (value, wall, cpu)
     }

@@ -26,7 +26,18 @@
 
 use std::cell::Cell;
 
-use burn::tensor::FloatDType;
+use burn::tensor::{Device, FloatDType};
+
+/// The half precision of mixed precision training: f16, as Ultralytics' AMP (PyTorch's
+/// `autocast` on CUDA).
+pub const DTYPE: FloatDType = FloatDType::F16;
+
+/// Whether `device` has [`DTYPE`] arithmetic (Burn's `supports_dtype`). Where it does not (a
+/// Vulkan adapter without `shaderFloat16`, say), half-precision kernels compute garbage, so
+/// mixed precision is not used there.
+pub fn supported(device: &Device) -> bool {
+    device.supports_dtype(DTYPE)
+}
 
 thread_local! {
     static AUTOCAST: Cell<Option<FloatDType>> = const { Cell::new(None) };

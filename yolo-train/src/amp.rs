@@ -8,6 +8,7 @@
 //! scale; after `growth_interval` clean steps in a row the scale doubles.
 
 use serde::{Deserialize, Serialize};
+use yolo_core::burn::tensor::Tensor;
 
 /// The scaler's settings (PyTorch's names and defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -69,6 +70,15 @@ impl GradScaler {
         } else {
             self.growth_tracker = clean;
         }
+    }
+}
+
+/// The loss backward runs on: multiplied by the scale with a scaler (`scaler.scale(loss)`),
+/// as it is without one.
+pub fn scale_loss(scaler: Option<&GradScaler>, loss: Tensor<1>) -> Tensor<1> {
+    match scaler {
+        Some(s) => loss.mul_scalar(s.scale),
+        None => loss,
     }
 }
 

@@ -21,6 +21,7 @@ use burn::optim::{
 use burn::tensor::{Device, Tensor};
 use yolo_core::burn;
 
+use crate::amp::GradScaler;
 use crate::config::OptimizerKind;
 
 /// The optimizer Ultralytics' rule settles on.
@@ -319,6 +320,34 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: GradientsParams, max_norm: f6
         return (grads, norm);
     }
     (scale_grads(model, grads, coef), norm)
+}
+
+/// Ultralytics' `optimizer_step` from the clipping on, given the gradients: without a loss
+/// scaler, `clip_grad_norm_(max_norm)` and `step`; with one (mixed precision),
+/// `scaler.unscale_` and the clipping ([`unscale_clip_grad_norm`]), `scaler.step` (`step`, or
+/// nothing when a gradient overflowed) and `scaler.update`. Returns the model and whether
+/// `step` ran.
+pub fn clip_and_step<M: Module>(
+    model: M,
+    grads: GradientsParams,
+    max_norm: f64,
+    scaler: Option<&mut GradScaler>,
+    step: impl FnOnce(M, GradientsParams) -> M,
+) -> (M, bool) {
+    let Some(scaler) = scaler else {
+        let (grads, _norm) = clip_grad_norm(&model, grads, max_norm);
+        return (step(model, grads), true);
+    };
+    match unscale_clip_grad_norm(&model, grads, max_norm, scaler.scale) {
+        Ok((grads, _norm)) => {
+            scaler.update(false);
+            (step(model, grads), true)
+        }
+        Err(_) => {
+            scaler.update(true);
+            (model, false)
+        }
+    }
 }
 
 /// For gradients of a loss multiplied by `loss_scale` (mixed precision): divides them by it

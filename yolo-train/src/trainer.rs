@@ -11,20 +11,20 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, FloatDType};
+use burn::tensor::Device;
 use yolo_core::burn;
 use yolo_core::data::check::{check_dataset, CheckOptions, PRINT_FINDINGS};
 use yolo_core::data::dataset::{DataConfig, Split};
 use yolo_core::weights::{self, CheckpointMeta};
 use yolo_core::{ModelConfig, YoloV8};
 
-use crate::amp::GradScaler;
+use crate::amp::{scale_loss, GradScaler};
 use crate::config::TrainConfig;
 use crate::ema::ModelEma;
 use crate::error::{Result, TrainError};
 use crate::loader::Loader;
 use crate::loss::{v8_detection_loss, LossConfig};
-use crate::optim::{clip_grad_norm, resolve_optimizer, scale_grads, unscale_clip_grad_norm, YoloOptimizer};
+use crate::optim::{clip_and_step, resolve_optimizer, scale_grads, YoloOptimizer};
 use crate::resume as state;
 use crate::schedule::{accumulate, scaled_weight_decay, warmup_iterations, LrLambda, Warmup};
 
@@ -515,7 +515,7 @@ fn run(
     // Ultralytics' `check_amp` turns AMP off with a warning where it does not work; here, on a
     // device without f16 arithmetic (a Vulkan adapter without `shaderFloat16`, say), whose
     // kernels would otherwise compute garbage.
-    let amp = cfg.amp && device.supports_dtype(FloatDType::F16);
+    let amp = cfg.amp && yolo_core::amp::supported(device);
     if report != Report::Quiet {
         if cfg.amp && !amp {
             eprintln!("warning: amp: {device:?} has no f16 arithmetic; training in f32");
@@ -611,7 +611,7 @@ fn run(
             let (next, items) = yolo_core::backend::on_cpu_pool(|| {
                 let loss = {
                     // Autocast is per thread: opened here, on the thread that runs the forward.
-                    let _autocast = yolo_core::amp::autocast(scaler.map(|_| FloatDType::F16));
+                    let _autocast = yolo_core::amp::autocast(scaler.map(|_| yolo_core::amp::DTYPE));
                     let out = model.forward(batch.images);
                     v8_detection_loss(&out, &meta, &batch.targets, &loss_cfg)
                 };
@@ -620,30 +620,15 @@ fn run(
                     Ok(_) => return (model, Err(TrainError::NonFiniteLoss { epoch: epoch + 1, batch: i })),
                     Err(e) => return (model, Err(e)),
                 };
-                let total = match &scaler {
-                    Some(s) => loss.total.mul_scalar(s.scale),
-                    None => loss.total,
-                };
+                let total = scale_loss(scaler.as_ref(), loss.total);
                 let grads = GradientsParams::from_grads(total.backward(), &model);
                 accum.accumulate(&model, grads);
                 let mut model = model;
                 if ni as i64 - last_opt_step >= accumulate_now as i64 {
-                    match &mut scaler {
-                        None => {
-                            let (grads, _norm) = clip_grad_norm(&model, accum.grads(), MAX_GRAD_NORM);
-                            model = optim.step(lr, model, grads);
-                        }
-                        // `scaler.unscale_`, clip, `scaler.step` (skipped on overflow), `update`.
-                        Some(s) => match unscale_clip_grad_norm(&model, accum.grads(), MAX_GRAD_NORM, s.scale) {
-                            Ok((grads, _norm)) => {
-                                model = optim.step(lr, model, grads);
-                                s.update(false);
-                            }
-                            Err(_) => {
-                                skipped_steps += 1;
-                                s.update(true);
-                            }
-                        },
+                    let (next, stepped) = clip_and_step(model, accum.grads(), MAX_GRAD_NORM, scaler.as_mut(), |m, g| optim.step(lr, m, g));
+                    model = next;
+                    if !stepped {
+                        skipped_steps += 1;
                     }
                     last_opt_step = ni as i64;
                     // Ultralytics updates the EMA after a skipped step too.

@@ -149,7 +149,7 @@ fn first_step_gradients(device: &Device) {
 fn amp_first_step_tracks_pytorch_f32() {
     for device in cpu_and_default() {
         println!("on {device:?}");
-        if !device.supports_dtype(yolo_core::burn::tensor::FloatDType::F16) {
+        if !yolo_core::amp::supported(&device) {
             // The trainer turns amp off there (as Ultralytics' check_amp does).
             println!("no f16 arithmetic on {device:?}: amp not checked");
             continue;
@@ -160,14 +160,13 @@ fn amp_first_step_tracks_pytorch_f32() {
 
 fn amp_first_step(device: &Device) {
     use yolo_core::amp::autocast;
-    use yolo_core::burn::tensor::FloatDType;
-    use yolo_train::amp::GradScaler;
+    use yolo_train::amp::{scale_loss, GradScaler};
     use yolo_train::optim::unscale_clip_grad_norm;
     let (model, meta, device) = setup(device);
     let (img, targets) = batch(&device);
     let (want, _) = read("sgd.safetensors");
     let loss_of = |half: bool| {
-        let _autocast = autocast(half.then_some(FloatDType::F16));
+        let _autocast = autocast(half.then_some(yolo_core::amp::DTYPE));
         let out = model.forward(img.clone());
         v8_detection_loss(&out, &model.meta(), &targets, &LossConfig::default())
     };
@@ -177,7 +176,7 @@ fn amp_first_step(device: &Device) {
     let (items, grads, norm) = loop {
         let loss = loss_of(true);
         let items = loss.components.clone().into_data().try_to_vec::<f32>().unwrap();
-        let grads = GradientsParams::from_grads(loss.total.mul_scalar(scaler.scale).backward(), &model);
+        let grads = GradientsParams::from_grads(scale_loss(Some(&scaler), loss.total).backward(), &model);
         // No clipping (an unbounded max norm): the gradients themselves are compared.
         match unscale_clip_grad_norm(&model, grads, f64::MAX, scaler.scale) {
             Ok((grads, norm)) => break (items, grads, norm),

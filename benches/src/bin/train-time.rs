@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let mut step = TrainStep::new(a.scale, a.batch, a.imgsz, &device);
     if a.amp {
         anyhow::ensure!(
-            device.supports_dtype(yolo_core::burn::tensor::FloatDType::F16),
+            yolo_core::amp::supported(&device),
             "--amp: {device:?} has no f16 arithmetic"
         );
         step = step.with_amp();
