@@ -22,6 +22,7 @@ Without CUDA, PyTorch runs on the CPU and the table says so (a dry run of the sc
 `BURN_DEVICE=wgpu` then runs on whatever adapter wgpu finds, e.g. Mesa's lavapipe).
 """
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -128,6 +129,9 @@ def main():
     ap.add_argument("--amp", action="store_true",
                     help="also the train step with mixed precision: Ultralytics' AMP step (autocast f16 + "
                          "GradScaler) against train-time --amp")
+    ap.add_argument("--precision", nargs="+", choices=["fp32", "fp16"], default=["fp32"],
+                    help="forward rows in these precisions; fp16: PyTorch's fused model .half() on a half "
+                         "input (Ultralytics' half=True) against yolo-time --half")
     ap.add_argument("--iters", type=int, default=20, help="timed runs per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=5)
@@ -163,18 +167,25 @@ def main():
     fused.model.load_state_dict(net.state_dict())
     fm = fused.model.fuse().eval().to(dev)
 
+    fm_half = copy.deepcopy(fm).half() if "fp16" in a.precision else None
+
     lines, ours_dev = [], {}
-    for batch in a.batches:
-        for size in a.sizes:
-            x = torch.from_numpy(np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)).to(dev)
-            t_ours, t_pt = [[] for _ in a.backend], []
-            for _ in range(a.rounds):
-                with torch.inference_mode():
-                    t_pt += times_ms(synced(lambda: fm(x)[0].cpu(), dev), a.warmup, a.iters)
-                ours_round(yolo_time, ["--weights", weights, "--imgsz", size, "--batch", batch, "--warmup", a.warmup,
-                                       "--iters", a.iters], a.backend, t_ours, a.ours_timeout, ours_dev)
-            lines.append(row(f"forward {size}x{size}, batch {batch}", t_ours, t_pt))
-            print(lines[-1], file=sys.stderr, flush=True)
+    for precision in a.precision:
+        half = precision == "fp16"
+        model = fm_half if half else fm
+        for batch in a.batches:
+            for size in a.sizes:
+                x = torch.from_numpy(np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)).to(dev)
+                x = x.half() if half else x
+                t_ours, t_pt = [[] for _ in a.backend], []
+                for _ in range(a.rounds):
+                    with torch.inference_mode():
+                        t_pt += times_ms(synced(lambda: model(x)[0].cpu(), dev), a.warmup, a.iters)
+                    ours_round(yolo_time, ["--weights", weights, "--imgsz", size, "--batch", batch, "--warmup", a.warmup,
+                                           "--iters", a.iters] + (["--half"] if half else []),
+                               a.backend, t_ours, a.ours_timeout, ours_dev)
+                lines.append(row(f"forward {size}x{size}, batch {batch}" + (", f16" if half else ""), t_ours, t_pt))
+                print(lines[-1], file=sys.stderr, flush=True)
 
     if not a.no_train:
         from bench_refs import pytorch_train_step as pytorch_step
@@ -194,7 +205,7 @@ def main():
             del step
 
     devices = ", ".join(f"{v} on {d}" for v, d in ours_dev.items())
-    print(f"\nyolov8{a.scale}, fp32 (AMP rows: f16 autocast + loss scaling on both sides), {a.rounds} interleaved rounds: median (min) in ms; "
+    print(f"\nyolov8{a.scale}, fp32 (f16 rows: the half model on both sides; AMP rows: f16 autocast + loss scaling on both sides), {a.rounds} interleaved rounds: median (min) in ms; "
           f"yolo-rs {devices} (variant = BURN_DEVICE[+YOLO_RS_GPU_CONV]), PyTorch {torch.__version__} on {gpu}")
     print("| work | PyTorch | " + " | ".join(f"yolo-rs {v} | ratio" for v in a.backend) + " |")
     print("|---" * (2 + 2 * len(a.backend)) + "|")

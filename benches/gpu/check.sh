@@ -18,8 +18,9 @@
 # (default "compare epochs") names the phases 2-3 to run. `epochs` needs yolo-train, which is
 # in its own carry (prepare.sh --epochs), so it is a third call where device time is left:
 #   run(command="YOLO_RS_CHECK_PHASES=epochs YOLO_RS_CHECK_S=220 bash benches/gpu/check.sh", carry=[".gpu-epochs", ".gl"], timeout_s=240)
-# `amp` (the mixed precision train step against Ultralytics' AMP step, on cuda) is another:
-#   run(command="YOLO_RS_CHECK_PHASES=amp YOLO_RS_CHECK_S=200 bash benches/gpu/check.sh", carry=[".gpu", ".gl", ".whl"], timeout_s=220)
+# `amp` (the mixed precision train step against Ultralytics' AMP step and the f16 forward
+# against PyTorch's half model, on cuda) is another:
+#   run(command="YOLO_RS_CHECK_PHASES=amp YOLO_RS_CHECK_S=270 bash benches/gpu/check.sh", carry=[".gpu", ".gl", ".whl"], timeout_s=290)
 set -uo pipefail
 t0=$(date +%s)  # before unpacking: the call's time limit counts that too
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -58,9 +59,11 @@ tests=0
 want() { [[ " ${YOLO_RS_CHECK_PHASES:-compare epochs} " == *" $1 "* ]]; }
 want compare && phase compare 470 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda cuda+direct wgpu \
     --sizes 640 --batches 8 1 --rounds 1 --iters 10 --warmup 3 --ours-timeout 150
-# Mixed precision: Ultralytics' AMP step against `train-time --amp` on `cuda` (the fp32 step
-# is the compare phase's; a call of its own: YOLO_RS_CHECK_PHASES=amp).
-want amp && phase amp 200 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda --batches --amp --amp-only \
+# Half precision: Ultralytics' AMP step against `train-time --amp`, and the f16 forward
+# (`--half`, Ultralytics' half=True) at batch 8 and 1, on `cuda` (the fp32 rows are the compare
+# phase's; a call of its own: YOLO_RS_CHECK_PHASES=amp).
+want amp && phase amp 260 python3 benches/gpu_compare.py --exe-dir "$bin" --backend cuda --sizes 640 --batches 8 1 \
+    --precision fp16 --amp --amp-only \
     --rounds 1 --iters 10 --warmup 3 --ours-timeout 90
 if want epochs; then
     if [ -x "$bin/yolo-train" ]; then

@@ -39,6 +39,19 @@ pub fn supported(device: &Device) -> bool {
     device.supports_dtype(DTYPE)
 }
 
+/// Whether half-precision inference (Ultralytics' `half=True`, [`crate::YoloV8::half`]) is
+/// used on `backend`'s `device`, and if not, why: as Ultralytics, only on a GPU (on `flex` f16
+/// is emulated, slower than f32), and only where the device has f16 arithmetic.
+pub fn half_inference(backend: crate::backend::BackendKind, device: &Device) -> Result<(), &'static str> {
+    if backend == crate::backend::BackendKind::Flex {
+        Err("half precision applies to GPU backends (flex emulates f16, slower than f32)")
+    } else if !supported(device) {
+        Err("the device has no f16 arithmetic")
+    } else {
+        Ok(())
+    }
+}
+
 thread_local! {
     static AUTOCAST: Cell<Option<FloatDType>> = const { Cell::new(None) };
 }

@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
@@ -121,7 +121,21 @@ impl YoloV8 {
     /// - `x`: `[B, 3, H, W]`, RGB in `[0, 1]`, `H` and `W` multiples of 32
     /// - output: per level `l` (strides 8, 16, 32), boxes `[B, 4 * reg_max, H/s, W/s]` and
     ///   class logits `[B, nc, H/s, W/s]`
+    ///
+    /// A [half-precision](Self::half) model takes the input in any float dtype (it is cast to
+    /// the model's) and hands the head's output back in f32, for the decode and the loss.
     pub fn forward(&self, x: Tensor<4>) -> HeadOutput {
+        match self.dtype() {
+            FloatDType::F32 => self.forward_as_is(x),
+            dtype => {
+                let x = if x.dtype() == DType::from(dtype) { x } else { x.cast(dtype) };
+                self.forward_as_is(x).cast(FloatDType::F32)
+            }
+        }
+    }
+
+    /// [`forward`](Self::forward) in the dtype of `x` (the model's).
+    fn forward_as_is(&self, x: Tensor<4>) -> HeadOutput {
         let f = self.backbone.forward(x);
         if self.head.cv2.len() == 3 && crate::nn::head::concurrent(std::slice::from_ref(&f.p3)) {
             // The stride-8 head (the largest) beside the neck's bottom-up path and the other
@@ -174,6 +188,53 @@ impl YoloV8 {
             backbone: self.backbone.fuse(),
             neck: self.neck.fuse(),
             head: self.head.fuse(),
+        }
+    }
+
+    /// The [fused](Self::fuse) inference model in half precision (Ultralytics' `half=True`,
+    /// PyTorch's `model.fuse().half()`): the weights cast to f16, so the convs, activations,
+    /// pools and concatenations run in f16. [`forward`](Self::forward) casts the input to f16
+    /// and the head's output back to f32, so the DFL expectation and the box decode run in f32
+    /// (where Ultralytics decodes in f16, a little less precisely). For inference on a GPU
+    /// backend (on `flex` f16 is emulated and slower than f32).
+    pub fn half(self) -> Self {
+        self.into_dtype(crate::amp::DTYPE)
+    }
+
+    /// The [fused](Self::fuse) model with its weights cast to `dtype` (f32 undoes
+    /// [`half`](Self::half), but for the rounding). The BatchNorms' running statistics are
+    /// left as they are: a fused model does not use them, and Burn shares them between clones
+    /// of a module, so casting them would change the model this one was cloned from (the
+    /// training loop's EMA, whose fused copy validates each epoch).
+    pub fn into_dtype(self, dtype: FloatDType) -> Self {
+        struct Cast {
+            dtype: FloatDType,
+            fields: Vec<String>,
+        }
+        impl burn::module::ModuleMapper for Cast {
+            fn enter_module(&mut self, name: &str, _container_type: &str) {
+                self.fields.push(name.to_string());
+            }
+            fn exit_module(&mut self, _name: &str, _container_type: &str) {
+                self.fields.pop();
+            }
+            fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
+                if matches!(self.fields.last().map(String::as_str), Some("running_mean" | "running_var")) {
+                    return param;
+                }
+                let dtype = self.dtype;
+                param.map(|t| if t.dtype() == DType::from(dtype) { t } else { t.cast(dtype) })
+            }
+        }
+        self.fuse().map(&mut Cast { dtype, fields: Vec::new() })
+    }
+
+    /// The dtype of the parameters: f32, or f16 after [`half`](Self::half).
+    pub fn dtype(&self) -> FloatDType {
+        match self.backbone.stem.conv.weight.val().dtype() {
+            DType::F16 => FloatDType::F16,
+            DType::BF16 => FloatDType::BF16,
+            _ => FloatDType::F32,
         }
     }
 

@@ -60,6 +60,11 @@ struct DeviceArg {
     /// named backend the build lacks or the machine has no device for is an error.
     #[arg(long, value_name = "BACKEND")]
     device: Option<String>,
+    /// Half precision (f16) inference on a GPU backend, as Ultralytics' half=True: faster,
+    /// and mAP within ~0.002 of f32. Ignored with a warning on flex (the CPU) and on a device
+    /// without f16 arithmetic.
+    #[arg(long)]
+    half: bool,
 }
 
 #[derive(Args, Debug)]
@@ -341,6 +346,7 @@ fn run_predict(c: PredictCmd) -> anyhow::Result<i32> {
         save_txt: c.save_txt,
         save_coco: c.save_coco,
         device: c.device.device,
+        half: c.device.half,
     })?;
     eprintln!(
         "{} images, {} detections, {} skipped; results in {}",
@@ -376,6 +382,7 @@ fn run_serve(c: ServeCmd) -> anyhow::Result<i32> {
     cfg.timeout = std::time::Duration::from_secs(c.timeout_s);
     cfg.defaults = c.nms.options();
     cfg.device = c.device.device;
+    cfg.half = c.device.half;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let started = serve::start(cfg).await?;
@@ -422,6 +429,7 @@ fn run_val(c: ValCmd) -> anyhow::Result<i32> {
         },
         out: c.out,
         device: c.device.device,
+        half: c.device.half,
     };
     let report = val::run(&args)?;
     print!("{}", val::table(&report));

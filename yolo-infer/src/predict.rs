@@ -53,6 +53,8 @@ pub struct PredictArgs {
     pub save_coco: bool,
     /// Backend (`--device`: cuda, wgpu, flex); `None`: `BURN_DEVICE`, else the machine's best.
     pub device: Option<String>,
+    /// Half precision on a GPU backend ([`crate::detector::use_half`]).
+    pub half: bool,
 }
 
 /// The result for one image, as printed and saved.
@@ -229,8 +231,11 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<PredictSummary> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let device = yolo_core::backend::select_device_flag(a.device.as_deref())?.device;
-    let det = Detector::load(&a.weights, a.imgsz, &device)?;
+    let selected = yolo_core::backend::select_device_flag(a.device.as_deref())?;
+    let mut det = Detector::load(&a.weights, a.imgsz, &selected.device)?;
+    if crate::detector::use_half(a.half, &selected, |w| eprintln!("warning: {w}")) {
+        det = det.half();
+    }
     a.opts
         .validate(det.names().len())
         .map_err(anyhow::Error::from)?;

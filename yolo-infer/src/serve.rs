@@ -57,6 +57,8 @@ pub struct ServeConfig {
     pub defaults: DetectOptions,
     /// Backend (`--device`: cuda, wgpu, flex); `None`: `BURN_DEVICE`, else the machine's best.
     pub device: Option<String>,
+    /// Half precision on a GPU backend ([`crate::detector::use_half`]).
+    pub half: bool,
 }
 
 impl ServeConfig {
@@ -75,6 +77,7 @@ impl ServeConfig {
             timeout: Duration::from_secs(30),
             defaults: DetectOptions::default(),
             device: None,
+            half: false,
         }
     }
 }
@@ -101,7 +104,7 @@ pub struct Metrics {
     pub detections: IntCounter,
     /// `yolo_queue_rejected_total`: requests refused with 429.
     pub rejected: IntCounter,
-    /// `yolo_model_info{weights, classes, imgsz, backend, version}` = 1.
+    /// `yolo_model_info{weights, classes, imgsz, backend, precision, version}` = 1.
     pub model_info: IntGaugeVec,
 }
 
@@ -154,7 +157,7 @@ impl Metrics {
         .expect("valid metric");
         let model_info = IntGaugeVec::new(
             Opts::new("yolo_model_info", "The served model (value 1)"),
-            &["weights", "classes", "imgsz", "backend", "version"],
+            &["weights", "classes", "imgsz", "backend", "precision", "version"],
         )
         .expect("valid metric");
         for m in [
@@ -570,8 +573,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Started> {
     let cfg = Arc::new(cfg);
     let selected = yolo_core::backend::select_device_flag(cfg.device.as_deref())?;
     tracing::info!("device: {selected}");
-    let device = selected.device;
-    let det = Detector::load(&cfg.weights, cfg.imgsz, &device)?;
+    let device = selected.device.clone();
+    let mut det = Detector::load(&cfg.weights, cfg.imgsz, &device)?;
+    if crate::detector::use_half(cfg.half, &selected, |w| tracing::warn!("{w}")) {
+        det = det.half();
+    }
     cfg.defaults.validate(det.names().len())?;
     let metrics = Metrics::new(cfg.max_batch);
     metrics
@@ -581,6 +587,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Started> {
             &det.names().len().to_string(),
             &det.imgsz().to_string(),
             &format!("{:?}", device),
+            det.precision(),
             env!("CARGO_PKG_VERSION"),
         ])
         .set(1);

@@ -22,6 +22,8 @@ pub struct ValArgs {
     pub out: PathBuf,
     /// Backend (`--device`: cuda, wgpu, flex); `None`: `BURN_DEVICE`, else the machine's best.
     pub device: Option<String>,
+    /// Half precision on a GPU backend ([`crate::detector::use_half`]).
+    pub half: bool,
 }
 
 /// Resolves `--data`: `shapes` means the built-in demo dataset, generated into
@@ -60,9 +62,10 @@ pub fn parse_split(s: &str) -> anyhow::Result<Split> {
 pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
     let selected = backend::select_device_flag(a.device.as_deref())?;
     eprintln!("device: {selected}");
+    let half = crate::detector::use_half(a.half, &selected, |w| eprintln!("warning: {w}"));
     let device = selected.device;
     let (model, meta) = weights::load_model(&a.weights, &device)?;
-    let model = model.fuse();
+    let model = if half { model.half() } else { model.fuse() };
     let yaml = resolve_data(&a.data)?;
     let data = DataConfig::from_yaml(&yaml)?;
     if data.nc() != meta.model.nc {

@@ -215,3 +215,83 @@ fn batches_match_single_images_and_classes_filter() {
     };
     assert!(det.detect(&images[0], &bad).is_err());
 }
+
+/// A half-precision detector (`Detector::half`, run here on the default device: flex in CI,
+/// where f16 is emulated) finds what the f32 one finds: every f32 detection above 0.25 has a
+/// half one of the same class with IoU > 0.95 and a score within 0.01, and the counts match
+/// but for detections whose score is within 0.01 of the threshold.
+#[test]
+fn half_detector_matches_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let val = shapes(&tmp.path().join("shapes"), 6);
+    let device = yolo_core::backend::default_device();
+    if !yolo_core::amp::supported(&device) {
+        return println!("{device:?} has no f16 arithmetic: skipped");
+    }
+    let f32_det = Detector::load(&weights(), 160, &device).unwrap();
+    let half_det = Detector::load(&weights(), 160, &device).unwrap().half();
+    assert_eq!((f32_det.precision(), half_det.precision()), ("f32", "f16"));
+    let opts = DetectOptions::default();
+    let mut imgs: Vec<_> = fs::read_dir(&val).unwrap().map(|e| e.unwrap().path()).collect();
+    imgs.sort();
+    let (mut compared, mut exact) = (0, 0);
+    for p in &imgs {
+        let img = read_rgb8(p).unwrap();
+        let full = f32_det.detect(&img, &opts).unwrap();
+        let half = half_det.detect(&img, &opts).unwrap();
+        exact += usize::from(full == half);
+        let near = |d: &yolo_infer::detector::Detection| (d.score - opts.conf).abs() < 0.01;
+        assert_eq!(
+            full.iter().filter(|d| !near(d)).count(),
+            half.iter().filter(|d| !near(d)).count(),
+            "{}: {full:?} vs {half:?}",
+            p.display()
+        );
+        for d in full.iter().filter(|d| !near(d)) {
+            compared += 1;
+            assert!(
+                half.iter().any(|h| h.class_id == d.class_id
+                    && iou(&h.xyxy, &d.xyxy, 1e-7) > 0.95
+                    && (h.score - d.score).abs() < 0.01),
+                "{}: {d:?} not in the half detector's {half:?}",
+                p.display()
+            );
+        }
+    }
+    assert!(compared > 0);
+    // f16 rounding moves the boxes: identical lists everywhere would mean it ran in f32.
+    assert!(exact < imgs.len(), "the half detector gave the f32 output on every image");
+}
+
+/// `--half` on the CPU backend: a warning, and the f32 run's output (Ultralytics runs f32 on
+/// the CPU too).
+#[test]
+fn half_flag_on_flex_warns_and_runs_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let val = shapes(&tmp.path().join("shapes"), 2);
+    let run = |extra: &[&str], name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_yolo-infer"))
+            .args(["predict", "--imgsz", "160", "--device", "flex", "--name", name])
+            .args(extra)
+            .arg("--weights")
+            .arg(weights())
+            .arg("--source")
+            .arg(&val)
+            .arg("--project")
+            .arg(tmp.path().join("runs"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let dir = tmp.path().join("runs").join(name).join("json");
+        let mut files: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        let json: Vec<String> = files.iter().map(|f| fs::read_to_string(f).unwrap()).collect();
+        (String::from_utf8_lossy(&out.stderr).into_owned(), json)
+    };
+    let (err_half, half) = run(&["--half"], "half");
+    let (err_f32, full) = run(&[], "f32");
+    assert!(err_half.contains("--half ignored") && err_half.contains("flex"), "{err_half}");
+    assert!(!err_f32.contains("--half"), "{err_f32}");
+    assert!(!half.is_empty());
+    assert_eq!(half, full);
+}

@@ -75,13 +75,16 @@ pub use yolo_core::metrics::DetMetrics;
 
 /// mAP of the EMA model on the validation split, with yolo-core's validation loop (the one
 /// `yolo-infer val` uses): Ultralytics' rect batches, conf 0.001, IoU 0.7, max_det 300.
-pub fn val_metrics(ema: &YoloV8, val: &Loader, device: &Device) -> Result<DetMetrics> {
+/// `half`: the fused copy runs in f16 ([`YoloV8::half`]), as Ultralytics validates in f16
+/// when it trains with AMP on a GPU; the EMA itself is untouched.
+pub fn val_metrics(ema: &YoloV8, val: &Loader, device: &Device, half: bool) -> Result<DetMetrics> {
     let cfg = yolo_core::val::ValConfig {
         imgsz: val.imgsz as u32,
         batch: val.batch,
         ..Default::default()
     };
-    let m = yolo_core::val::evaluate(&ema.clone().fuse(), &val.samples, &[], &cfg, device)?;
+    let model = if half { ema.clone().half() } else { ema.clone().fuse() };
+    let m = yolo_core::val::evaluate(&model, &val.samples, &[], &cfg, device)?;
     Ok(DetMetrics {
         precision: m.precision,
         recall: m.recall,
@@ -680,7 +683,7 @@ fn run(
         } else {
             (
                 Some(val_loss(&ema.model, &val, &loss_cfg, device)?),
-                Some(val_metrics(&ema.model, &val, device)?),
+                Some(val_metrics(&ema.model, &val, device, amp)?),
             )
         };
         let fitness = match (metrics, val_loss_items) {

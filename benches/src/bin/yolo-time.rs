@@ -18,6 +18,9 @@ struct Args {
     warmup: usize,
     #[arg(long, default_value_t = 20)]
     iters: usize,
+    /// Half precision (f16), as `yolo-infer --half` and Ultralytics' `half=True`.
+    #[arg(long)]
+    half: bool,
     /// Also print every run's time (`times_ms`), for `compare.py`'s interleaved rounds.
     #[arg(long)]
     all: bool,
@@ -30,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     let device = backend::select_device()?.device;
     let (model, _) = weights::load_model(&a.weights, &device)?;
     // As Ultralytics' predictor and benchmarks: BatchNorm folded into the convs.
-    let model = model.fuse();
+    let model = if a.half { model.fuse().half() } else { model.fuse() };
     let x = input(a.batch, a.imgsz, &device);
     let (warmup, times) = yolo_benches::warmup_and_times_ms(a.warmup, a.iters, || {
         let y = model.predict(x.clone()).unwrap();
@@ -39,7 +42,8 @@ fn main() -> anyhow::Result<()> {
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let mut line = serde_json::json!({"runtime": "yolo-rs", "device": format!("{device:?}"),
-        "imgsz": a.imgsz, "batch": a.batch, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0], "warmup_ms": warmup});
+        "imgsz": a.imgsz, "batch": a.batch,
+        "precision": if a.half { "f16" } else { "f32" }, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0], "warmup_ms": warmup});
     if a.all {
         line["times_ms"] = serde_json::json!(times);
     }
