@@ -149,22 +149,35 @@ def op_prepare(req):
     key, scale, size, batch = req["key"], req["scale"], req["imgsz"], req["batch"]
     threads, work = req["threads"], req["work"]
     cuda = cuda_wanted(req)
+    # `half` (yolo-bench --half): our ONNX is the f16 export (f16 input and output), PyTorch runs
+    # its fused model .half() on a half input; Ultralytics' own f16 export needs a CUDA device
+    # at export time, so it is left out.
+    half = bool(req.get("half"))
+    tag = ", f16" if half else ""
     x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    x_in = x.astype(np.float16) if half else x
     runs, skipped, outs = {}, {}, {}
     if torch is not None:
         torch.set_num_threads(threads)
     if ort is None:
         skipped["onnxruntime"] = "onnxruntime is not importable"
     else:
-        sess, prefix = ort_session(req["ours_onnx"], threads, cuda)
-        name = f"{prefix}, yolo-export ONNX"
-        runs[name] = lambda s=sess: s.run(None, {"images": x})
-        outs[name] = runs[name]()[0]
+        name = None
+        try:
+            sess, prefix = ort_session(req["ours_onnx"], threads, cuda)
+            name = f"{prefix}, yolo-export ONNX{tag}"
+            runs[name] = lambda s=sess: s.run(None, {"images": x_in})
+            outs[name] = runs[name]()[0].astype(np.float32)
+        except Exception as e:  # e.g. an onnxruntime build without an f16 kernel it needs
+            runs.pop(name, None)
+            skipped["onnxruntime, yolo-export ONNX" + tag] = f"{type(e).__name__}: {e}"[:300]
     if ultralytics is None or load_safetensors is None:
         skipped["pytorch"] = "torch, ultralytics and safetensors are needed"
     else:
         yolo = torch_model(scale, req["weights"])
-        if ort is not None:
+        if half:
+            skipped["onnxruntime, Ultralytics ONNX"] = "Ultralytics exports f16 ONNX on a CUDA device only"
+        elif ort is not None:
             cwd = os.getcwd()
             os.chdir(work)  # Ultralytics writes the export beside the current folder
             try:
@@ -186,7 +199,9 @@ def op_prepare(req):
         dev = "cuda" if cuda else "cpu"
         fused = yolo.model.fuse().eval().to(dev)
         xt = torch.from_numpy(x).to(dev)
-        name = "PyTorch" + (" CUDA" if cuda else "") + " (fused)"
+        if half:
+            fused, xt = fused.half(), xt.half()
+        name = "PyTorch" + (" CUDA" if cuda else "") + " (fused" + tag + ")"
 
         def fwd(m=fused, t=xt):
             with torch.inference_mode():

@@ -5,7 +5,8 @@
 #                binary runs either backend, `BURN_DEVICE` picks), stripped, in one tar.xz
 #   .gpu-epochs/ with --epochs: yolo-train (same build), for check.sh's `epochs` phase in a
 #                call of its own (28 MB packed; beside .gpu it would leave no margin)
-#   .gpu-tests/  with --tests: the parity tests (yolo-core `model`, yolo-train `train_step`)
+#   .gpu-tests/  with --tests: the parity tests (yolo-core `model` and `val`, yolo-train
+#                `train_step`)
 #   .gl/   the Vulkan and EGL loader packages (Debian, amd64), unpacked there by env.sh (wgpu)
 #   .whl/  the Ultralytics wheel (pure Python; its needs are in that machine's image)
 # All are ignored by git; the device tool's `run` carries them, at most 64 MiB with the working
@@ -37,7 +38,7 @@ pack() {  # pack FOLDER FILE...: strips the files into FOLDER/bin.tar.xz
 # one build of Burn's GPU stack (three invocations built it three times, ~15 min each here).
 cargo_features=$(echo "$features" | tr ',' '\n' | sed 's#.*#yolo-core/&,yolo-train/&,yolo-benches/&#' | paste -sd,)
 cargo test --release --locked --no-run --features "$cargo_features" -p yolo-core -p yolo-train -p yolo-benches \
-    --test model --test train_step --test yolo_bench --message-format=json-render-diagnostics > /tmp/yolo-rs-gpu-build.json
+    --test model --test train_step --test val --test yolo_bench --message-format=json-render-diagnostics > /tmp/yolo-rs-gpu-build.json
 test_exe() {  # test_exe NAME: the path of integration test NAME's executable
     python3 -c 'import json, sys
 for l in open(sys.argv[1]):
@@ -57,10 +58,9 @@ fi
 # With --tests: the parity tests (model outputs, train step) in .gpu-tests, a second carry (with
 # the binaries above both exceed the 64 MiB of one call).
 if [[ " $* " == *" --tests "* ]]; then
-    cp "$(test_exe model)" /tmp/test-model
-    cp "$(test_exe train_step)" /tmp/test-train_step
-    pack .gpu-tests /tmp/test-model /tmp/test-train_step
-    rm -f /tmp/test-model /tmp/test-train_step
+    for t in model train_step val; do cp "$(test_exe $t)" /tmp/test-$t; done
+    pack .gpu-tests /tmp/test-model /tmp/test-train_step /tmp/test-val
+    rm -f /tmp/test-model /tmp/test-train_step /tmp/test-val
     # The tests read their fixtures through the checkout's path on the machine they were built on.
     pwd -P > .gpu-tests/built_at
 else

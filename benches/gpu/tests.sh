@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the parity tests (yolo-core's `model`, yolo-train's `train_step`) on a lent GPU machine,
+# Runs the parity tests (yolo-core's `model` and `val`, yolo-train's `train_step`) on a lent GPU machine,
 # once per backend given (default: those in .gpu-tests/features, e.g. `wgpu,cuda`), from the
 # binaries `benches/gpu/prepare.sh --tests` packed into .gpu-tests:
 #   run(command="YOLO_RS_TEST_S=70 bash benches/gpu/tests.sh", carry=[".gpu-tests", ".gl"], timeout_s=300)
@@ -24,7 +24,7 @@ fi
 limit=${YOLO_RS_TEST_S:-150}  # seconds per test binary: a hung run must not take the others'
 status=0
 for b in "${backends[@]}"; do
-    for t in model train_step; do
+    for t in model train_step val; do
         echo "== $t on $b"
         start=$(date +%s)
         # --foreground: stay in the caller's process group, so that a caller's own timeout

@@ -241,3 +241,28 @@ fn smoke_report_has_every_section_and_compare_works() {
 
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--half` on the CPU backend: ignored with a note (f16 is emulated there), the report says
+/// the inference ran in f32 and its figures keep the f32 ids, which `--compare` matches.
+#[test]
+fn half_on_flex_is_noted_and_runs_f32() {
+    let dir = tmp("half");
+    let out = dir.join("report");
+    let o = bench(&[
+        "--smoke", "--half", "--skip", "postprocess,preprocess,training,serving",
+        "--out", s(&out), "--work", s(&dir.join("work")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "yolo-bench --smoke --half failed:\n{err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["backend"]["name"], "flex");
+    assert_eq!(r["backend"]["precision"], "f32");
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("--half ignored") && notes.contains("flex"), "{notes}");
+    let ids: Vec<&str> = r["figures"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert!(ids.iter().any(|i| i.starts_with("inference.latency/")), "{ids:?}");
+    assert!(ids.iter().all(|i| !i.ends_with("/f16")), "{ids:?}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("inference in f32"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

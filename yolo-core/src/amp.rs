@@ -52,6 +52,21 @@ pub fn half_inference(backend: crate::backend::BackendKind, device: &Device) -> 
     }
 }
 
+/// Whether `--half` (`requested`) applies on `selected` ([`half_inference`]); where it does
+/// not, `warn` gets the message and the run stays f32, as Ultralytics does.
+pub fn use_half(requested: bool, selected: &crate::backend::Selected, warn: impl FnOnce(&str)) -> bool {
+    if !requested {
+        return false;
+    }
+    match half_inference(selected.backend, &selected.device) {
+        Ok(()) => true,
+        Err(why) => {
+            warn(&format!("--half ignored on {selected}: {why}; running in f32"));
+            false
+        }
+    }
+}
+
 thread_local! {
     static AUTOCAST: Cell<Option<FloatDType>> = const { Cell::new(None) };
 }

@@ -14,7 +14,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use yolo_core::backend::Selected;
 use yolo_core::burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -121,21 +120,6 @@ pub struct Timings {
     pub postprocess_ms: f64,
 }
 
-/// Whether `--half` (`requested`) applies on `selected` ([`yolo_core::amp::half_inference`]);
-/// where it does not, `warn` gets the message and the run stays f32, as Ultralytics does.
-pub fn use_half(requested: bool, selected: &Selected, warn: impl FnOnce(&str)) -> bool {
-    if !requested {
-        return false;
-    }
-    match yolo_core::amp::half_inference(selected.backend, &selected.device) {
-        Ok(()) => true,
-        Err(why) => {
-            warn(&format!("--half ignored on {selected}: {why}; running in f32"));
-            false
-        }
-    }
-}
-
 /// A detection model ready for inference.
 #[derive(Debug)]
 pub struct Detector {
@@ -169,7 +153,7 @@ impl Detector {
 
     /// The model in half precision (Ultralytics' `half=True`; see [`YoloV8::half`]): on a GPU
     /// backend, faster and about as accurate (the val test's mAP50-95 moves by 0.002). The
-    /// caller decides where it applies ([`yolo_core::amp::half_inference`]).
+    /// caller decides where it applies ([`yolo_core::amp::use_half`]).
     pub fn half(mut self) -> Self {
         self.model = self.model.half();
         self

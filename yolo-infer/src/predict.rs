@@ -53,7 +53,7 @@ pub struct PredictArgs {
     pub save_coco: bool,
     /// Backend (`--device`: cuda, wgpu, flex); `None`: `BURN_DEVICE`, else the machine's best.
     pub device: Option<String>,
-    /// Half precision on a GPU backend ([`crate::detector::use_half`]).
+    /// Half precision on a GPU backend ([`yolo_core::amp::use_half`]).
     pub half: bool,
 }
 
@@ -233,7 +233,7 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<PredictSummary> {
     }
     let selected = yolo_core::backend::select_device_flag(a.device.as_deref())?;
     let mut det = Detector::load(&a.weights, a.imgsz, &selected.device)?;
-    if crate::detector::use_half(a.half, &selected, |w| eprintln!("warning: {w}")) {
+    if yolo_core::amp::use_half(a.half, &selected, |w| eprintln!("warning: {w}")) {
         det = det.half();
     }
     a.opts

@@ -57,7 +57,7 @@ pub struct ServeConfig {
     pub defaults: DetectOptions,
     /// Backend (`--device`: cuda, wgpu, flex); `None`: `BURN_DEVICE`, else the machine's best.
     pub device: Option<String>,
-    /// Half precision on a GPU backend ([`crate::detector::use_half`]).
+    /// Half precision on a GPU backend ([`yolo_core::amp::use_half`]).
     pub half: bool,
 }
 
@@ -575,7 +575,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Started> {
     tracing::info!("device: {selected}");
     let device = selected.device.clone();
     let mut det = Detector::load(&cfg.weights, cfg.imgsz, &device)?;
-    if crate::detector::use_half(cfg.half, &selected, |w| tracing::warn!("{w}")) {
+    if yolo_core::amp::use_half(cfg.half, &selected, |w| tracing::warn!("{w}")) {
         det = det.half();
     }
     cfg.defaults.validate(det.names().len())?;

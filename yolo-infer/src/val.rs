@@ -22,7 +22,7 @@ pub struct ValArgs {
     pub out: PathBuf,
     /// Backend (`--device`: cuda, wgpu, flex); `None`: `BURN_DEVICE`, else the machine's best.
     pub device: Option<String>,
-    /// Half precision on a GPU backend ([`crate::detector::use_half`]).
+    /// Half precision on a GPU backend ([`yolo_core::amp::use_half`]).
     pub half: bool,
 }
 
@@ -62,7 +62,7 @@ pub fn parse_split(s: &str) -> anyhow::Result<Split> {
 pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
     let selected = backend::select_device_flag(a.device.as_deref())?;
     eprintln!("device: {selected}");
-    let half = crate::detector::use_half(a.half, &selected, |w| eprintln!("warning: {w}"));
+    let half = yolo_core::amp::use_half(a.half, &selected, |w| eprintln!("warning: {w}"));
     let device = selected.device;
     let (model, meta) = weights::load_model(&a.weights, &device)?;
     let model = if half { model.half() } else { model.fuse() };

@@ -66,6 +66,12 @@ struct Args {
     /// Model scales for the inference figures, comma-separated (default: the mode's).
     #[arg(long, value_delimiter = ',')]
     scales: Vec<Scale>,
+    /// Inference in half precision (f16), as `yolo-infer --half`, on a GPU backend: ours runs
+    /// the f16 model, PyTorch its fused model `.half()` on a half input, onnxruntime our f16
+    /// ONNX export (Ultralytics' f16 export needs a CUDA device, so it is not among them). The
+    /// figures get their own ids (`.../f16`). On flex it is ignored with a note, as by yolo-infer.
+    #[arg(long)]
+    half: bool,
     /// Sections to leave out, comma-separated: inference, postprocess, preprocess, training, serving.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -161,7 +167,10 @@ fn run(a: Args) -> anyhow::Result<()> {
     if !a.scales.is_empty() {
         plan.scales = a.scales.clone();
     }
-    let device = backend::select_device()?.device;
+    let selected = backend::select_device()?;
+    let device = selected.device.clone();
+    let mut notes = Vec::new();
+    let half = yolo_core::amp::use_half(a.half, &selected, |w| notes.push(w.to_string()));
     let machine = Machine::detect();
     let (temp, work) = match &paths.work {
         Some(w) => (None, w.clone()),
@@ -175,7 +184,6 @@ fn run(a: Args) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("{}", work.display()))?;
 
-    let mut notes = Vec::new();
     let mut sections_s = std::collections::BTreeMap::new();
     let t = Instant::now();
     let refs = match &paths.python {
@@ -220,6 +228,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         steps,
     );
     ctx.notes = notes;
+    ctx.half = half;
     let skip = |s: &str| a.skip.iter().any(|x| x == s);
     type Section = fn(&mut Ctx) -> anyhow::Result<()>;
     let run_sections: [(&str, Section); 4] = [
@@ -283,6 +292,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         backend: Backend {
             name: backend_name.clone(),
             device: format!("{device:?}"),
+            precision: if half { "f16" } else { "f32" }.into(),
             compiled: backend::compiled_backends()
                 .into_iter()
                 .map(String::from)

@@ -64,6 +64,13 @@ pub struct Backend {
     pub device: String,
     /// The backends compiled into this binary.
     pub compiled: Vec<String>,
+    /// The inference section's precision: `f32`, or `f16` with `--half`.
+    #[serde(default = "f32_name")]
+    pub precision: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// One measured quantity, ours and the references' measured in the same run.
@@ -319,7 +326,7 @@ impl Report {
         let _ = writeln!(w, "`{}`\n", self.command);
         let _ = writeln!(
             w,
-            "- mode: **{}** ({}); whole run {:.0} s{}{}\n- machine: {}\n- memory: {} MiB; GPUs: {}\n- backend: {} (`{}`; compiled: {})\n- git revision: {}\n- versions: {}",
+            "- mode: **{}** ({}); whole run {:.0} s{}{}\n- machine: {}\n- memory: {} MiB; GPUs: {}\n- backend: {} (`{}`; compiled: {}); inference in {}\n- git revision: {}\n- versions: {}",
             self.mode,
             self.covers,
             self.wall_s,
@@ -349,6 +356,7 @@ impl Report {
             self.backend.name,
             self.backend.device,
             self.backend.compiled.join(", "),
+            self.backend.precision,
             self.git_revision,
             join_map(&self.versions),
         );

@@ -105,6 +105,8 @@ pub struct Ctx {
     pub gpu_memory: serde_json::Map<String, serde_json::Value>,
     /// Whether the references run on a CUDA GPU (when our backend is a GPU one and torch sees one).
     pub ref_device: &'static str,
+    /// Inference in f16 (`--half`, where it applies), ours and the references'.
+    pub half: bool,
     checkpoints: BTreeMap<String, (PathBuf, YoloV8)>,
 }
 
@@ -136,6 +138,7 @@ impl Ctx {
             progress,
             gpu_memory: serde_json::Map::new(),
             ref_device,
+            half: false,
             checkpoints: BTreeMap::new(),
         }
     }
@@ -220,9 +223,12 @@ pub fn inference(ctx: &mut Ctx) -> anyhow::Result<()> {
     let plan = ctx.plan.clone();
     for &scale in &plan.scales {
         let (ckpt, cpu_model) = ctx.checkpoint(scale)?;
-        // As yolo-time: loaded on the device, BatchNorm folded into the convs.
+        // As yolo-time: loaded on the device, BatchNorm folded into the convs (and in f16
+        // with --half).
         let (model, _) = weights::load_model(&ckpt, &ctx.device)?;
-        let model = model.fuse();
+        let model = if ctx.half { model.half() } else { model.fuse() };
+        // f16 figures have ids of their own: `--compare` matches like with like.
+        let (id_tail, name_tail) = if ctx.half { ("/f16", ", f16") } else { ("", "") };
         for &(size, batch) in &plan.infer {
             ctx.progress
                 .step(&format!("inference yolov8{scale} {size} batch {batch}"));
@@ -245,12 +251,12 @@ pub fn inference(ctx: &mut Ctx) -> anyhow::Result<()> {
                 }));
                 time_refs(ctx, &key, &runtimes, plan.warmup, iters, &mut theirs);
             }
-            let name = format!("yolov8{scale} {size}x{size} batch {batch}");
+            let name = format!("yolov8{scale} {size}x{size} batch {batch}{name_tail}");
             let Some(ours) = Stats::from_samples(&ours) else {
                 continue;
             };
             let mut lat = Figure::new(
-                format!("inference.latency/{scale}/{size}/b{batch}"),
+                format!("inference.latency/{scale}/{size}/b{batch}{id_tail}"),
                 "inference",
                 format!("{name}, latency"),
                 "ms",
@@ -258,7 +264,7 @@ pub fn inference(ctx: &mut Ctx) -> anyhow::Result<()> {
             );
             let k = 1000.0 * batch as f64;
             let mut thr = Figure::new(
-                format!("inference.throughput/{scale}/{size}/b{batch}"),
+                format!("inference.throughput/{scale}/{size}/b{batch}{id_tail}"),
                 "inference",
                 format!("{name}, throughput"),
                 "images/s",
@@ -296,6 +302,7 @@ fn prepare_refs(
     let onnx = ctx.work.join(format!("ours_{key}.onnx"));
     let mut opts = yolo_export::ExportOptions::new([size, size]);
     opts.batch = batch;
+    opts.half = ctx.half;
     let names: Vec<String> = (0..80).map(|i| format!("class{i}")).collect();
     let written = yolo_export::export_model(
         cpu_model,
@@ -313,7 +320,7 @@ fn prepare_refs(
     }
     let req = json!({"op": "prepare", "key": key, "scale": scale.to_string(), "imgsz": size, "batch": batch,
                      "ours_onnx": onnx, "weights": ckpt, "work": ctx.work, "threads": ctx.refs_threads(),
-                     "device": ctx.ref_device});
+                     "device": ctx.ref_device, "half": ctx.half});
     let ans = ctx
         .refs
         .as_mut()
@@ -329,7 +336,8 @@ fn prepare_refs(
             }
             for (k, d) in a["max_rel_diff_vs_first"].as_object().into_iter().flatten() {
                 let d = d.as_f64().unwrap_or(f64::NAN);
-                if d.is_nan() || d >= 1e-3 {
+                // f32: float rounding; f16: each runtime's f16 rounding (~6e-3 against f32).
+                if d.is_nan() || d >= if ctx.half { 3e-2 } else { 1e-3 } {
                     ctx.note(format!("{key}: {k}'s output differs from the first reference's by {d:.2e} (relative)"));
                 }
             }
