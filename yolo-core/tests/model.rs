@@ -133,12 +133,11 @@ fn fused_model_matches_ultralytics() {
 /// as close to Ultralytics' f32 output as Ultralytics' own half model is
 /// (tools/fixtures/make_half_fixtures.py, PyTorch's CPU f16 kernels). Measured on flex:
 /// boxes 1.9e-3 relative and scores 7.5-8.4e-6 against PyTorch's 5.7-5.9e-3 and 7.4-9.5e-6
-/// (PyTorch also decodes the boxes in f16, where we decode in f32). The bound is 2x theirs.
-/// On a GPU backend the f16 arithmetic is the backend's kernels': on lavapipe (wgpu) boxes
-/// 5.9e-3 but scores 3.0e-5, 4x PyTorch's (about 2 f16 ulps of the class logits, against
-/// PyTorch's half ulp), so the score bound is 6x there; `tests/val.rs` checks that the mAP
-/// stays Ultralytics' f16 mAP. The output must also be measurably less precise than the f32
-/// model's (~1e-6): the forward really ran in f16.
+/// (PyTorch also decodes the boxes in f16, where we decode in f32); on lavapipe (wgpu) the
+/// same, 1.8-2.0e-3 and 7.5-8.3e-6, because the f16 convs there run as im2col + matmul, which
+/// accumulates in f32 (`ops::conv::conv2d_any`; Burn's own conv kernels, accumulating in f16,
+/// gave 1.4e-2 and 4.3e-5). The bound is 2x theirs. The output must also be measurably less
+/// precise than the f32 model's (~1e-6): the forward really ran in f16.
 #[test]
 fn half_model_tracks_ultralytics_half() {
     for device in backend::cpu_and_default() {
@@ -164,8 +163,7 @@ fn half_model_tracks_ultralytics_half() {
             let (eb, es) = output_errors(&got, want, ys);
             let (tb, ts) = output_errors(theirs, want, ys);
             println!("{case} (half) on {device:?}: vs Ultralytics f32, boxes {eb:.2e} relative, scores {es:.2e}; Ultralytics half: {tb:.2e}, {ts:.2e}");
-            let score_bound = if yolo_core::cpu::flex::is_flex(&device) { 2.0 } else { 6.0 };
-            assert!(eb <= 2.0 * tb && es <= score_bound * ts, "{case} on {device:?}: half, boxes {eb:e} scores {es:e} vs Ultralytics half {tb:e} {ts:e}");
+            assert!(eb <= 2.0 * tb && es <= 2.0 * ts, "{case} on {device:?}: half, boxes {eb:e} scores {es:e} vs Ultralytics half {tb:e} {ts:e}");
             assert!(eb > 0.05 * tb, "{case} on {device:?}: boxes {eb:e}: no f16 rounding, did the forward run in f32?");
         }
         // Back to f32: only the weights keep their f16 rounding, the activations do not.
