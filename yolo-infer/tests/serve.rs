@@ -265,7 +265,7 @@ fn detections_health_metrics_and_bad_input() {
     assert_eq!(detect_count(&after, 200), ok as f64, "{after:?}");
     let client_errors: f64 = [400, 413, 415].iter().map(|s| detect_count(&after, *s)).sum();
     assert_eq!(client_errors, bad as f64);
-    assert!(after.keys().any(|k| k.starts_with("yolo_model_info{") && k.contains("classes=\"3\"")));
+    assert!(after.keys().any(|k| k.starts_with("yolo_model_info{") && k.contains("classes=\"3\"") && k.contains("precision=\"f32\"")));
     assert!(after.contains_key("yolo_http_requests_in_flight"));
     assert!(after.contains_key("yolo_queue_depth"));
     assert!(after.keys().any(|k| k.starts_with("yolo_http_request_duration_seconds_bucket{")));

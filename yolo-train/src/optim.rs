@@ -425,10 +425,64 @@ pub fn scale_grads<M: Module>(model: &M, grads: GradientsParams, coef: f64) -> G
     s.grads
 }
 
+/// Gradients accumulated but not stepped when the state was saved, carried to a resumed run:
+/// they hold the loss scale they were computed at (`saved`'s, 1 without AMP), and the next
+/// step divides by the scale now in force (`now`'s), so where AMP was turned on or off since
+/// (a run resumed on another device, say) they are brought to it.
+pub fn rescale_pending<M: Module>(
+    model: &M,
+    pending: GradientsParams,
+    saved: Option<&GradScaler>,
+    now: Option<&GradScaler>,
+) -> GradientsParams {
+    let scale_of = |s: Option<&GradScaler>| s.map_or(1.0, |s| s.scale as f64);
+    let (saved, now) = (scale_of(saved), scale_of(now));
+    if saved == now {
+        pending
+    } else {
+        scale_grads(model, pending, now / saved)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use yolo_core::{backend, ModelConfig, Scale};
+
+    /// Pending gradients across an AMP switch at resume: saved at scale 4096 and resumed
+    /// without AMP they are divided by 4096; saved without AMP and resumed with it, multiplied
+    /// by the new scale; unchanged where the scale is the same.
+    #[test]
+    fn pending_gradients_follow_the_loss_scale() {
+        let device = backend::cpu_device().autodiff();
+        let cfg = ModelConfig::custom(yolo_core::Multiples { depth: 0.33, width: 0.0625, max_channels: 1024 }, 2);
+        let model = cfg.init_seeded(&device, 0).unwrap();
+        let x = Tensor::<4>::ones([1, 3, 32, 32], &device);
+        let grads = |m: &yolo_core::YoloV8| {
+            let out = m.forward(x.clone());
+            let loss = out.levels.iter().map(|l| l.scores.clone().sum() + l.boxes.clone().sum() * 0.5).reduce(|a, b| a + b).unwrap();
+            GradientsParams::from_grads(loss.backward(), m)
+        };
+        let values = |g: &GradientsParams, m: &yolo_core::YoloV8| -> Vec<f32> {
+            let w = &m.backbone.stem.conv.weight;
+            g.get::<4>(w.id).expect("the stem has a gradient").into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+        };
+        let base = values(&grads(&model), &model);
+        assert!(base.iter().any(|v| *v != 0.0));
+        let at = |scale: f32| GradScaler { scale, ..GradScaler::default() };
+        for (saved, now, coef) in [
+            (Some(at(4096.0)), None, 1.0 / 4096.0),
+            (None, Some(at(65536.0)), 65536.0),
+            (Some(at(1024.0)), Some(at(2048.0)), 2.0),
+            (Some(at(512.0)), Some(at(512.0)), 1.0),
+        ] {
+            let g = rescale_pending(&model, grads(&model), saved.as_ref(), now.as_ref());
+            let got = values(&g, &model);
+            // Powers of two: exact.
+            let want: Vec<f32> = base.iter().map(|v| v * coef).collect();
+            assert_eq!(got, want, "saved {:?}, now {:?}", saved.map(|s| s.scale), now.map(|s| s.scale));
+        }
+    }
 
     #[test]
     fn auto_rule() {

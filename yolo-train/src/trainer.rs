@@ -24,7 +24,7 @@ use crate::ema::ModelEma;
 use crate::error::{Result, TrainError};
 use crate::loader::Loader;
 use crate::loss::{v8_detection_loss, LossConfig};
-use crate::optim::{clip_and_step, resolve_optimizer, scale_grads, YoloOptimizer};
+use crate::optim::{clip_and_step, resolve_optimizer, YoloOptimizer};
 use crate::resume as state;
 use crate::schedule::{accumulate, scaled_weight_decay, warmup_iterations, LrLambda, Warmup};
 
@@ -546,12 +546,8 @@ fn run(
             // A state saved without amp (or before the scaler was saved) starts a fresh scale.
             scaler = Some(state.grad_scaler.unwrap_or_default());
         }
-        // The pending gradients carry the loss scale they were computed at (1 without amp):
-        // where amp was turned on or off since (another device, say), bring them to the scale
-        // now in force, which the next step divides by.
-        let scale_of = |s: Option<GradScaler>| s.map_or(1.0, |s| s.scale as f64);
-        let (saved, now) = (scale_of(state.grad_scaler), scale_of(scaler));
-        let pending = if saved == now { pending } else { scale_grads(&model, pending, now / saved) };
+        // The pending gradients carry the loss scale they were computed at (1 without amp).
+        let pending = crate::optim::rescale_pending(&model, pending, state.grad_scaler.as_ref(), scaler.as_ref());
         accum.accumulate(&model, pending);
         ema.updates = state.ema_updates;
         last_opt_step = state.last_opt_step;
