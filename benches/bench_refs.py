@@ -168,7 +168,9 @@ def op_prepare(req):
             name = f"{prefix}, yolo-export ONNX{tag}"
             runs[name] = lambda s=sess: s.run(None, {"images": x_in})
             outs[name] = runs[name]()[0].astype(np.float32)
-        except Exception as e:  # e.g. an onnxruntime build without an f16 kernel it needs
+        except Exception as e:  # f16: e.g. an onnxruntime build without an f16 kernel it needs
+            if not half:
+                raise
             runs.pop(name, None)
             skipped["onnxruntime, yolo-export ONNX" + tag] = f"{type(e).__name__}: {e}"[:300]
     if ultralytics is None or load_safetensors is None:
@@ -197,23 +199,27 @@ def op_prepare(req):
             runs[name] = lambda s=sess: s.run(None, {"images": x})
             outs[name] = runs[name]()[0]
         dev = "cuda" if cuda else "cpu"
-        fused = yolo.model.fuse().eval().to(dev)
-        xt = torch.from_numpy(x).to(dev)
-        if half:
-            fused, xt = fused.half(), xt.half()
-        name = "PyTorch" + (" CUDA" if cuda else "") + " (fused" + tag + ")"
+        if half and not cuda:
+            # Ultralytics runs f32 on the CPU; PyTorch's CPU f16 is no reference for speed.
+            skipped["pytorch, f16"] = "PyTorch's f16 model runs on CUDA only (Ultralytics runs f32 on the CPU)"
+        else:
+            fused = yolo.model.fuse().eval().to(dev)
+            xt = torch.from_numpy(x).to(dev)
+            if half:
+                fused, xt = fused.half(), xt.half()
+            name = "PyTorch" + (" CUDA" if cuda else "") + " (fused" + tag + ")"
 
-        def fwd(m=fused, t=xt):
-            with torch.inference_mode():
-                return m(t)
+            def fwd(m=fused, t=xt):
+                with torch.inference_mode():
+                    return m(t)
 
-        def run(f=fwd):
-            y = f()
-            y = y[0] if isinstance(y, (list, tuple)) else y
-            return y
+            def run(f=fwd):
+                y = f()
+                y = y[0] if isinstance(y, (list, tuple)) else y
+                return y
 
-        runs[name] = run
-        outs[name] = run().float().cpu().numpy()
+            runs[name] = run
+            outs[name] = run().float().cpu().numpy()
     # Same weights, same input: the outputs must agree, or the timings compare different work.
     agree = {}
     names = list(outs)

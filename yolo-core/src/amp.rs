@@ -1,9 +1,11 @@
 //! Autocast for mixed precision training (Ultralytics' `amp=True`, PyTorch's
 //! `torch.autocast`): while an [`autocast`] scope is open on a thread, the training forward's
 //! convolutions ([`crate::ops::conv::conv2d_any`]) run in half precision and hand back f32.
-//! It is for training (an autodiff device): inference paths do not consult it (the fused
-//! convs of the CPU backend run f32, and branches the CPU forward runs in parallel on other
-//! threads would not see the scope).
+//! It is for training (an autodiff device) and for the training loop's validation on a GPU
+//! backend (Ultralytics 8.4 validates under autocast with AMP; the fused convs there go
+//! through `conv2d_any` too). Other inference paths do not consult it: the fused convs of the
+//! CPU backend run f32, and branches the CPU forward runs in parallel on other threads would
+//! not see the scope. Half-precision inference is [`crate::YoloV8::half`].
 //!
 //! What runs in which precision, against PyTorch's autocast (CUDA):
 //! - convs (and the matrix products of the GPU backends' im2col convs): the input, the weight

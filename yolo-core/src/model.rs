@@ -122,16 +122,14 @@ impl YoloV8 {
     /// - output: per level `l` (strides 8, 16, 32), boxes `[B, 4 * reg_max, H/s, W/s]` and
     ///   class logits `[B, nc, H/s, W/s]`
     ///
-    /// A [half-precision](Self::half) model takes the input in any float dtype (it is cast to
-    /// the model's) and hands the head's output back in f32, for the decode and the loss.
+    /// The input is cast to the model's dtype where it differs (a [half-precision](Self::half)
+    /// model takes an f32 input), and the head's output is handed back in f32, for the decode
+    /// and the loss.
     pub fn forward(&self, x: Tensor<4>) -> HeadOutput {
-        match self.dtype() {
-            FloatDType::F32 => self.forward_as_is(x),
-            dtype => {
-                let x = if x.dtype() == DType::from(dtype) { x } else { x.cast(dtype) };
-                self.forward_as_is(x).cast(FloatDType::F32)
-            }
-        }
+        let dtype = self.dtype();
+        let x = if x.dtype() == DType::from(dtype) { x } else { x.cast(dtype) };
+        let out = self.forward_as_is(x);
+        if dtype == FloatDType::F32 { out } else { out.cast(FloatDType::F32) }
     }
 
     /// [`forward`](Self::forward) in the dtype of `x` (the model's).

@@ -60,8 +60,8 @@ struct DeviceArg {
     /// named backend the build lacks or the machine has no device for is an error.
     #[arg(long, value_name = "BACKEND")]
     device: Option<String>,
-    /// Half precision (f16) inference on a GPU backend, as Ultralytics' half=True: faster,
-    /// and mAP within ~0.002 of f32. Ignored with a warning on flex (the CPU) and on a device
+    /// Half precision (f16) inference on a GPU backend, as Ultralytics' half=True (mAP within
+    /// 0.002 of f32 in the tests). Ignored with a warning on flex (the CPU) and on a device
     /// without f16 arithmetic.
     #[arg(long)]
     half: bool,

@@ -75,16 +75,16 @@ pub use yolo_core::metrics::DetMetrics;
 
 /// mAP of the EMA model on the validation split, with yolo-core's validation loop (the one
 /// `yolo-infer val` uses): Ultralytics' rect batches, conf 0.001, IoU 0.7, max_det 300.
-/// `half`: the fused copy runs in f16 ([`YoloV8::half`]), as Ultralytics validates in f16
-/// when it trains with AMP on a GPU; the EMA itself is untouched.
-pub fn val_metrics(ema: &YoloV8, val: &Loader, device: &Device, half: bool) -> Result<DetMetrics> {
+/// `autocast`: the forward runs under an f16 autocast scope (the convs in f16, the weights
+/// f32), as Ultralytics 8.4 validates when it trains with AMP on a GPU.
+pub fn val_metrics(ema: &YoloV8, val: &Loader, device: &Device, autocast: bool) -> Result<DetMetrics> {
     let cfg = yolo_core::val::ValConfig {
         imgsz: val.imgsz as u32,
         batch: val.batch,
         ..Default::default()
     };
-    let model = if half { ema.clone().half() } else { ema.clone().fuse() };
-    let m = yolo_core::val::evaluate(&model, &val.samples, &[], &cfg, device)?;
+    let _scope = autocast.then(|| yolo_core::amp::autocast(Some(yolo_core::amp::DTYPE)));
+    let m = yolo_core::val::evaluate(&ema.clone().fuse(), &val.samples, &[], &cfg, device)?;
     Ok(DetMetrics {
         precision: m.precision,
         recall: m.recall,
@@ -679,7 +679,8 @@ fn run(
         } else {
             (
                 Some(val_loss(&ema.model, &val, &loss_cfg, device)?),
-                Some(val_metrics(&ema.model, &val, device, amp)?),
+                // Ultralytics: autocast in validation with AMP, on a GPU only.
+                Some(val_metrics(&ema.model, &val, device, amp && !yolo_core::cpu::flex::is_flex(device))?),
             )
         };
         let fitness = match (metrics, val_loss_items) {

@@ -30,10 +30,13 @@ fn main() -> anyhow::Result<()> {
     // As the binaries do (`yolo-train`, `yolo-infer`).
     backend::keep_freed_memory();
     let a = Args::parse();
-    let device = backend::select_device()?.device;
+    let selected = backend::select_device()?;
+    let device = selected.device.clone();
     let (model, _) = weights::load_model(&a.weights, &device)?;
-    // As Ultralytics' predictor and benchmarks: BatchNorm folded into the convs.
-    let model = if a.half { model.fuse().half() } else { model.fuse() };
+    // As Ultralytics' predictor and benchmarks: BatchNorm folded into the convs (and f16 with
+    // --half where it applies, as yolo-infer --half).
+    let half = yolo_core::amp::use_half(a.half, &selected, |w| eprintln!("warning: {w}"));
+    let model = if half { model.half() } else { model.fuse() };
     let x = input(a.batch, a.imgsz, &device);
     let (warmup, times) = yolo_benches::warmup_and_times_ms(a.warmup, a.iters, || {
         let y = model.predict(x.clone()).unwrap();
@@ -43,7 +46,7 @@ fn main() -> anyhow::Result<()> {
     sorted.sort_by(f64::total_cmp);
     let mut line = serde_json::json!({"runtime": "yolo-rs", "device": format!("{device:?}"),
         "imgsz": a.imgsz, "batch": a.batch,
-        "precision": if a.half { "f16" } else { "f32" }, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0], "warmup_ms": warmup});
+        "precision": if half { "f16" } else { "f32" }, "median_ms": sorted[sorted.len() / 2], "min_ms": sorted[0], "warmup_ms": warmup});
     if a.all {
         line["times_ms"] = serde_json::json!(times);
     }

@@ -169,25 +169,33 @@ pub fn conv2d(x: Tensor<4>, conv: &Conv2d) -> Result<Tensor<4>, Tensor<4>> {
 /// part) and for inference convs of at least [`MATMUL_MIN_FLOPS`] (below that, the direct
 /// kernel's two launches cost less host time than im2col's dozen: at batch 1 the whole
 /// forward was twice as long with the matmul everywhere), and for half-precision inference
-/// ([`crate::YoloV8::half`]): Burn 0.22's conv kernels accumulate f16 products in f16, the
-/// matmul in f32 as PyTorch's f16 convs do (on lavapipe the f16 model's boxes were 2.5x and its
-/// scores 4x as far from the f32 output as Ultralytics' f16 ones with Burn's conv; with the
-/// matmul, as close as on the CPU: 0.33x and 1.0x). Burn's conv otherwise (and on the CPU
-/// backend in another dtype, and for convs [`conv2d_matmul`] refuses).
+/// ([`crate::YoloV8::half`], or under autocast): Burn 0.22's direct conv kernel accumulates
+/// f16 products in f16 (its implicit GEMM in f32, but the autotuner may pick either), the
+/// matmul in f32 as PyTorch's f16 convs do (on lavapipe the f16 model's boxes were 2.5x and
+/// its scores 4x as far from the f32 output as Ultralytics' f16 ones with Burn's conv; with
+/// the matmul, as close as on the CPU: 0.33x and 1.0x). This costs launches at batch 1 (see
+/// above): to be measured on a GPU. Burn's conv otherwise (and on the CPU backend in another
+/// dtype, and for convs [`conv2d_matmul`] refuses).
 /// `YOLO_RS_GPU_CONV=matmul|direct` forces one or the other, for measuring.
 ///
 /// # Shapes
 /// - `x`: `[B, C_in, H, W]`; output: `[B, C_out, H_out, W_out]`
 pub fn conv2d_any(x: Tensor<4>, conv: &Conv2d) -> Tensor<4> {
     let device = x.device();
+    let autocast = crate::amp::autocast_dtype();
     let matmul = match gpu_conv_mode() {
         GpuConv::Matmul => true,
         GpuConv::Direct => false,
-        GpuConv::Auto => device.is_autodiff() || x.dtype() != DType::F32 || conv_flops(&x, conv) >= MATMUL_MIN_FLOPS,
+        GpuConv::Auto => {
+            device.is_autodiff()
+                || x.dtype() != DType::F32
+                || autocast.is_some()
+                || conv_flops(&x, conv) >= MATMUL_MIN_FLOPS
+        }
     };
     // Autocast applies on every backend (on `flex` it runs Burn's half-precision ops: for
     // checking, not for speed).
-    let x = match crate::amp::autocast_dtype() {
+    let x = match autocast {
         Some(dtype) => match autocast_conv(x, conv, dtype, matmul) {
             Ok(y) => return y,
             Err(x) => x,
