@@ -127,8 +127,8 @@ impl YoloV8 {
     /// and the loss.
     pub fn forward(&self, x: Tensor<4>) -> HeadOutput {
         let dtype = self.dtype();
-        let x = if x.dtype() == DType::from(dtype) { x } else { x.cast(dtype) };
-        let out = self.forward_as_is(x);
+        // Burn's `cast` is a no-op where the dtype already matches.
+        let out = self.forward_as_is(x.cast(dtype));
         if dtype == FloatDType::F32 { out } else { out.cast(FloatDType::F32) }
     }
 
@@ -221,7 +221,7 @@ impl YoloV8 {
                     return param;
                 }
                 let dtype = self.dtype;
-                param.map(|t| if t.dtype() == DType::from(dtype) { t } else { t.cast(dtype) })
+                param.map(|t| t.cast(dtype))
             }
         }
         self.fuse().map(&mut Cast { dtype, fields: Vec::new() })

@@ -172,8 +172,8 @@ fn half_model_tracks_ultralytics_half() {
         let (xs, x) = &io["square.input"];
         let (ys, want) = &io["square.output"];
         let (_, theirs) = &half["square.output"];
-        let x = Tensor::<4>::from_data(TensorData::new(x.clone(), xs.clone()), &device);
-        let got: Vec<f32> = model.predict(x).unwrap().into_data().try_to_vec().unwrap();
+        let square = Tensor::<4>::from_data(TensorData::new(x.clone(), xs.clone()), &device);
+        let got: Vec<f32> = model.predict(square.clone()).unwrap().into_data().try_to_vec().unwrap();
         let (eb, _) = output_errors(&got, want, ys);
         let (tb, _) = output_errors(theirs, want, ys);
         println!("square (f16 weights, f32 compute) on {device:?}: boxes {eb:.2e} relative");
@@ -181,8 +181,7 @@ fn half_model_tracks_ultralytics_half() {
         // The model the half copy came from is untouched (Burn shares BatchNorm running
         // statistics between clones): still f32, still Ultralytics' f32 output.
         assert_eq!(original.dtype(), burn::tensor::FloatDType::F32);
-        let x = Tensor::<4>::from_data(TensorData::new(io["square.input"].1.clone(), xs.clone()), &device);
-        let got: Vec<f32> = original.predict(x).unwrap().into_data().try_to_vec().unwrap();
+        let got: Vec<f32> = original.predict(square).unwrap().into_data().try_to_vec().unwrap();
         let (eb, es) = output_errors(&got, want, ys);
         assert!(eb < BOX_REL && es < SCORE_ABS, "the original after a half copy: boxes {eb:e}, scores {es:e}");
     }

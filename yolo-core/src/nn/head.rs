@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 use super::conv::{Conv, ConvConfig};
 use crate::cpu::conv::{self as cpu_conv, Activation};
@@ -48,13 +48,12 @@ pub struct HeadOutput {
 }
 
 impl HeadOutput {
-    /// Every tensor cast to `dtype` (those already in it untouched).
+    /// Every tensor cast to `dtype` (Burn's `cast` leaves those already in it untouched).
     pub fn cast(self, dtype: FloatDType) -> Self {
-        let cast = |t: Tensor<4>| if t.dtype() == DType::from(dtype) { t } else { t.cast(dtype) };
         let levels = self
             .levels
             .into_iter()
-            .map(|l| LevelOutput { boxes: cast(l.boxes), scores: cast(l.scores) })
+            .map(|l| LevelOutput { boxes: l.boxes.cast(dtype), scores: l.scores.cast(dtype) })
             .collect();
         Self { levels }
     }
