@@ -1,7 +1,6 @@
 //! A pure-Rust check of the written graphs with tract (no Python needed): the static f32 graph
 //! at two sizes and the dynamic graph at a non-square batch of 2, against the native
-//! `predict`, with the bounds of the onnxruntime tests. Built with `--features tract-check`.
-#![cfg(feature = "tract-check")]
+//! `predict`, with the bounds of the onnxruntime tests. Part of the plain `cargo test`.
 
 mod common;
 
