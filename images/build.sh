@@ -54,7 +54,8 @@ for b in "${BINS[@]}"; do
     for x in ${ALSO[$b]:-}; do PKGS+=(-p "${PACKAGE[$x]}" --bin "$x"); done
 done
 if [ ${#PKGS[@]} -gt 0 ]; then
-    RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
+    # No debug info: `strip=symbols` removes it from the binaries anyway.
+    CARGO_PROFILE_RELEASE_DEBUG=false RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
         cargo build --release --locked --target "$TARGET" --target-dir target/static "${PKGS[@]}"
 fi
 for b in "${BINS[@]}"; do

@@ -352,6 +352,16 @@ fn keep_awake(done: &AtomicBool, body: Option<usize>) {
     }
 }
 
+/// Rewrites `BURN_DEVICE=cpu` (our name for `flex`) to `flex`, the name Burn itself reads
+/// where it builds `Device::default()` (its optimizer loader does, on `--resume`), and panics
+/// on `cpu` unless Burn's own `cpu` backend is compiled. The binaries call it first thing in
+/// `main`: setting the environment while other threads read it is a data race.
+pub fn canonical_device_env() {
+    if std::env::var("BURN_DEVICE").is_ok_and(|v| v.trim().eq_ignore_ascii_case("cpu")) {
+        std::env::set_var("BURN_DEVICE", "flex");
+    }
+}
+
 /// The compiled backends, by name (flex, then wgpu, then cuda).
 pub fn compiled_backends() -> Vec<&'static str> {
     [BackendKind::Flex, BackendKind::Wgpu, BackendKind::Cuda]

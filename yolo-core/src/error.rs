@@ -97,3 +97,35 @@ impl CoreError {
         }
     }
 }
+
+/// An error and its causes on one line, `a: b: c`, skipping a cause whose text a message
+/// before already holds (ours print their source, `{path}: {source}`, which `{:#}` of an
+/// `anyhow::Error` would print twice). What the binaries print.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
+        cause = c.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chain_skips_causes_already_printed() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = super::CoreError::io("a/b.txt", io);
+        assert_eq!(super::chain(&e), "a/b.txt: no such file");
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the dataset")]
+        struct Outer(#[source] super::CoreError);
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let outer = Outer(super::CoreError::io("a/b.txt", io));
+        assert_eq!(super::chain(&outer), "reading the dataset: a/b.txt: no such file");
+    }
+}

@@ -1,8 +1,34 @@
 //! Writing files so that readers never see a partial one: checkpoints, reports, caches, plots.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{CoreError, Result};
+
+/// Serialises a path as text, bytes that are not UTF-8 replaced by U+FFFD, for reports and
+/// results (`#[serde(serialize_with = "...")]`): serde's own `Path` impl fails on such a name,
+/// and one file named in Latin-1 would fail a whole report.
+pub fn serialize_path_lossy<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
+/// [`serialize_path_lossy`] for an optional path.
+pub fn serialize_opt_path_lossy<S: serde::Serializer>(
+    path: &Option<PathBuf>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match path {
+        Some(p) => s.serialize_some(&p.to_string_lossy()),
+        None => s.serialize_none(),
+    }
+}
+
+/// [`serialize_path_lossy`] for `(path, text)` pairs.
+pub fn serialize_path_pairs_lossy<S: serde::Serializer>(
+    pairs: &[(PathBuf, String)],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(pairs.iter().map(|(p, t)| (p.to_string_lossy(), t)))
+}
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
 /// partial file and a crash never destroys the previous version.

@@ -14,6 +14,14 @@ use crate::scale::{Multiples, Scale};
 /// Largest stride of the model: input sides must be multiples of it.
 pub const MAX_STRIDE: usize = 32;
 
+/// The largest input side the tools take (`imgsz`): a sanity limit, so that a mistyped size is
+/// an error instead of an allocation that aborts (16384² RGB in f32 is 3.2 GB per image).
+pub const MAX_IMGSZ: u32 = 16384;
+
+/// The most classes a model or a dataset may have: a sanity limit (LVIS has 1203), so that a
+/// corrupt `nc` is an error instead of an allocation that aborts.
+pub const MAX_CLASSES: usize = 100_000;
+
 /// Everything needed to build a model; saved in checkpoints' metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -55,18 +63,21 @@ impl ModelConfig {
                 message: message.into(),
             })
         };
-        if self.nc == 0 {
-            return bad("nc", "must be at least 1");
+        // The upper bounds are sanity limits far above any YOLOv8 (x: depth 1, width 1.25,
+        // 512 channels, reg_max 16; LVIS has 1203 classes): a corrupt checkpoint's metadata
+        // gets an error instead of an allocation that aborts or a build that never ends.
+        if !(1..=MAX_CLASSES).contains(&self.nc) {
+            return bad("nc", "must be between 1 and 100000");
         }
-        if self.reg_max < 2 {
-            return bad("reg_max", "must be at least 2");
+        if !(2..=64).contains(&self.reg_max) {
+            return bad("reg_max", "must be between 2 and 64");
         }
         let m = &self.multiples;
-        if !(m.depth > 0.0 && m.width > 0.0 && m.depth.is_finite() && m.width.is_finite()) {
-            return bad("multiples", "depth and width must be positive");
+        if !(m.depth > 0.0 && m.width > 0.0 && m.depth <= 4.0 && m.width <= 4.0) {
+            return bad("multiples", "depth and width must be above 0 and at most 4");
         }
-        if m.max_channels < 8 {
-            return bad("multiples.max_channels", "must be at least 8");
+        if !(8..=8192).contains(&m.max_channels) {
+            return bad("multiples.max_channels", "must be between 8 and 8192");
         }
         Ok(())
     }

@@ -50,6 +50,34 @@ impl Default for ValConfig {
     }
 }
 
+impl ValConfig {
+    /// The settings checked, `imgsz` rounded up to a multiple of the largest stride (32) as
+    /// Ultralytics' `check_imgsz` does (a side that is not one fails in the neck's
+    /// concatenations). An error names the field: `imgsz` or `batch` 0, `conf` or `iou` outside
+    /// `[0, 1]` (or NaN), `max_det` 0.
+    pub fn checked(&self) -> Result<Self> {
+        let bad = |field: &str, message: String| crate::CoreError::Config { field: field.into(), message };
+        if !(1..=crate::model::MAX_IMGSZ).contains(&self.imgsz) {
+            return Err(bad("imgsz", format!("{} is not between 1 and {}", self.imgsz, crate::model::MAX_IMGSZ)));
+        }
+        if self.batch == 0 {
+            return Err(bad("batch", "must be positive".into()));
+        }
+        for (field, v) in [("conf", self.conf), ("iou", self.iou)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(bad(field, format!("{v} is not between 0 and 1")));
+            }
+        }
+        if self.max_det == 0 {
+            return Err(bad("max_det", "must be positive".into()));
+        }
+        Ok(Self {
+            imgsz: self.imgsz.div_ceil(MAX_STRIDE as u32) * MAX_STRIDE as u32,
+            ..self.clone()
+        })
+    }
+}
+
 /// Which samples form each batch and the `(height, width)` every batch is letterboxed to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchPlan {
@@ -177,6 +205,7 @@ pub fn run_batches(
     device: &Device,
     mut on_batch: impl FnMut(&HeadOutput, &[Prepared], &[f32], [usize; 3]),
 ) -> Result<()> {
+    let cfg = &cfg.checked()?;
     let sizes: Vec<ImageSize> = samples.iter().map(|s| s.size).collect();
     let plan = plan_batches(&sizes, cfg.imgsz, cfg.batch, cfg.rect);
     let meta = model.meta();
@@ -266,6 +295,7 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<ValMetrics> {
     let start = std::time::Instant::now();
+    let cfg = &cfg.checked()?;
     let nms = NmsConfig {
         conf: cfg.conf,
         iou: cfg.iou,
@@ -338,6 +368,23 @@ mod tests {
 
     fn sz(width: u32, height: u32) -> ImageSize {
         ImageSize { width, height }
+    }
+
+    #[test]
+    fn checked_rounds_imgsz_and_names_bad_fields() {
+        let c = ValConfig { imgsz: 1000, ..ValConfig::default() };
+        assert_eq!(c.checked().unwrap().imgsz, 1024);
+        assert_eq!(ValConfig::default().checked().unwrap(), ValConfig::default());
+        let field = |c: ValConfig| match c.checked() {
+            Err(crate::CoreError::Config { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(ValConfig { imgsz: 0, ..ValConfig::default() }), "imgsz");
+        assert_eq!(field(ValConfig { imgsz: 40000, ..ValConfig::default() }), "imgsz");
+        assert_eq!(field(ValConfig { batch: 0, ..ValConfig::default() }), "batch");
+        assert_eq!(field(ValConfig { conf: f32::NAN, ..ValConfig::default() }), "conf");
+        assert_eq!(field(ValConfig { iou: 5.0, ..ValConfig::default() }), "iou");
+        assert_eq!(field(ValConfig { max_det: 0, ..ValConfig::default() }), "max_det");
     }
 
     #[test]

@@ -279,7 +279,14 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<(YoloV8, Ch
     let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
     let (_, header) = parse_header(path, &bytes)?;
     let meta = CheckpointMeta::from_strings(path, &header.metadata().clone().unwrap_or_default())?;
-    let mut model = meta.model.init(device)?;
+    let mut model = meta.model.init(device).map_err(|e| match e {
+        CoreError::Config { field, message } => CoreError::Metadata {
+            path: path.into(),
+            field: format!("model.{field}"),
+            message,
+        },
+        other => other,
+    })?;
     load_weights_from_bytes(&mut model, path, bytes)?;
     Ok((model, meta))
 }

@@ -274,6 +274,19 @@ fn tiny_imgsz_is_a_config_error() {
     assert!(matches!(err, yolo_core::CoreError::Config { .. }), "{err}");
 }
 
+/// A folder holding another dataset is not written over; a shapes dataset is regenerated in
+/// place.
+#[test]
+fn another_dataset_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ShapesConfig { train: 2, val: 1, ..small() };
+    generate(&cfg, dir.path()).unwrap();
+    generate(&cfg, dir.path()).unwrap();
+    std::fs::write(dir.path().join("data.yaml"), "train: images/train\nval: images/val\nnames: [a]\n").unwrap();
+    let err = generate(&cfg, dir.path()).unwrap_err().to_string();
+    assert!(err.contains("data.yaml") && err.contains("another dataset"), "{err}");
+}
+
 /// Writes a small dataset for a look by eye: `SHAPES_OUT=/tmp/shapes cargo test -p yolo-core
 /// --test shapes -- --ignored dump`.
 #[test]

@@ -112,6 +112,10 @@ impl ExportOptions {
                 format!("{h}x{w}: height and width must be positive multiples of {MAX_STRIDE}"),
             );
         }
+        let max = yolo_core::model::MAX_IMGSZ as usize;
+        if h > max || w > max {
+            return bad_option("imgsz", format!("{h}x{w}: height and width must be at most {max}"));
+        }
         if self.batch == 0 {
             return bad_option("batch", "must be at least 1");
         }

@@ -38,6 +38,14 @@ pub struct Written {
 /// it with `opts` and writes `output` atomically.
 pub fn export_checkpoint(weights: &Path, output: &Path, opts: &ExportOptions) -> Result<Written> {
     opts.validate()?;
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(weights), std::fs::canonicalize(output)) {
+        if a == b {
+            return Err(ExportError::Option {
+                option: "output",
+                message: format!("{} is the checkpoint being exported: the ONNX file would replace it", output.display()),
+            });
+        }
+    }
     let device = yolo_core::backend::cpu_device();
     let (model, meta) = yolo_core::weights::load_model(weights, &device).map_err(|source| {
         ExportError::Checkpoint {

@@ -131,15 +131,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The chain, skipping causes whose text a message before already holds.
-            let mut msg = e.to_string();
-            for cause in e.chain().skip(1) {
-                let c = cause.to_string();
-                if !msg.contains(&c) {
-                    msg = format!("{msg}: {c}");
-                }
-            }
-            eprintln!("yolo-export: error: {msg}");
+            eprintln!("yolo-export: error: {}", yolo_core::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -498,7 +498,26 @@ fn cli_writes_and_fails_clearly() {
     fails(&["-w", w, "-o", o, "--fp32-io"], "--half");
     fails(&["-w", w, "-o", o, "--conf", "0.5"], "--nms");
     fails(&["-w", w, "-o", o, "--opset", "12"], "12");
+    fails(&["-w", w, "-o", o, "--imgsz", "32768"], "at most 16384");
     assert!(!std::path::Path::new(o).exists());
+    // The checkpoint as the output: refused, the checkpoint left as it was.
+    let ckpt = dir.path().join("w.safetensors");
+    std::fs::copy(w, &ckpt).unwrap();
+    let before = std::fs::read(&ckpt).unwrap();
+    let c = ckpt.to_str().unwrap();
+    fails(&["-w", c, "-o", &format!("{}/./w.safetensors", dir.path().display())], "would replace it");
+    assert!(std::fs::read(&ckpt).unwrap() == before);
+    // A model config in the metadata no YOLOv8 has: the error names the file and the field.
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut md = header.metadata().clone().unwrap();
+    let model = md["model"].replace("\"reg_max\": 16", "\"reg_max\": 1");
+    assert_ne!(model, md["model"], "{}", md["model"]);
+    md.insert("model".into(), model);
+    let odd = dir.path().join("odd.safetensors");
+    safetensors::serialize_to_file(st.tensors(), Some(md), &odd).unwrap();
+    fails(&["-w", odd.to_str().unwrap(), "--imgsz", "64"], "odd.safetensors: metadata field `model.reg_max`");
 }
 
 /// Against Ultralytics 8.4.190's own ONNX export of the same weights, run by onnxruntime on

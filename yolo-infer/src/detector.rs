@@ -136,10 +136,10 @@ impl Detector {
     /// # Errors
     /// The checkpoint's errors (file, metadata, every mis-fitting key); `imgsz` of 0.
     pub fn load(weights: &Path, imgsz: u32, device: &Device) -> Result<Self> {
-        if imgsz == 0 {
+        if !(1..=yolo_core::model::MAX_IMGSZ).contains(&imgsz) {
             return Err(InferError::Options {
                 field: "imgsz".into(),
-                message: "must be positive".into(),
+                message: format!("{imgsz} is not between 1 and {}", yolo_core::model::MAX_IMGSZ),
             });
         }
         let (model, meta) = weights::load_model(weights, device)?;

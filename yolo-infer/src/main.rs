@@ -84,13 +84,13 @@ struct ValCmd {
     #[arg(long, default_value_t = 16)]
     batch: usize,
     /// NMS confidence threshold.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, value_parser = parse_frac32)]
     conf: f32,
     /// NMS IoU threshold.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, value_parser = parse_frac32)]
     iou: f32,
-    #[arg(long, default_value_t = 300)]
-    max_det: usize,
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    max_det: u64,
     /// Square batches instead of Ultralytics' rectangular val batches.
     #[arg(long)]
     no_rect: bool,
@@ -304,7 +304,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", yolo_core::error::chain(e.as_ref()));
             ExitCode::from(1)
         }
     }
@@ -424,7 +424,7 @@ fn run_val(c: ValCmd) -> anyhow::Result<i32> {
             batch: c.batch,
             conf: c.conf,
             iou: c.iou,
-            max_det: c.max_det,
+            max_det: c.max_det as usize,
             rect: !c.no_rect,
         },
         out: c.out,

@@ -60,6 +60,7 @@ pub struct PredictArgs {
 /// The result for one image, as printed and saved.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageResult {
+    #[serde(serialize_with = "yolo_core::files::serialize_path_lossy")]
     pub image: PathBuf,
     pub width: u32,
     pub height: u32,
@@ -69,9 +70,11 @@ pub struct ImageResult {
 /// What a run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PredictSummary {
+    #[serde(serialize_with = "yolo_core::files::serialize_path_lossy")]
     pub run_dir: PathBuf,
     pub images: usize,
     /// Sources that could not be read or decoded, with the reason.
+    #[serde(serialize_with = "yolo_core::files::serialize_path_pairs_lossy")]
     pub skipped: Vec<(PathBuf, String)>,
     pub detections: usize,
     /// Per-image milliseconds.

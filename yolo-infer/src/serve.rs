@@ -594,7 +594,9 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Started> {
     let nc = det.names().len();
     let (tx, rx) = sync_channel::<Job>(cfg.queue.max(1));
     let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(cfg.addr).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.addr))?;
     let addr = listener.local_addr()?;
     let worker = {
         let (cfg, metrics, ready) = (cfg.clone(), metrics.clone(), ready.clone());

@@ -60,6 +60,13 @@ pub fn parse_split(s: &str) -> anyhow::Result<Split> {
 /// Loads weights and data, prints the data report (and saves it as `<out>/data_report.json`),
 /// evaluates, writes `<out>/metrics.json` atomically.
 pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
+    let cfg = a.cfg.checked()?;
+    if cfg.imgsz != a.cfg.imgsz {
+        eprintln!(
+            "warning: imgsz {} is not a multiple of the largest stride (32): using {}",
+            a.cfg.imgsz, cfg.imgsz
+        );
+    }
     let selected = backend::select_device_flag(a.device.as_deref())?;
     eprintln!("device: {selected}");
     let half = yolo_core::amp::use_half(a.half, &selected, |w| eprintln!("warning: {w}"));
@@ -93,7 +100,7 @@ pub fn run(a: &ValArgs) -> anyhow::Result<ValMetrics> {
     if samples.is_empty() {
         return Err(report.no_valid_images(split).into());
     }
-    let metrics = evaluate(&model, &samples, &data.names, &a.cfg, &device)?;
+    let metrics = evaluate(&model, &samples, &data.names, &cfg, &device)?;
     let json = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
     files::write_atomic(&a.out.join("metrics.json"), &json)
         .with_context(|| format!("writing {}", a.out.join("metrics.json").display()))?;

@@ -343,3 +343,46 @@ fn val_prints_and_saves_the_findings() {
         serde_json::from_slice(&fs::read(out_dir.join("data_report.json")).unwrap()).unwrap();
     assert_eq!(json["findings"][0]["kind"], "ColumnCount");
 }
+
+/// `check-data` on `root` (one class) after adding one good val image: (output, report path).
+fn check_with_good_val(root: &Path) -> (Output, PathBuf) {
+    put(root, "val", "ok.png", &encode(32, 32, 5, false), Some(GOOD));
+    let yaml = root.join("data.yaml");
+    write(&yaml, "path: .\ntrain: images/train\nval: images/val\nnames: [a]\n");
+    let report = root.join("r.json");
+    (check_data(&["--report", report.to_str().unwrap()], &yaml), report)
+}
+
+/// A file name that is not UTF-8 (a Latin-1 name from an old archive) is named in the
+/// report with U+FFFD in place of its bytes; serialising the path failed the whole report
+/// before (a panic).
+#[cfg(unix)]
+#[test]
+fn non_utf8_file_names_are_reported() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+    let img = tmp.path().join("images/train").join(name);
+    write(&img, encode(32, 32, 4, false));
+    write(&img2label_path(&img), "7 0.5 0.5 0.2 0.2\n");
+    let (out, report) = check_with_good_val(tmp.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let json = fs::read_to_string(&report).unwrap();
+    assert!(json.contains("caf\u{fffd}.txt"), "{json}");
+}
+
+/// Every image of a split corrupt, the labels there: the report says the images are corrupt,
+/// not that the labels folder is missing.
+#[test]
+fn all_corrupt_images_are_not_reported_as_missing_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        put(tmp.path(), "train", &format!("{i}.png"), b"not a png", Some(GOOD));
+    }
+    let (out, _) = check_with_good_val(tmp.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(!stdout.contains("has a label file") && !stdout.contains("no label files"), "{stdout}");
+    assert!(stdout.contains("0.png"), "{stdout}");
+}

@@ -10,9 +10,13 @@ use yolo_core::data::shapes::{generate, ShapesConfig};
 mod common;
 use common::weights;
 
+/// `yolo-infer val` at 160 px unless `extra` sets `--imgsz`.
 fn val(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let imgsz: &[&str] = if extra.contains(&"--imgsz") { &[] } else { &["--imgsz", "160"] };
     Command::new(env!("CARGO_BIN_EXE_yolo-infer"))
-        .args(["val", "--imgsz", "160", "--weights"])
+        .arg("val")
+        .args(imgsz)
+        .arg("--weights")
         .arg(weights())
         .arg("--data")
         .arg(data)
@@ -65,5 +69,22 @@ fn gate_exit_codes_and_result_files() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.safetensors"));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("/nonexistent.safetensors"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "the cause once: {err}");
+
+    // Square batches at a size that is not a multiple of 32: rounded up, as Ultralytics does
+    // (the neck's concatenations failed on 150 before).
+    let odd = val(&s.data_yaml, &out, &["--no-rect", "--imgsz", "150"]);
+    let err = String::from_utf8_lossy(&odd.stderr);
+    assert_eq!(odd.status.code(), Some(0), "{err}");
+    assert!(err.contains("imgsz 150 is not a multiple of the largest stride (32): using 160"), "{err}");
+    let zero = val(&s.data_yaml, &out, &["--imgsz", "0"]);
+    let err = String::from_utf8_lossy(&zero.stderr);
+    assert_eq!(zero.status.code(), Some(1), "{err}");
+    assert!(err.contains("invalid config `imgsz`"), "{err}");
+    for flags in [["--conf", "NaN"], ["--iou", "5"], ["--max-det", "0"]] {
+        let usage = val(&s.data_yaml, &out, &flags);
+        assert_eq!(usage.status.code(), Some(2), "{flags:?} is a usage error");
+    }
 }

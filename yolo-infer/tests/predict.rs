@@ -295,3 +295,31 @@ fn half_flag_on_flex_warns_and_runs_f32() {
     assert!(!half.is_empty());
     assert_eq!(half, full);
 }
+
+/// An image whose name is not UTF-8: its results are written, the name in the JSON with
+/// U+FFFD in place of its bytes (serialising the path panicked before).
+#[cfg(unix)]
+#[test]
+fn non_utf8_image_names_are_predicted() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let val = shapes(&tmp.path().join("shapes"), 1);
+    let src = fs::read_dir(&val).unwrap().next().unwrap().unwrap().path();
+    let dir = tmp.path().join("odd");
+    fs::create_dir_all(&dir).unwrap();
+    fs::copy(&src, dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"))).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_yolo-infer"))
+        .args(["predict", "--imgsz", "160", "--format", "jsonl", "--save-txt", "--weights"])
+        .arg(weights())
+        .arg("--source")
+        .arg(&dir)
+        .arg("--project")
+        .arg(tmp.path().join("runs"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.contains("caf\u{fffd}.png"), "{line}");
+    let json = fs::read_dir(tmp.path().join("runs/predict/json")).unwrap().count();
+    assert_eq!(json, 1);
+}

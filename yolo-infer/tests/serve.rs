@@ -385,3 +385,18 @@ fn sigterm_drains_the_request_in_flight() {
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("draining"), "{rest}");
 }
+
+/// A port already taken: the error names the address.
+#[test]
+fn busy_port_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut c = ServeConfig::new(weights(), addr);
+    c.imgsz = 160;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = match rt.block_on(serve::start(c)) {
+        Ok(_) => panic!("served on a taken port"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}

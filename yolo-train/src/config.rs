@@ -147,14 +147,43 @@ impl TrainConfig {
                 format!("{} is not a positive multiple of 32", self.imgsz),
             ));
         }
+        if self.imgsz > yolo_core::model::MAX_IMGSZ as usize {
+            return Err(TrainError::config(
+                "imgsz",
+                format!("{} is more than {}", self.imgsz, yolo_core::model::MAX_IMGSZ),
+            ));
+        }
         if self.nbs == 0 {
             return Err(TrainError::config("nbs", "must be at least 1"));
         }
-        for (field, v) in [("lr0", self.lr0), ("lrf", self.lrf), ("momentum", self.momentum)] {
+        // Ultralytics' `check_cfg`: these are fractions (lr0 and lrf included).
+        let fractions = [
+            ("lr0", self.lr0),
+            ("lrf", self.lrf),
+            ("momentum", self.momentum),
+            ("weight_decay", self.weight_decay),
+            ("warmup_momentum", self.warmup_momentum),
+            ("warmup_bias_lr", self.warmup_bias_lr),
+        ];
+        for (field, v) in fractions {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(TrainError::config(field, format!("{v} is not between 0 and 1")));
+            }
+        }
+        let gains = [
+            ("warmup_epochs", self.warmup_epochs),
+            ("box", self.box_gain),
+            ("cls", self.cls),
+            ("dfl", self.dfl),
+        ];
+        for (field, v) in gains {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(TrainError::config(field, format!("{v} is not a non-negative number")));
             }
         }
+        self.aug
+            .check()
+            .map_err(|(field, message)| TrainError::config(&field, message))?;
         Ok(())
     }
 
@@ -196,5 +225,27 @@ mod tests {
         assert!(text.contains("optimizer: auto"), "{text}");
         let back: TrainConfig = serde_yaml::from_str(&text).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// Ultralytics' `check_cfg` ranges: the error names the setting.
+    #[test]
+    fn out_of_range_settings_are_named() {
+        assert!(TrainConfig::default().validate().is_ok());
+        let field = |c: TrainConfig| match c.validate() {
+            Err(TrainError::Config { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let d = TrainConfig::default;
+        assert_eq!(field(TrainConfig { weight_decay: f64::NAN, ..d() }), "weight_decay");
+        assert_eq!(field(TrainConfig { lr0: 2.0, ..d() }), "lr0");
+        assert_eq!(field(TrainConfig { warmup_epochs: f64::NAN, ..d() }), "warmup_epochs");
+        assert_eq!(field(TrainConfig { box_gain: -1.0, ..d() }), "box");
+        assert_eq!(field(TrainConfig { imgsz: 32768, ..d() }), "imgsz");
+        let aug = |a: crate::augment::AugConfig| field(TrainConfig { aug: a, ..d() });
+        let a = crate::augment::AugConfig::default;
+        assert_eq!(aug(crate::augment::AugConfig { mosaic: 2.0, ..a() }), "aug.mosaic");
+        assert_eq!(aug(crate::augment::AugConfig { fliplr: 7.0, ..a() }), "aug.fliplr");
+        assert_eq!(aug(crate::augment::AugConfig { degrees: f64::NAN, ..a() }), "aug.degrees");
+        assert_eq!(aug(crate::augment::AugConfig { scale: f64::INFINITY, ..a() }), "aug.scale");
     }
 }

@@ -161,7 +161,18 @@ fn shapes_data() -> Result<PathBuf> {
     Ok(yaml)
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    yolo_core::backend::canonical_device_env();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", yolo_core::error::chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     yolo_core::backend::keep_freed_memory();
     let cli = Cli::parse();
     if std::env::var_os("YOLO_RS_PARSE_ONLY").is_some_and(|v| v == "1") {
@@ -312,8 +323,11 @@ fn apply_overrides(cfg: TrainConfig, sets: &[String]) -> Result<TrainConfig> {
             }
             node = slot;
         }
+        // Read back after each one, so that the error names the setting that does not fit.
+        serde_yaml::from_value::<TrainConfig>(root.clone())
+            .with_context(|| format!("--set {s}: the value does not fit `{key}`"))?;
     }
-    serde_yaml::from_value(root).with_context(|| format!("--set {}: a value does not fit its setting", sets.join(" ")))
+    serde_yaml::from_value(root).context("--set: the settings do not fit together")
 }
 
 fn print_summary(cli: &Cli, summary: &TrainSummary) {
@@ -364,5 +378,11 @@ mod tests {
         assert!(format!("{err:#}").contains("epochs"), "{err:#}");
         let err = apply_overrides(TrainConfig::default(), &set(&["lrf"])).unwrap_err();
         assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
+        // Of several, the one that does not fit is named, alone.
+        let err = apply_overrides(TrainConfig::default(), &set(&["lrf=0.1", "aug.mosaic=abc", "cos_lr=true"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--set aug.mosaic=abc: the value does not fit `aug.mosaic`"), "{err}");
+        assert!(!err.contains("lrf") && !err.contains("cos_lr"), "{err}");
     }
 }

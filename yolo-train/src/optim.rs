@@ -16,7 +16,8 @@ use burn::lr_scheduler::constant::ConstantLr;
 use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{
-    AdamWConfig, GradientsParams, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource,
+    AdamW, AdamWConfig, AdamWState, GradientsParams, ModuleOptimizer, Optimizer, RecordState, StateSink,
+    StateSource,
 };
 use burn::tensor::{Device, Tensor};
 use yolo_core::burn;
@@ -168,8 +169,61 @@ impl<const D: usize> RecordState for VelocityState<D> {
     fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
         let data = src.take_tensor(prefix, "velocity")?;
         Some(Self {
-            velocity: Tensor::from_data(data, device),
+            velocity: Tensor::from_data(data, &load_device(device)),
         })
+    }
+}
+
+thread_local! {
+    /// The device [`YoloOptimizer::load_state_bytes`] restores optimizer states on, while it
+    /// runs on this thread.
+    static LOAD_DEVICE: std::cell::RefCell<Option<Device>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Where a restored optimizer state goes: the training device while
+/// [`YoloOptimizer::load_state_bytes`] runs, `burn_default` otherwise. Burn 0.22.1's
+/// `ModuleOptimizer::load_record` hands the states `Device::default()`, which is not the
+/// device the run chose: on a build with `cuda` it is CUDA even where the run trains on
+/// `wgpu` or the CPU (and a machine without CUDA panicked on `--resume`).
+fn load_device(burn_default: &Device) -> Device {
+    LOAD_DEVICE.with(|d| d.borrow().clone()).unwrap_or_else(|| burn_default.clone())
+}
+
+/// Burn's [`AdamW`] whose state is restored on the training device (see [`load_device`]);
+/// the steps and the saved state are AdamW's own.
+#[derive(Clone)]
+pub struct RestoredAdamW(pub AdamW);
+
+/// [`AdamWState`], restored on the training device.
+#[derive(Clone)]
+pub struct RestoredAdamWState<const D: usize>(pub AdamWState<D>);
+
+impl<const D: usize> RecordState for RestoredAdamWState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        self.0.state_flatten(prefix, out)
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        AdamWState::state_unflatten(prefix, src, &load_device(device)).map(Self)
+    }
+}
+
+impl Optimizer for RestoredAdamW {
+    type State<const D: usize> = RestoredAdamWState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: f64,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let (tensor, state) = self.0.step(lr, tensor, grad, state.map(|s| s.0));
+        (tensor, state.map(RestoredAdamWState))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        RestoredAdamWState(<AdamW as Optimizer>::to_device(state.0, device))
     }
 }
 
@@ -242,6 +296,7 @@ impl YoloOptimizer {
                         .with_weight_decay(wd as f32)
                         .build()
                 };
+                let cfg = |wd: f64| RestoredAdamW(cfg(wd));
                 ModuleOptimizer::from(cfg(weight_decay))
                     .with_group(bn.clone(), cfg(0.0), None)
                     .with_group(biases.clone(), cfg(0.0), None)
@@ -295,15 +350,29 @@ impl YoloOptimizer {
     }
 
     /// Restores a state from [`state_bytes`](Self::state_bytes) of an optimizer built for the
-    /// same parameters (same ids).
-    pub fn load_state_bytes(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+    /// same parameters (same ids), its tensors on `device` (the model's).
+    ///
+    /// Burn's loader also builds `Device::default()`, which panics on a `BURN_DEVICE` that Burn
+    /// does not know (such as `cpu`, our name for `flex`): that is an error here.
+    pub fn load_state_bytes(&mut self, bytes: Vec<u8>, device: &Device) -> Result<(), String> {
+        if let Ok(name) = std::env::var("BURN_DEVICE") {
+            let known = yolo_core::backend::compiled_backends();
+            if !known.iter().any(|b| b.eq_ignore_ascii_case(name.trim())) {
+                return Err(format!(
+                    "BURN_DEVICE={name}: Burn's optimizer loader only takes the name of a compiled \
+                     backend ({}); pass the device with --device instead",
+                    known.join(", ")
+                ));
+            }
+        }
         let inner = std::mem::replace(&mut self.inner, ModuleOptimizer::from(NesterovSgd {
             weight_decay: 0.0,
             momentum: self.momentum.clone(),
         }));
-        self.inner = inner
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(|e| e.to_string())?;
+        LOAD_DEVICE.with(|d| *d.borrow_mut() = Some(device.clone().without_autodiff()));
+        let loaded = inner.from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes));
+        LOAD_DEVICE.with(|d| *d.borrow_mut() = None);
+        self.inner = loaded.map_err(|e| e.to_string())?;
         Ok(())
     }
 }

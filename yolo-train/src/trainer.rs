@@ -538,7 +538,7 @@ fn run(
     };
     let mut fitness_from_used = fitness_from;
     if let Some((state, optimizer, pending)) = start {
-        optim.load_state_bytes(optimizer).map_err(|message| TrainError::State {
+        optim.load_state_bytes(optimizer, device).map_err(|message| TrainError::State {
             path: state_path(&run_dir),
             message: format!("optimizer: {message}"),
         })?;

@@ -100,7 +100,7 @@ fn main() -> std::process::ExitCode {
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", yolo_core::error::chain(e.as_ref()));
             std::process::ExitCode::from(1)
         }
     }

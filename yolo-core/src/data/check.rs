@@ -70,6 +70,7 @@ pub struct SplitSummary {
     /// Whether the scan came from the cache.
     pub from_cache: bool,
     /// The scan cache.
+    #[serde(serialize_with = "crate::files::serialize_opt_path_lossy")]
     pub cache: Option<PathBuf>,
 }
 
@@ -90,6 +91,7 @@ pub struct ReportFinding {
     /// The split whose scan or check found it.
     pub split: String,
     pub kind: FindingKind,
+    #[serde(serialize_with = "crate::files::serialize_path_lossy")]
     pub file: PathBuf,
     /// 1-based line in a label file, for findings about a row.
     pub line: Option<usize>,
@@ -124,6 +126,7 @@ pub struct DataReport {
     /// [`REPORT_FORMAT`].
     pub format: String,
     /// The data.yaml.
+    #[serde(serialize_with = "crate::files::serialize_path_lossy")]
     pub yaml: PathBuf,
     /// Class names.
     pub names: Vec<String>,
@@ -249,12 +252,18 @@ pub fn check_dataset(
     };
     let mut listed: Vec<(Split, Vec<PathBuf>)> = Vec::new();
     for &split in splits {
-        let images = config.image_files(split).map_err(|e| CoreError::DataConfig {
-            path: config.yaml.clone(),
-            field: split.key().into(),
-            message: match e {
-                CoreError::Dataset { path, message } => format!("{}: {message}", path.display()),
-                other => other.to_string(),
+        let images = config.image_files(split).map_err(|e| match e {
+            // Already names the yaml and the field.
+            e @ CoreError::DataConfig { .. } => e,
+            CoreError::Dataset { path, message } => CoreError::DataConfig {
+                path: config.yaml.clone(),
+                field: split.key().into(),
+                message: format!("{}: {message}", path.display()),
+            },
+            other => CoreError::DataConfig {
+                path: config.yaml.clone(),
+                field: split.key().into(),
+                message: other.to_string(),
             },
         })?;
         let (samples, scan) = scan_cached_with(&images, config.nc(), opts.max_pixels);
@@ -262,7 +271,9 @@ pub fn check_dataset(
         report
             .findings
             .extend(scan.messages.iter().cloned().map(|f| ReportFinding::new(split, f)));
-        if scan.total > 0 && scan.found == 0 {
+        // The scan looks a label up only for an image that decodes: when every image is
+        // corrupt `found` is 0 whether or not the labels are there.
+        if scan.total > 0 && scan.found == 0 && !images.iter().any(|p| img2label_path(p).is_file()) {
             let looked = img2label_path(&images[0]);
             report.findings.push(ReportFinding::new(
                 split,

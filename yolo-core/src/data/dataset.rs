@@ -164,6 +164,9 @@ impl DataConfig {
             ),
             Some(v) => return Err(bad("nc", format!("must be an integer, not {}", kind(v)))),
         };
+        if let Some(n) = nc.filter(|&n| n > crate::model::MAX_CLASSES) {
+            return Err(bad("nc", format!("{n} is more than {} classes", crate::model::MAX_CLASSES)));
+        }
         let names = match get("names") {
             None => match nc {
                 Some(nc) => (0..nc).map(|i| format!("class_{i}")).collect(),

@@ -171,6 +171,7 @@ impl FindingKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     /// The image or label file the finding is about.
+    #[serde(serialize_with = "crate::files::serialize_path_lossy")]
     pub file: PathBuf,
     /// Line in the label file (1-based, counting blank lines), for findings about a row.
     pub line: Option<usize>,

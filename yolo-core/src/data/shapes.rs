@@ -223,6 +223,18 @@ fn check(config: &ShapesConfig) -> Result<()> {
             message: format!("{} is too small; use at least 32", config.imgsz),
         });
     }
+    if config.imgsz > crate::model::MAX_IMGSZ {
+        return Err(CoreError::Config {
+            field: "shapes.imgsz".into(),
+            message: format!("{} is more than {}", config.imgsz, crate::model::MAX_IMGSZ),
+        });
+    }
+    if config.clutter > 100 {
+        return Err(CoreError::Config {
+            field: "shapes.clutter".into(),
+            message: format!("{} distractors per image is more than 100", config.clutter),
+        });
+    }
     Ok(())
 }
 
@@ -472,6 +484,17 @@ fn background(rng: &mut ChaCha8Rng, width: u32, height: u32) -> RgbImage {
 /// overwritten, others are left alone) in parallel, byte-identical for a given config.
 pub fn generate(config: &ShapesConfig, root: &Path) -> Result<ShapesSummary> {
     check(config)?;
+    // Another dataset's files would be overwritten image by image; a shapes dataset (its
+    // data.yaml starts with the comment written below) is regenerated in place.
+    let yaml = root.join("data.yaml");
+    if let Ok(text) = std::fs::read_to_string(&yaml) {
+        if !text.starts_with("# shapes:") {
+            return Err(CoreError::Dataset {
+                path: yaml,
+                message: "this folder holds another dataset, which the shapes images would overwrite; choose another output folder".into(),
+            });
+        }
+    }
     for split in [Split::Train, Split::Val] {
         for kind in ["images", "labels"] {
             let dir = root.join(kind).join(split.name());

@@ -114,6 +114,37 @@ impl Default for AugConfig {
     }
 }
 
+impl AugConfig {
+    /// Ultralytics' `check_cfg` on these keys: the probabilities and gains it lists as
+    /// fractions within `[0, 1]`, `degrees` and `shear` finite. `Err((field, message))`, the
+    /// field as `aug.<key>`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let fractions = [
+            ("hsv_h", self.hsv_h),
+            ("hsv_s", self.hsv_s),
+            ("hsv_v", self.hsv_v),
+            ("translate", self.translate),
+            ("scale", self.scale),
+            ("perspective", self.perspective),
+            ("flipud", self.flipud),
+            ("fliplr", self.fliplr),
+            ("mosaic", self.mosaic),
+            ("mixup", self.mixup),
+        ];
+        for (key, v) in fractions {
+            if !(0.0..=1.0).contains(&v) {
+                return Err((format!("aug.{key}"), format!("{v} is not between 0 and 1")));
+            }
+        }
+        for (key, v) in [("degrees", self.degrees), ("shear", self.shear)] {
+            if !v.is_finite() {
+                return Err((format!("aug.{key}"), format!("{v} is not a finite number")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The training pipeline of Ultralytics' `v8_transforms` for `imgsz`:
 /// Mosaic → RandomPerspective (output `imgsz` square) → MixUp (whose other sample goes
 /// through the same Mosaic + RandomPerspective) → RandomHSV → vertical flip → horizontal flip.
