@@ -352,13 +352,20 @@ fn keep_awake(done: &AtomicBool, body: Option<usize>) {
     }
 }
 
-/// Rewrites `BURN_DEVICE=cpu` (our name for `flex`) to `flex`, the name Burn itself reads
-/// where it builds `Device::default()` (its optimizer loader does, on `--resume`), and panics
-/// on `cpu` unless Burn's own `cpu` backend is compiled. The binaries call it first thing in
-/// `main`: setting the environment while other threads read it is a data race.
+/// Rewrites `BURN_DEVICE` into the form Burn itself reads where it builds `Device::default()`
+/// (its optimizer loader does, on `yolo-train --resume`): trimmed and lower case, `cpu` (our
+/// name for `flex`) as `flex`, and removed when blank (our "choose"). Burn only lowercases it,
+/// and panics on any other name. `yolo-train` calls it first thing in `main`: setting the
+/// environment while other threads read it is a data race.
 pub fn canonical_device_env() {
-    if std::env::var("BURN_DEVICE").is_ok_and(|v| v.trim().eq_ignore_ascii_case("cpu")) {
-        std::env::set_var("BURN_DEVICE", "flex");
+    let Ok(value) = std::env::var("BURN_DEVICE") else {
+        return;
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" => std::env::remove_var("BURN_DEVICE"),
+        "cpu" => std::env::set_var("BURN_DEVICE", "flex"),
+        name if name != value => std::env::set_var("BURN_DEVICE", name),
+        _ => {}
     }
 }
 

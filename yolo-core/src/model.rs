@@ -263,3 +263,31 @@ pub fn check_input(dims: &[usize; 4]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metadata no YOLOv8 has is refused before anything is allocated; the published scales
+    /// (x: depth 1, width 1.25, 512 channels) and LVIS' 1203 classes are not.
+    #[test]
+    fn config_bounds() {
+        for scale in [Scale::N, Scale::X] {
+            assert!(ModelConfig::new(scale, 1203).validate().is_ok());
+        }
+        let field = |c: ModelConfig| match c.validate() {
+            Err(CoreError::Config { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let n = || ModelConfig::new(Scale::N, 3);
+        assert_eq!(field(ModelConfig { nc: 0, ..n() }), "nc");
+        assert_eq!(field(ModelConfig { nc: MAX_CLASSES + 1, ..n() }), "nc");
+        assert_eq!(field(ModelConfig { reg_max: 1, ..n() }), "reg_max");
+        assert_eq!(field(ModelConfig { reg_max: 65, ..n() }), "reg_max");
+        let m = |depth: f64, width: f64, max_channels: usize| ModelConfig::custom(Multiples { depth, width, max_channels }, 3);
+        assert_eq!(field(m(0.33, 1000.0, 1024)), "multiples");
+        assert_eq!(field(m(1e6, 0.25, 1024)), "multiples");
+        assert_eq!(field(m(0.33, f64::NAN, 1024)), "multiples");
+        assert_eq!(field(m(0.33, 0.25, 9000)), "multiples.max_channels");
+    }
+}

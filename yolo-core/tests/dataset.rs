@@ -218,6 +218,7 @@ fn yaml_errors_name_the_file_and_field() {
             "names",
         ),
         ("badnc.yaml", "train: a\nval: a\nnc: 1.5\n", "nc"),
+        ("hugenc.yaml", "train: a\nval: a\nnc: 1e300\n", "nc"),
         (
             "badtrain.yaml",
             "train: {a: 1}\nval: a\nnames: [x]\n",

@@ -272,6 +272,15 @@ fn tiny_imgsz_is_a_config_error() {
     )
     .unwrap_err();
     assert!(matches!(err, yolo_core::CoreError::Config { .. }), "{err}");
+    for (cfg, field) in [
+        (ShapesConfig { imgsz: 20000, ..small() }, "shapes.imgsz"),
+        (ShapesConfig { clutter: 1000, ..small() }, "shapes.clutter"),
+    ] {
+        match generate(&cfg, dir.path()) {
+            Err(yolo_core::CoreError::Config { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 /// A folder holding another dataset is not written over; a shapes dataset is regenerated in

@@ -167,6 +167,9 @@ fn bad_sources_and_options_are_errors() {
     assert_eq!(bad_class.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad_class.stderr).contains("classes"));
     assert_eq!(run(&["--source", "x", "--conf", "1.5"]).status.code(), Some(2));
+    let huge = run(&["--source", tmp.path().join("a.png").to_str().unwrap(), "--imgsz", "20000"]);
+    assert_eq!(huge.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&huge.stderr).contains("20000 is not between 1 and 16384"));
 }
 
 #[test]

@@ -353,28 +353,46 @@ impl YoloOptimizer {
     /// same parameters (same ids), its tensors on `device` (the model's).
     ///
     /// Burn's loader also builds `Device::default()`, which panics on a `BURN_DEVICE` that Burn
-    /// does not know (such as `cpu`, our name for `flex`): that is an error here.
+    /// does not read (see [`burn_reads_device_env`]): that is an error here.
     pub fn load_state_bytes(&mut self, bytes: Vec<u8>, device: &Device) -> Result<(), String> {
-        if let Ok(name) = std::env::var("BURN_DEVICE") {
-            let known = yolo_core::backend::compiled_backends();
-            if !known.iter().any(|b| b.eq_ignore_ascii_case(name.trim())) {
-                return Err(format!(
-                    "BURN_DEVICE={name}: Burn's optimizer loader only takes the name of a compiled \
-                     backend ({}); pass the device with --device instead",
-                    known.join(", ")
-                ));
-            }
-        }
+        burn_reads_device_env(std::env::var("BURN_DEVICE").ok().as_deref())?;
         let inner = std::mem::replace(&mut self.inner, ModuleOptimizer::from(NesterovSgd {
             weight_decay: 0.0,
             momentum: self.momentum.clone(),
         }));
+        /// Clears [`LOAD_DEVICE`] when the load ends, a panic included.
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                LOAD_DEVICE.with(|d| *d.borrow_mut() = None);
+            }
+        }
         LOAD_DEVICE.with(|d| *d.borrow_mut() = Some(device.clone().without_autodiff()));
-        let loaded = inner.from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes));
-        LOAD_DEVICE.with(|d| *d.borrow_mut() = None);
-        self.inner = loaded.map_err(|e| e.to_string())?;
+        let _reset = Reset;
+        self.inner = inner
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// Whether Burn 0.22.1's `Device::default()` takes `burn_device` (the value of `BURN_DEVICE`):
+/// unset, or a compiled backend's name in any case, not trimmed (Burn only lowercases it and
+/// panics on anything else, a blank value or our `cpu` included; `yolo-train` rewrites those
+/// first, [`yolo_core::backend::canonical_device_env`]).
+pub fn burn_reads_device_env(burn_device: Option<&str>) -> Result<(), String> {
+    let Some(name) = burn_device else {
+        return Ok(());
+    };
+    let known = yolo_core::backend::compiled_backends();
+    if known.contains(&name.to_lowercase().as_str()) {
+        return Ok(());
+    }
+    Err(format!(
+        "BURN_DEVICE={name:?}: Burn's optimizer loader reads it and takes only {}; unset it or \
+         set one of those (yolo-train rewrites `cpu` and blanks itself)",
+        known.join(", ")
+    ))
 }
 
 /// Scales gradients so that their global L2 norm is at most `max_norm`, as
@@ -517,6 +535,18 @@ pub fn rescale_pending<M: Module>(
 mod tests {
     use super::*;
     use yolo_core::{backend, ModelConfig, Scale};
+
+    /// What Burn's `Device::default()` would panic on is refused before the load.
+    #[test]
+    fn burn_device_names_burn_would_panic_on_are_refused() {
+        assert!(burn_reads_device_env(None).is_ok());
+        assert!(burn_reads_device_env(Some("flex")).is_ok());
+        assert!(burn_reads_device_env(Some("FLEX")).is_ok());
+        for bad in ["cpu", "", " flex", "flex\n", "tpu"] {
+            let err = burn_reads_device_env(Some(bad)).unwrap_err();
+            assert!(err.starts_with(&format!("BURN_DEVICE={bad:?}")), "{err}");
+        }
+    }
 
     /// Pending gradients across an AMP switch at resume: saved at scale 4096 and resumed
     /// without AMP they are divided by 4096; saved without AMP and resumed with it, multiplied

@@ -487,12 +487,14 @@ pub fn generate(config: &ShapesConfig, root: &Path) -> Result<ShapesSummary> {
     // Another dataset's files would be overwritten image by image; a shapes dataset (its
     // data.yaml starts with the comment written below) is regenerated in place.
     let yaml = root.join("data.yaml");
-    if let Ok(text) = std::fs::read_to_string(&yaml) {
-        if !text.starts_with("# shapes:") {
+    match std::fs::read(&yaml) {
+        Ok(bytes) if bytes.starts_with(b"# shapes:") => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        _ => {
             return Err(CoreError::Dataset {
                 path: yaml,
                 message: "this folder holds another dataset, which the shapes images would overwrite; choose another output folder".into(),
-            });
+            })
         }
     }
     for split in [Split::Train, Split::Val] {
